@@ -1,0 +1,349 @@
+"""DQN training loop: double Q-learning, dueling head, n-step returns, target network.
+
+Read top to bottom: collect one batched step from the kernel (epsilon-greedy), assemble
+n-step transitions into the pose replay, and every so often sample poses, re-render their
+observations and take a gradient step on the Huber loss against the (double) target. One
+seed drives the episodes, exploration, replay sampling and initialisation. Checkpoints hold
+everything (weights, optimiser, replay, environment state, random streams), so a resumed run
+continues the very same sequence as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import random
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from medrl.agents.checkpoint import build_network, save_model_files
+from medrl.agents.replay import NStepAssembler, PoseReplay, split_poses
+from medrl.config import Config, save_config
+from medrl.data.augment import AugmentParams, batch_params
+from medrl.data.sources import landmark_table, load_split
+from medrl.envs.landmark import LandmarkKernel, render_observation
+from medrl.envs.pyramid import ScanPyramid, build_pyramid
+from medrl.errors import CheckpointError
+from medrl.utils.atomic import atomic_dir, atomic_open
+
+CHECKPOINT_DIR = "checkpoints/latest"
+STATE_FILE = "trainer_state.pt"
+
+
+def epsilon_at(config: Config, step: int) -> float:
+    agent = config.agent
+    horizon = max(1.0, agent.eps_fraction * config.train.total_steps)
+    frac = min(1.0, step / horizon)
+    return agent.eps_start + frac * (agent.eps_end - agent.eps_start)
+
+
+class Trainer:
+    """Owns the environment, networks, replay and random streams of one training run."""
+
+    def __init__(
+        self,
+        config: Config,
+        run_dir: str | Path,
+        scans: list[ScanPyramid] | None = None,
+        targets: list[np.ndarray] | None = None,
+        names: tuple[str, ...] = (),
+        descriptions: tuple[str, ...] = (),
+        command: str = "",
+    ) -> None:
+        self.config = config
+        self.run_dir = Path(run_dir)
+        self.command = command
+        train = config.train
+        self.device = torch.device(train.device)
+        if train.threads > 0:
+            torch.set_num_threads(train.threads)
+        _seed_everything(train.seed)
+        if scans is None:
+            cases = load_split(train.datalist, "train")
+            names, descriptions, targets = landmark_table(cases, train.landmarks)
+            spacings = [lv.spacing_mm for lv in config.env.levels]
+            scans = [build_pyramid(case.volume, spacings, self.device) for case in cases]
+        assert targets is not None
+        self.scans, self.targets = scans, targets
+        self.names, self.descriptions = tuple(names), tuple(descriptions)
+        self.kernel = LandmarkKernel(
+            scans, targets, config.env, config.augment, train.num_envs, self.device, train.seed
+        )
+        self.network = build_network(config, len(self.names)).to(self.device)
+        self.target = copy.deepcopy(self.network).eval()
+        self.optimizer = torch.optim.Adam(self.network.parameters(), lr=config.agent.lr)
+        self.replay = PoseReplay(
+            config.agent.replay_size, config.env.frames, config.env.action_history
+        )
+        self.assembler = NStepAssembler(train.num_envs, config.agent.n_step, config.agent.gamma)
+        self.rng = np.random.default_rng(train.seed + 7919)
+        self.step = 0
+        self.updates = 0
+        self.update_credit = 0.0
+        self.history: list[dict[str, float]] = []
+        self.kernel.reset()
+        self.writer: Any = None
+
+    # ------------------------------------------------------------------ acting
+    @torch.no_grad()
+    def act(self, obs: dict[str, torch.Tensor], epsilon: float) -> torch.Tensor:
+        q = self.network(obs)
+        greedy = q.argmax(dim=1)
+        explore = torch.as_tensor(self.rng.uniform(size=len(greedy)) < epsilon, device=self.device)
+        random_actions = torch.as_tensor(
+            self.rng.integers(0, q.shape[1], size=len(greedy)), device=self.device
+        )
+        return torch.where(explore, random_actions, greedy)
+
+    def collect(self) -> dict[str, float]:
+        epsilon = epsilon_at(self.config, self.step)
+        poses = self.kernel.poses()
+        obs = render_observation(self.scans, self.config.env, poses, self.kernel.params)
+        actions = self.act(obs, epsilon)
+        reward, terminated, truncated, info = self.kernel.step(actions)
+        next_poses = self.kernel.poses()
+        done = (terminated | truncated).cpu().numpy()
+        batch = self.assembler.add(
+            poses,
+            actions.cpu().numpy(),
+            reward.cpu().numpy(),
+            next_poses,
+            terminated.cpu().numpy(),
+            truncated.cpu().numpy(),
+        )
+        if batch is not None:
+            self.replay.add(batch)
+        stats = {
+            "epsilon": epsilon,
+            "reward": float(reward.mean()),
+            "episodes_done": float(done.sum()),
+            "final_distance_mm": float(info["distance_mm"][torch.as_tensor(done)].mean())
+            if done.any()
+            else float("nan"),
+            "success": float(terminated.float().mean()),
+        }
+        self.kernel.reset(done)
+        self.step += 1
+        return stats
+
+    # ---------------------------------------------------------------- learning
+    def _params_for(self, scan: np.ndarray, seeds: np.ndarray) -> AugmentParams:
+        centres = np.stack([self.scans[int(s)].centre_ras for s in scan])
+        return batch_params(self.config.augment, seeds, centres, self.device)
+
+    def learn(self) -> float:
+        agent = self.config.agent
+        batch = self.replay.sample(agent.batch_size, self.rng)
+        state, following = split_poses(batch, self.device)
+        params = self._params_for(batch["scan"], batch["episode_seed"])
+        obs = render_observation(self.scans, self.config.env, state, params)
+        next_obs = render_observation(self.scans, self.config.env, following, params)
+        actions = torch.as_tensor(batch["action"].astype(np.int64), device=self.device)
+        reward = torch.as_tensor(batch["reward"], device=self.device)
+        discount = torch.as_tensor(batch["discount"], device=self.device)
+        with torch.no_grad():
+            next_q_target = self.target(next_obs)
+            if agent.double:
+                next_actions = self.network(next_obs).argmax(dim=1, keepdim=True)
+            else:
+                next_actions = next_q_target.argmax(dim=1, keepdim=True)
+            bootstrap = next_q_target.gather(1, next_actions)[:, 0]
+            target = reward + discount * bootstrap
+        q = self.network(obs).gather(1, actions[:, None])[:, 0]
+        loss = F.smooth_l1_loss(q, target)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(self.network.parameters(), agent.grad_clip)
+        self.optimizer.step()
+        self.updates += 1
+        if self.updates % agent.target_update == 0:
+            self.target.load_state_dict(self.network.state_dict())
+        return float(loss.detach())
+
+    # --------------------------------------------------------------- the loop
+    def run(self, progress: bool = True, stop_after: int | None = None) -> None:
+        """Train until ``total_steps`` (or ``stop_after`` more steps, for tests of resuming)."""
+        train, agent = self.config.train, self.config.agent
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        save_config(self.config, self.run_dir / "config.yaml")
+        self._open_writer()
+        end = (
+            train.total_steps
+            if stop_after is None
+            else min(train.total_steps, self.step + stop_after)
+        )
+        bar = tqdm(
+            total=train.total_steps,
+            initial=self.step,
+            disable=not progress,
+            desc="train",
+            unit="step",
+            file=sys.stderr,
+            dynamic_ncols=True,
+        )
+        window: list[dict[str, float]] = []
+        started = time.perf_counter()
+        start_step, start_updates = self.step, self.updates
+        while self.step < end:
+            stats = self.collect()
+            if len(self.replay) >= agent.learning_starts:
+                self.update_credit += agent.updates_per_step
+                losses = []
+                while self.update_credit >= 1.0:
+                    losses.append(self.learn())
+                    self.update_credit -= 1.0
+                if losses:
+                    stats["loss"] = float(np.mean(losses))
+            window.append(stats)
+            bar.update(1)
+            if self.step % train.log_every == 0 or self.step == end:
+                elapsed = max(time.perf_counter() - started, 1e-9)
+                record = _mean_stats(window)
+                record.update(
+                    step=self.step,
+                    updates=self.updates,
+                    env_steps_per_s=(self.step - start_step) * train.num_envs / elapsed,
+                    updates_per_s=(self.updates - start_updates) / elapsed,
+                )
+                self._log(record)
+                bar.set_postfix(
+                    eps=f"{record['epsilon']:.2f}",
+                    dist=f"{record.get('final_distance_mm', float('nan')):.1f}mm",
+                    loss=f"{record.get('loss', float('nan')):.3f}",
+                )
+                window = []
+            if self.step % train.checkpoint_every == 0 or self.step == end:
+                self.save_checkpoint()
+        bar.close()
+        if self.writer is not None:
+            self.writer.flush()
+
+    def _open_writer(self) -> None:
+        if self.writer is None:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.writer = SummaryWriter(str(self.run_dir / "tensorboard"))
+
+    def _log(self, record: dict[str, float]) -> None:
+        self.history.append(record)
+        for key, value in record.items():
+            if key != "step" and np.isfinite(value):
+                self.writer.add_scalar(f"train/{key}", value, int(record["step"]))
+
+    # ------------------------------------------------------------ checkpoints
+    def model_meta(self) -> dict[str, Any]:
+        return {
+            "seed": self.config.train.seed,
+            "steps": self.step,
+            "updates": self.updates,
+            "command": self.command,
+        }
+
+    def save_model(self, folder: str | Path) -> None:
+        with atomic_dir(folder) as tmp:
+            save_model_files(
+                tmp, self.network, self.config, self.names, self.descriptions, self.model_meta()
+            )
+
+    def save_checkpoint(self) -> Path:
+        folder = self.run_dir / CHECKPOINT_DIR
+        kernel = self.kernel
+        state = {
+            "step": self.step,
+            "updates": self.updates,
+            "update_credit": self.update_credit,
+            "network": self.network.state_dict(),
+            "target": self.target.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "rng": self.rng.bit_generator.state,
+            "kernel_rngs": [r.bit_generator.state for r in kernel.rngs],
+            "kernel": {
+                name: getattr(kernel, name)
+                for name in (
+                    "scan",
+                    "landmark",
+                    "level",
+                    "frames_ras",
+                    "target_ras",
+                    "actions",
+                    "recent_ras",
+                    "steps",
+                    "episode_seed",
+                )
+            },
+            "kernel_params": {
+                n: getattr(kernel.params, n) for n in kernel.params.__dataclass_fields__
+            },
+            "assembler": self.assembler.state_dict(),
+            "torch_rng": torch.get_rng_state(),
+            "history": self.history,
+            "names": self.names,
+        }
+        with atomic_dir(folder) as tmp:
+            save_model_files(
+                tmp, self.network, self.config, self.names, self.descriptions, self.model_meta()
+            )
+            torch.save(state, tmp / STATE_FILE)
+            self.replay.save(tmp / "replay.npz")
+        with atomic_open(self.run_dir / "history.json") as handle:
+            json.dump(self.history, handle)
+        return folder
+
+    def load_checkpoint(self) -> bool:
+        """Restore the latest checkpoint of this run folder; False if there is none."""
+        folder = self.run_dir / CHECKPOINT_DIR
+        state_path = folder / STATE_FILE
+        if not state_path.is_file():
+            return False
+        try:
+            state = torch.load(state_path, map_location=self.device, weights_only=False)
+            if tuple(state["names"]) != self.names:
+                raise CheckpointError("checkpoint was trained on other landmarks", folder)
+            self.network.load_state_dict(state["network"])
+            self.target.load_state_dict(state["target"])
+            self.optimizer.load_state_dict(state["optimizer"])
+            self.replay.load(folder / "replay.npz")
+        except CheckpointError:
+            raise
+        except Exception as exc:
+            raise CheckpointError(
+                f"cannot resume from this checkpoint (corrupt or from another config): {exc}",
+                folder,
+            ) from exc
+        self.step, self.updates = state["step"], state["updates"]
+        self.update_credit = state["update_credit"]
+        self.rng.bit_generator.state = state["rng"]
+        for rng, rng_state in zip(self.kernel.rngs, state["kernel_rngs"], strict=True):
+            rng.bit_generator.state = rng_state
+        for name, value in state["kernel"].items():
+            setattr(self.kernel, name, value)
+        for name, value in state["kernel_params"].items():
+            getattr(self.kernel.params, name).copy_(value)
+        self.assembler.load_state_dict(state["assembler"])
+        torch.set_rng_state(state["torch_rng"])
+        self.history = state["history"]
+        return True
+
+
+def _mean_stats(window: list[dict[str, float]]) -> dict[str, float]:
+    keys = {k for stats in window for k in stats}
+    out = {}
+    for key in keys:
+        values = [s[key] for s in window if key in s and np.isfinite(s[key])]
+        out[key] = float(np.mean(values)) if values else float("nan")
+    return out
+
+
+def _seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % (2**32))
+    torch.manual_seed(seed)
+    os.environ.setdefault("PYTHONHASHSEED", str(seed))

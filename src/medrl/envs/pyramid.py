@@ -1,0 +1,109 @@
+"""A scan prepared for the environment: normalised, smoothed and resampled once per scale level."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import SimpleITK as sitk
+import torch
+
+from medrl.io.images import Volume, resample_isotropic
+
+
+@dataclass(frozen=True, eq=False)
+class LevelImage:
+    """The scan at one scale level, as a tensor with its world geometry."""
+
+    tensor: torch.Tensor  # (1, 1, nz, ny, nx) float32
+    ras_to_index: torch.Tensor  # (4, 4) float32: RAS mm -> continuous (i, j, k)
+    size_xyz: torch.Tensor  # (3,) float32
+
+
+@dataclass(frozen=True, eq=False)
+class ScanPyramid:
+    """One scan at every scale level, plus what the environment needs to know about it."""
+
+    levels: tuple[LevelImage, ...]
+    centre_ras: np.ndarray  # (3,) geometric centre of the scan
+    intensity_centre_ras: np.ndarray  # (3,) intensity-weighted centroid (where searches start)
+    index_to_ras: np.ndarray  # (4, 4) of the original grid
+    size_xyz: np.ndarray  # (3,) of the original grid
+    source: str
+
+    def contains_ras(self, points_ras: torch.Tensor, margin_vox: float = 0.0) -> torch.Tensor:
+        """Whether points (..., 3) lie inside the original image grid."""
+        ras_to_index = torch.as_tensor(
+            np.linalg.inv(self.index_to_ras), dtype=points_ras.dtype, device=points_ras.device
+        )
+        index = points_ras @ ras_to_index[:3, :3].T + ras_to_index[:3, 3]
+        size = torch.as_tensor(self.size_xyz, dtype=points_ras.dtype, device=points_ras.device)
+        inside = (index >= -0.5 + margin_vox) & (index <= size - 0.5 - margin_vox)
+        return inside.all(dim=-1)
+
+
+def normalise_intensity(array: np.ndarray) -> np.ndarray:
+    """Map the 1st..99th percentile of the scan to 0..1 (robust to outliers and background)."""
+    low, high = np.percentile(array, [1.0, 99.0])
+    if high <= low:
+        low, high = float(array.min()), float(array.max())
+    scale = 1.0 / max(high - low, 1e-6)
+    return ((array - low) * scale).astype(np.float32)
+
+
+def _level_volume(volume: Volume, spacing_mm: float) -> Volume:
+    """Smooth (anti-aliasing) and resample to isotropic ``spacing_mm``."""
+    finest = float(np.min(volume.spacing_mm))
+    image = volume.to_sitk()
+    if spacing_mm > finest * 1.01:
+        sigma_mm = 0.5 * np.sqrt(max(spacing_mm**2 - finest**2, 0.0))
+        image = sitk.SmoothingRecursiveGaussian(image, float(sigma_mm))
+    smoothed = Volume.from_sitk(image, source=volume.source)
+    same_grid = np.allclose(volume.spacing_mm, spacing_mm)
+    return smoothed if same_grid else resample_isotropic(smoothed, spacing_mm)
+
+
+def build_pyramid(
+    volume: Volume, spacings_mm: list[float], device: torch.device | str = "cpu"
+) -> ScanPyramid:
+    """Prepare ``volume`` for the environment at each of ``spacings_mm`` (one per level)."""
+    normalised = Volume(
+        array=normalise_intensity(volume.array),
+        spacing_mm=volume.spacing_mm,
+        origin_lps=volume.origin_lps,
+        direction_lps=volume.direction_lps,
+        source=volume.source,
+    )
+    levels = []
+    for spacing in spacings_mm:
+        level = _level_volume(normalised, spacing)
+        levels.append(
+            LevelImage(
+                tensor=torch.from_numpy(np.ascontiguousarray(level.array, dtype=np.float32))[
+                    None, None
+                ].to(device),
+                ras_to_index=torch.as_tensor(level.ras_to_index, dtype=torch.float32).to(device),
+                size_xyz=torch.as_tensor(level.shape_xyz, dtype=torch.float32).to(device),
+            )
+        )
+    shape_xyz = np.asarray(volume.shape_xyz, dtype=np.float64)
+    centre_index = (shape_xyz - 1) / 2
+    index_to_ras = np.asarray(volume.index_to_ras, dtype=np.float64)
+    weights = np.clip(normalised.array, 0, None).astype(np.float64)
+    total = weights.sum()
+    if total > 0:
+        k, j, i = np.indices(weights.shape, sparse=True)
+        centroid_index = (
+            np.array([(weights * i).sum(), (weights * j).sum(), (weights * k).sum()]) / total
+        )
+    else:
+        centroid_index = centre_index
+    to_ras = index_to_ras[:3, :3]
+    return ScanPyramid(
+        levels=tuple(levels),
+        centre_ras=to_ras @ centre_index + index_to_ras[:3, 3],
+        intensity_centre_ras=to_ras @ centroid_index + index_to_ras[:3, 3],
+        index_to_ras=index_to_ras,
+        size_xyz=shape_xyz,
+        source=volume.source,
+    )

@@ -1,0 +1,82 @@
+"""Batched patch rendering: patches around many poses, over many scans, in one pass per scan.
+
+A patch of ``P x P x P`` voxels is axis-aligned with the (augmented) world RAS frame and
+centred on the agent: ``patch[k, j, i]`` samples the point ``position + (i, j, k) offsets``
+along (R, A, S) at the level's spacing. Sample points go through the episode's augmentation
+transform, then through the scan's RAS->index affine, and are read with trilinear
+interpolation (``grid_sample``); outside the scan is 0 (background after normalisation).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from medrl.data.augment import AugmentParams, apply_intensity, transform_points
+from medrl.envs.pyramid import ScanPyramid
+
+
+def patch_offsets(patch_size: int, device: torch.device | str = "cpu") -> torch.Tensor:
+    """Offsets (P^3, 3) in voxels along (R, A, S), ordered so a reshape gives [k, j, i]."""
+    half = patch_size // 2
+    r = torch.arange(-half, patch_size - half, dtype=torch.float32, device=device)
+    kk, jj, ii = torch.meshgrid(r, r, r, indexing="ij")
+    return torch.stack([ii, jj, kk], dim=-1).reshape(-1, 3)
+
+
+def episode_noise(
+    episode_seeds: np.ndarray, steps: np.ndarray, size: int, device: torch.device | str
+) -> torch.Tensor:
+    """Noise (N, size) that depends only on (episode seed, step): re-rendering reproduces it."""
+    out = torch.empty((len(episode_seeds), size), dtype=torch.float32)
+    gen = torch.Generator()
+    for n, (seed, step) in enumerate(zip(episode_seeds, steps, strict=True)):
+        gen.manual_seed((int(seed) * 1_000_003 + int(step)) % (2**63 - 1))
+        out[n] = torch.randn(size, generator=gen)
+    return out.to(device)
+
+
+def render_patches(
+    scans: list[ScanPyramid],
+    scan_index: torch.Tensor,
+    level: torch.Tensor,
+    position_ras: torch.Tensor,
+    params: AugmentParams,
+    patch_size: int,
+    spacings_mm: torch.Tensor,
+    noise: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Render patches (N, P, P, P) for N poses.
+
+    Args:
+        scans: the prepared scans.
+        scan_index: (N,) which scan each pose looks at.
+        level: (N,) scale level of each pose.
+        position_ras: (N, 3) centre of each patch, augmented world RAS mm.
+        params: (N,) augmentation of each pose's episode.
+        patch_size: P.
+        spacings_mm: (L,) patch spacing of each level.
+        noise: optional (N, P^3) standard-normal noise, scaled by the episode's noise level.
+    """
+    n = position_ras.shape[0]
+    device = position_ras.device
+    offsets = patch_offsets(patch_size, device)
+    spacing = spacings_mm.to(device)[level]
+    points = position_ras[:, None, :] + offsets[None] * spacing[:, None, None]
+    source_points = transform_points(params, points)
+    values = torch.zeros((n, offsets.shape[0]), dtype=torch.float32, device=device)
+    keys = scan_index * len(spacings_mm) + level
+    for key in torch.unique(keys).tolist():
+        rows = torch.nonzero(keys == key, as_tuple=True)[0]
+        image = scans[key // len(spacings_mm)].levels[key % len(spacings_mm)]
+        affine = image.ras_to_index
+        index = source_points[rows] @ affine[:3, :3].T + affine[:3, 3]
+        grid = 2.0 * index / (image.size_xyz - 1.0).clamp(min=1.0) - 1.0
+        grid = grid.reshape(1, len(rows) * patch_size, patch_size, patch_size, 3)
+        sampled = F.grid_sample(
+            image.tensor, grid, mode="bilinear", padding_mode="zeros", align_corners=True
+        )
+        values[rows] = sampled.reshape(len(rows), -1)
+    values = apply_intensity(params, values, points, noise)
+    return values.reshape(n, patch_size, patch_size, patch_size)

@@ -1,0 +1,164 @@
+"""Evaluation: the agent against the affine-registration baseline, on held-out scans.
+
+The built-in templates share MNI space, so an unmoved test image only measures memorised
+coordinates. Each test scan is therefore also evaluated under random rigid transforms
+(``rigid_trials`` of them): the image content is resampled through the transform and the
+true landmarks are moved with it.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+import torch
+
+from medrl.agents.checkpoint import LandmarkModel
+from medrl.agents.search import search
+from medrl.baselines.registration import propagate_landmarks
+from medrl.data.datalist import Case
+from medrl.io.images import Volume
+from medrl.io.landmarks import Landmarks, write_landmarks
+from medrl.metrics.localization import evaluation_tables, format_table, raw_error_rows, write_tables
+from medrl.utils.atomic import atomic_open
+
+AGENT = "agent"
+BASELINE = "affine-baseline"
+SUMMARY_COLUMNS = [
+    "method",
+    "n",
+    "mean_mm",
+    "median_mm",
+    "sd_mm",
+    "max_mm",
+    "failure_rate_10mm",
+    "detection_rate_2mm",
+    "detection_rate_2_5mm",
+    "detection_rate_3mm",
+    "detection_rate_4mm",
+]
+
+
+@dataclass(frozen=True)
+class RigidTransform:
+    rotation_axis: np.ndarray
+    rotation_deg: float
+    translation_mm: np.ndarray  # RAS
+
+
+def random_rigid(seed: int, max_rotation_deg: float, max_translation_mm: float) -> RigidTransform:
+    """A rotation about a random axis by up to ``max_rotation_deg`` and a shift up to
+    ``max_translation_mm`` in a random direction."""
+    rng = np.random.default_rng(seed)
+    axis = rng.normal(size=3)
+    axis /= np.linalg.norm(axis)
+    direction = rng.normal(size=3)
+    direction /= np.linalg.norm(direction)
+    return RigidTransform(
+        rotation_axis=axis,
+        rotation_deg=float(rng.uniform(-max_rotation_deg, max_rotation_deg)),
+        translation_mm=direction * rng.uniform(0, max_translation_mm),
+    )
+
+
+def move_case(
+    volume: Volume, landmarks: Landmarks, rigid: RigidTransform
+) -> tuple[Volume, Landmarks]:
+    """Rigidly move the anatomy inside the scan's own grid; landmarks move the same way.
+
+    The moved image is ``I'(x) = I(R^-1 (x - c - t) + c)``: the head rotated by R about the
+    scan centre c and shifted by t (world RAS), resampled (linear) on the original grid.
+    """
+    flip = np.array([-1.0, -1.0, 1.0])
+    centre_index = (np.asarray(volume.shape_xyz, dtype=np.float64) - 1) / 2
+    centre_ras = volume.index_to_world(centre_index[None], "RAS")[0]
+    # Rotation matrix in RAS, then in LPS (F R F with F = diag(-1, -1, 1)).
+    axis, angle = rigid.rotation_axis, np.deg2rad(rigid.rotation_deg)
+    k = np.array([[0, -axis[2], axis[1]], [axis[2], 0, -axis[0]], [-axis[1], axis[0], 0]])
+    rotation_ras = np.eye(3) + np.sin(angle) * k + (1 - np.cos(angle)) * (k @ k)
+    rotation_lps = np.diag(flip) @ rotation_ras @ np.diag(flip)
+    # SimpleITK resampling wants output point -> input point, i.e. the inverse motion.
+    inverse = sitk.AffineTransform(3)
+    inverse.SetMatrix(rotation_lps.T.flatten().tolist())
+    inverse.SetCenter((centre_ras * flip).tolist())
+    inverse.SetTranslation((-(rotation_lps.T @ (rigid.translation_mm * flip))).tolist())
+    image = volume.to_sitk()
+    moved = sitk.Resample(
+        image, image, inverse, sitk.sitkLinear, float(np.min(volume.array)), sitk.sitkFloat32
+    )
+    moved_points = (landmarks.points_ras - centre_ras) @ rotation_ras.T + centre_ras
+    moved_points = moved_points + rigid.translation_mm
+    return (
+        Volume.from_sitk(moved, source=f"{volume.source} (rigidly moved)"),
+        Landmarks(landmarks.names, moved_points, landmarks.descriptions),
+    )
+
+
+def evaluate(
+    model: LandmarkModel,
+    test_cases: list[Case],
+    atlas: Case,
+    out_dir: str | Path,
+    rigid_trials: int = 5,
+    max_rotation_deg: float = 15.0,
+    max_translation_mm: float = 20.0,
+    seed: int = 1000,
+    include_unmoved: bool = False,
+    device: str = "cpu",
+    progress: bool = True,
+) -> dict:
+    """Run agent and baseline on every test case (moved ``rigid_trials`` times); write tables."""
+    out_dir = Path(out_dir)
+    truth: dict[str, Landmarks] = {}
+    results: dict[str, dict[str, Landmarks]] = {AGENT: {}, BASELINE: {}}
+    timings: dict[str, list[float]] = {AGENT: [], BASELINE: []}
+    assert atlas.landmarks is not None
+    atlas_landmarks = atlas.landmarks.subset(list(model.names))
+    jobs: list[tuple[str, Volume, Landmarks]] = []
+    for case in test_cases:
+        if case.landmarks is None:
+            continue
+        case_truth = case.landmarks.subset([n for n in model.names if n in case.landmarks.names])
+        if include_unmoved or rigid_trials == 0:
+            jobs.append((case.case_id, case.volume, case_truth))
+        for trial in range(rigid_trials):
+            rigid = random_rigid(seed + trial, max_rotation_deg, max_translation_mm)
+            volume, moved = move_case(case.volume, case_truth, rigid)
+            jobs.append((f"{case.case_id}_rigid{trial}", volume, moved))
+    for index, (case_id, volume, case_truth) in enumerate(jobs):
+        if progress:
+            print(f"[{index + 1}/{len(jobs)}] evaluating {case_id}", file=sys.stderr, flush=True)
+        truth[case_id] = case_truth
+        started = time.perf_counter()
+        with torch.inference_mode():
+            found = search(model, volume, device).landmarks
+        timings[AGENT].append(time.perf_counter() - started)
+        results[AGENT][case_id] = found.subset(list(case_truth.names))
+        started = time.perf_counter()
+        baseline = propagate_landmarks(atlas.volume, atlas_landmarks, volume, seed=0)
+        timings[BASELINE].append(time.perf_counter() - started)
+        results[BASELINE][case_id] = baseline.subset(list(case_truth.names))
+        write_landmarks(found, out_dir / "predictions" / f"{case_id}.fcsv")
+    per_landmark, overall = evaluation_tables(results, truth)
+    for row in overall:
+        row["seconds_per_scan_median"] = float(np.median(timings[row["method"]]))
+    write_tables(per_landmark, out_dir, "per_landmark")
+    write_tables(overall, out_dir, "overall")
+    write_tables(raw_error_rows(results, truth), out_dir, "errors")
+    summary = {"overall": overall, "cases": list(truth), "atlas": atlas.case_id}
+    with atomic_open(out_dir / "summary.json") as handle:
+        json.dump(summary, handle, indent=2)
+    return {"per_landmark": per_landmark, "overall": overall}
+
+
+def print_tables(tables: dict) -> None:
+    per_landmark = tables["per_landmark"]
+    columns = ["method", "landmark", "description", "mean_mm", "median_mm", "max_mm"]
+    print(format_table(per_landmark, columns))
+    print()
+    print(format_table(tables["overall"], [*SUMMARY_COLUMNS, "seconds_per_scan_median"]))
