@@ -87,12 +87,15 @@ class AugmentConfig:
 class AgentConfig:
     """DQN agent and its network."""
 
+    backup: str = "all_actions"
+    """``sampled`` (n-step double DQN on the taken action) or ``all_actions`` (one-step double
+    DQN targets for all six actions of each sampled state, from the known dynamics)."""
     double: bool = True
     dueling: bool = True
     n_step: int = 3
     gamma: float = 0.9
     lr: float = 3e-4
-    batch_size: int = 64
+    batch_size: int = 32
     replay_size: int = 100_000
     learning_starts: int = 2_000
     """Transitions collected before the first update."""

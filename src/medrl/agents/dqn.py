@@ -21,17 +21,17 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from tqdm import tqdm
 
 from medrl.agents.checkpoint import build_network, save_model_files
+from medrl.agents.losses import all_actions_loss, check_all_actions_supported, sampled_loss
 from medrl.agents.replay import NStepAssembler, PoseReplay, split_poses
 from medrl.config import Config, save_config
 from medrl.data.augment import AugmentParams, batch_params
 from medrl.data.sources import landmark_table, load_split
 from medrl.envs.landmark import LandmarkKernel, render_observation
 from medrl.envs.pyramid import ScanPyramid, build_pyramid
-from medrl.errors import CheckpointError
+from medrl.errors import CheckpointError, InputError
 from medrl.utils.atomic import atomic_dir, atomic_open
 
 CHECKPOINT_DIR = "checkpoints/latest"
@@ -73,13 +73,22 @@ class Trainer:
             scans = [build_pyramid(case.volume, spacings, self.device) for case in cases]
         assert targets is not None
         self.scans, self.targets = scans, targets
+        self.targets_ras = torch.as_tensor(np.stack(targets), dtype=torch.float32).to(self.device)
+        if config.agent.backup not in ("sampled", "all_actions"):
+            raise InputError(
+                f"agent.backup must be sampled or all_actions, not {config.agent.backup!r}"
+            )
+        if config.agent.backup == "all_actions":
+            check_all_actions_supported(config)
         self.names, self.descriptions = tuple(names), tuple(descriptions)
         self.kernel = LandmarkKernel(
             scans, targets, config.env, config.augment, train.num_envs, self.device, train.seed
         )
         self.network = build_network(config, len(self.names)).to(self.device)
         self.target = copy.deepcopy(self.network).eval()
-        self.optimizer = torch.optim.Adam(self.network.parameters(), lr=config.agent.lr)
+        self.optimizer = torch.optim.Adam(
+            self.network.parameters(), lr=config.agent.lr, foreach=True
+        )
         self.replay = PoseReplay(
             config.agent.replay_size, config.env.frames, config.env.action_history
         )
@@ -122,6 +131,13 @@ class Trainer:
         if batch is not None:
             self.replay.add(batch)
         stats = {
+            **{
+                f"final_distance_mm/level{lv}": float(
+                    info["distance_mm"][torch.as_tensor(done) & (self.kernel.level == lv)].mean()
+                )
+                for lv in range(self.kernel.num_levels)
+                if (done & (self.kernel.level == lv).cpu().numpy()).any()
+            },
             "epsilon": epsilon,
             "reward": float(reward.mean()),
             "episodes_done": float(done.sum()),
@@ -144,21 +160,28 @@ class Trainer:
         batch = self.replay.sample(agent.batch_size, self.rng)
         state, following = split_poses(batch, self.device)
         params = self._params_for(batch["scan"], batch["episode_seed"])
-        obs = render_observation(self.scans, self.config.env, state, params)
-        next_obs = render_observation(self.scans, self.config.env, following, params)
-        actions = torch.as_tensor(batch["action"].astype(np.int64), device=self.device)
-        reward = torch.as_tensor(batch["reward"], device=self.device)
-        discount = torch.as_tensor(batch["discount"], device=self.device)
-        with torch.no_grad():
-            next_q_target = self.target(next_obs)
-            if agent.double:
-                next_actions = self.network(next_obs).argmax(dim=1, keepdim=True)
-            else:
-                next_actions = next_q_target.argmax(dim=1, keepdim=True)
-            bootstrap = next_q_target.gather(1, next_actions)[:, 0]
-            target = reward + discount * bootstrap
-        q = self.network(obs).gather(1, actions[:, None])[:, 0]
-        loss = F.smooth_l1_loss(q, target)
+        if agent.backup == "all_actions":
+            loss = all_actions_loss(
+                self.network,
+                self.target,
+                self.config,
+                self.scans,
+                self.targets_ras,
+                state,
+                params,
+                self.kernel.inside,
+            )
+        else:
+            loss = sampled_loss(
+                self.network,
+                self.target,
+                render_observation(self.scans, self.config.env, state, params),
+                render_observation(self.scans, self.config.env, following, params),
+                torch.as_tensor(batch["action"].astype(np.int64), device=self.device),
+                torch.as_tensor(batch["reward"], device=self.device),
+                torch.as_tensor(batch["discount"], device=self.device),
+                agent.double,
+            )
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(self.network.parameters(), agent.grad_clip)

@@ -8,7 +8,7 @@ slot (its action is ignored, reward 0, not done).
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 import gymnasium as gym
 import numpy as np
@@ -55,7 +55,7 @@ def _info(kernel: LandmarkKernel, extra: dict[str, torch.Tensor] | None = None) 
 class LandmarkEnv(gym.Env):
     """A single landmark-search environment: the kernel with one slot."""
 
-    metadata: dict[str, Any] = {"render_modes": []}
+    metadata: ClassVar[dict[str, Any]] = {"render_modes": []}
 
     def __init__(
         self,
@@ -96,7 +96,7 @@ class LandmarkEnv(gym.Env):
 class LandmarkVectorEnv(VectorEnv):
     """Many landmark-search environments in one batched kernel (next-step autoreset)."""
 
-    metadata: dict[str, Any] = {"autoreset_mode": AutoresetMode.NEXT_STEP}
+    metadata: ClassVar[dict[str, Any]] = {"autoreset_mode": AutoresetMode.NEXT_STEP}
 
     def __init__(
         self,

@@ -77,15 +77,21 @@ def render_observation(
         spacings,
         noise,
     ).reshape(n, frames, p, p, p)
-    history = torch.zeros((n, config.action_history, NUM_ACTIONS), device=device)
-    valid = poses.actions >= 0
-    history[valid] = torch.nn.functional.one_hot(poses.actions[valid], NUM_ACTIONS).float()
     return {
         "patch": patches,
         "landmark": poses.landmark,
         "level": poses.level,
-        "actions": history.reshape(n, -1),
+        "actions": action_history_one_hot(poses.actions),
     }
+
+
+def action_history_one_hot(actions: torch.Tensor) -> torch.Tensor:
+    """Past actions (N, K), -1 for none, as a flat one-hot (N, K * 6)."""
+    n, k = actions.shape
+    history = torch.zeros((n, k, NUM_ACTIONS), device=actions.device)
+    valid = actions >= 0
+    history[valid] = torch.nn.functional.one_hot(actions[valid], NUM_ACTIONS).float()
+    return history.reshape(n, -1)
 
 
 def oscillation_count(recent_ras: torch.Tensor, position_ras: torch.Tensor, tol_mm: torch.Tensor):
@@ -192,7 +198,7 @@ class LandmarkKernel:
         starts = targets + offsets_t
         scan_t = torch.as_tensor(scans, device=self.device)
         for _ in range(6):  # pull starts that fall outside the image towards the target
-            inside = self._inside(scan_t, params, starts)
+            inside = self.inside(scan_t, params, starts)
             if bool(inside.all()):
                 break
             offsets_t = torch.where(inside[:, None], offsets_t, offsets_t * 0.5)
@@ -211,7 +217,7 @@ class LandmarkKernel:
         self.steps[rows] = 0
         self.episode_seed[rows] = seeds
 
-    def _inside(
+    def inside(
         self, scan: torch.Tensor, params: AugmentParams, position_ras: torch.Tensor
     ) -> torch.Tensor:
         source = transform_points(params, position_ras[:, None])[:, 0]
@@ -236,7 +242,7 @@ class LandmarkKernel:
         step = self.step_mm[self.level]
         old = self.position_ras
         proposed = old + action_vectors(self.device)[actions] * step[:, None]
-        inside = self._inside(self.scan, self.params, proposed)
+        inside = self.inside(self.scan, self.params, proposed)
         new = torch.where(inside[:, None], proposed, old)
         d_old = torch.linalg.norm(old - self.target_ras, dim=-1)
         d_new = torch.linalg.norm(new - self.target_ras, dim=-1)

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from medrl.data.augment import AugmentParams, apply_intensity, transform_points
+from medrl.data.augment import AugmentParams, apply_intensity, grid_log_bias, transform_grid
 from medrl.envs.pyramid import ScanPyramid
 
 
@@ -61,22 +61,26 @@ def render_patches(
     """
     n = position_ras.shape[0]
     device = position_ras.device
-    offsets = patch_offsets(patch_size, device)
     spacing = spacings_mm.to(device)[level]
-    points = position_ras[:, None, :] + offsets[None] * spacing[:, None, None]
-    source_points = transform_points(params, points)
-    values = torch.zeros((n, offsets.shape[0]), dtype=torch.float32, device=device)
+    half = patch_size // 2
+    axis = torch.arange(-half, patch_size - half, dtype=torch.float32, device=device)
+    offsets_mm = spacing[:, None] * axis[None, :]
+    source_points = transform_grid(params, position_ras, offsets_mm)
+    values = torch.zeros((n, patch_size**3), dtype=torch.float32, device=device)
     keys = scan_index * len(spacings_mm) + level
     for key in torch.unique(keys).tolist():
         rows = torch.nonzero(keys == key, as_tuple=True)[0]
         image = scans[key // len(spacings_mm)].levels[key % len(spacings_mm)]
         affine = image.ras_to_index
-        index = source_points[rows] @ affine[:3, :3].T + affine[:3, 3]
-        grid = 2.0 * index / (image.size_xyz - 1.0).clamp(min=1.0) - 1.0
+        # RAS -> index -> grid_sample's [-1, 1] (align_corners=True), folded into one affine.
+        scale = 2.0 / (image.size_xyz - 1.0).clamp(min=1.0)
+        to_grid = affine[:3, :3] * scale[:, None]
+        shift = affine[:3, 3] * scale - 1.0
+        grid = torch.addmm(shift, source_points[rows].reshape(-1, 3), to_grid.T)
         grid = grid.reshape(1, len(rows) * patch_size, patch_size, patch_size, 3)
         sampled = F.grid_sample(
             image.tensor, grid, mode="bilinear", padding_mode="zeros", align_corners=True
         )
         values[rows] = sampled.reshape(len(rows), -1)
-    values = apply_intensity(params, values, points, noise)
+    values = apply_intensity(params, values, grid_log_bias(params, position_ras, offsets_mm), noise)
     return values.reshape(n, patch_size, patch_size, patch_size)

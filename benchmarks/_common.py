@@ -1,0 +1,36 @@
+"""Shared set-up for the benchmarks: the built-in training template and a timing helper."""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Callable
+
+import torch
+
+from medrl.config import Config
+from medrl.data.sources import landmark_table, load_split
+from medrl.envs.pyramid import ScanPyramid, build_pyramid
+
+
+def builtin_training_scans(config: Config) -> tuple[list[ScanPyramid], list, tuple[str, ...]]:
+    """The MNI152NLin2009cAsym scans as the environment sees them (run `medrl data fetch afids`)."""
+    cases = load_split("builtin:afids", "train")
+    names, _, targets = landmark_table(cases)
+    spacings = [lv.spacing_mm for lv in config.env.levels]
+    return [build_pyramid(c.volume, spacings) for c in cases], targets, names
+
+
+def median_seconds(fn: Callable[[], object], repeats: int = 5, warmup: int = 1) -> float:
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - started)
+    return statistics.median(times)
+
+
+def set_threads(threads: int) -> None:
+    torch.set_num_threads(threads)
