@@ -101,3 +101,82 @@ def write_dicom_series(
         writer.Execute(slice_image)
         paths.append(path)
     return paths
+
+
+# ------------------------------------------------------------- environment / agent tests
+#: RAS centre of the blob and ramp volumes (away from 0 to catch centre/origin mix-ups).
+CENTRE_RAS = np.array([10.0, -20.0, 30.0])
+#: Blob centres relative to CENTRE_RAS (mm, RAS): well apart, within 20 mm of the centre.
+BLOB_OFFSETS_RAS = np.array([[14.0, 9.0, -10.0], [-13.0, -10.0, 12.0], [4.0, -16.0, -13.0]])
+BLOB_NAMES = ("blob_a", "blob_b", "blob_c")
+
+
+def _grid_volume(
+    shape_zyx: tuple[int, int, int],
+    spacing_mm: tuple[float, float, float],
+    direction_lps: np.ndarray,
+    centre_ras: np.ndarray,
+) -> tuple[Volume, np.ndarray]:
+    """An all-zero volume whose centre lies at ``centre_ras``, and the RAS point of each voxel
+    as an array (nz, ny, nx, 3)."""
+    nz, ny, nx = shape_zyx
+    spacing = np.asarray(spacing_mm, dtype=np.float64)
+    direction = np.asarray(direction_lps, dtype=np.float64)
+    centre_lps = np.asarray(centre_ras, dtype=np.float64) * np.array([-1.0, -1.0, 1.0])
+    half_index = (np.array([nx, ny, nz], dtype=np.float64) - 1) / 2
+    origin_lps = centre_lps - direction @ (spacing * half_index)
+    empty = Volume(np.zeros(shape_zyx, np.float32), spacing, origin_lps, direction, "synthetic")
+    k, j, i = np.meshgrid(np.arange(nz), np.arange(ny), np.arange(nx), indexing="ij")
+    index = np.stack([i, j, k], axis=-1).reshape(-1, 3).astype(np.float64)
+    ras = empty.index_to_world(index, "RAS").reshape(nz, ny, nx, 3)
+    return empty, ras
+
+
+def blob_volume(
+    shape_zyx: tuple[int, int, int] = (64, 64, 64),
+    spacing_mm: tuple[float, float, float] = (1.5, 1.5, 1.5),
+    direction_lps: np.ndarray | None = None,
+    blobs_ras: np.ndarray | None = None,
+    sigma_mm: float = 4.0,
+    noise: float = 5.0,
+    centre_ras: np.ndarray = CENTRE_RAS,
+    seed: int = 0,
+) -> tuple[Volume, np.ndarray]:
+    """An oblique volume of Gaussian blobs (peaks 1000, 800, 600, ...) on a weak noise floor.
+
+    Returns the volume and the blob centres (B, 3) RAS mm (default: ``CENTRE_RAS`` plus
+    ``BLOB_OFFSETS_RAS``). The direction defaults to ``rotation_matrix(20, 20)``.
+    """
+    if direction_lps is None:
+        direction_lps = rotation_matrix(20.0, 20.0)
+    if blobs_ras is None:
+        blobs_ras = np.asarray(centre_ras) + BLOB_OFFSETS_RAS
+    blobs_ras = np.atleast_2d(np.asarray(blobs_ras, dtype=np.float64))
+    empty, ras = _grid_volume(shape_zyx, spacing_mm, direction_lps, centre_ras)
+    array = np.zeros(shape_zyx, np.float64)
+    for index, blob in enumerate(blobs_ras):
+        dist2 = np.sum((ras - blob) ** 2, axis=-1)
+        array += (1000.0 - 200.0 * index) * np.exp(-dist2 / (2 * sigma_mm**2))
+    array += np.random.default_rng(seed).normal(0.0, noise, shape_zyx)
+    volume = Volume(
+        array.astype(np.float32), empty.spacing_mm, empty.origin_lps, empty.direction_lps, "blobs"
+    )
+    return volume, blobs_ras
+
+
+def ramp_volume(
+    gradient_ras: tuple[float, float, float] = (1.0, 2.0, 3.0),
+    offset: float = 500.0,
+    shape_zyx: tuple[int, int, int] = (40, 36, 32),
+    spacing_mm: tuple[float, float, float] = (1.2, 1.5, 2.0),
+    direction_lps: np.ndarray | None = None,
+    centre_ras: np.ndarray = CENTRE_RAS,
+) -> Volume:
+    """An oblique, anisotropic volume with voxel values ``gradient . (RAS - centre) + offset``."""
+    if direction_lps is None:
+        direction_lps = rotation_matrix(25.0, -30.0)
+    empty, ras = _grid_volume(shape_zyx, spacing_mm, direction_lps, centre_ras)
+    array = (ras - np.asarray(centre_ras)) @ np.asarray(gradient_ras, dtype=np.float64) + offset
+    return Volume(
+        array.astype(np.float32), empty.spacing_mm, empty.origin_lps, empty.direction_lps, "ramp"
+    )

@@ -46,7 +46,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from medrl.config import load_config
 
     config = load_config(_config_path(args.config), args.set)
-    command = "medrl " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    command = "medrl " + " ".join(shlex.quote(a) for a in args.argv)
     trainer = Trainer(config, args.run_dir, command=command)
     if not args.restart and trainer.load_checkpoint():
         print(f"resuming {args.run_dir} at step {trainer.step}", file=sys.stderr)
@@ -172,7 +172,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
+    args.argv = argv
     try:
         return int(args.func(args))
     except MedrlError as exc:

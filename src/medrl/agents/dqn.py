@@ -330,6 +330,12 @@ class Trainer:
             state = torch.load(state_path, map_location=self.device, weights_only=False)
             if tuple(state["names"]) != self.names:
                 raise CheckpointError("checkpoint was trained on other landmarks", folder)
+            if len(state["kernel_rngs"]) != self.kernel.num_envs:
+                raise CheckpointError(
+                    f"checkpoint has {len(state['kernel_rngs'])} environments, the config "
+                    f"{self.kernel.num_envs} (train.num_envs); use the run's config or --restart",
+                    folder,
+                )
             self.network.load_state_dict(state["network"])
             self.target.load_state_dict(state["target"])
             self.optimizer.load_state_dict(state["optimizer"])

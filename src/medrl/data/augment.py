@@ -216,19 +216,26 @@ def log_bias(params: AugmentParams, points_ras: torch.Tensor) -> torch.Tensor:
 
 
 def inverse_transform_points(
-    params: AugmentParams, points_ras: torch.Tensor, iterations: int = 30
+    params: AugmentParams, points_ras: torch.Tensor, tol_mm: float = 1e-5, max_iterations: int = 500
 ) -> torch.Tensor:
-    """Solve ``T(y) = points`` for y (N, M, 3): where original points lie after augmentation."""
-    centre = params.centre_ras[:, None, :]
-    inverse = torch.linalg.inv(params.matrix.double()).to(points_ras.dtype)
-    base = points_ras - centre - params.translation_mm[:, None, :]
+    """Solve ``T(y) = points`` for y (N, M, 3): where original points lie after augmentation.
+
+    Fixed-point iteration in float64 until the update is below ``tol_mm``; a RuntimeError if
+    it does not converge (an elastic field too strong to be invertible).
+    """
+    double = AugmentParams(*(getattr(params, name).double() for name in _FIELDS))
+    target = points_ras.double()
+    centre = double.centre_ras[:, None, :]
+    inverse = torch.linalg.inv(double.matrix)
+    base = target - centre - double.translation_mm[:, None, :]
     y = torch.einsum("nij,nmj->nmi", inverse, base) + centre
-    for _ in range(iterations):
-        y_next = torch.einsum("nij,nmj->nmi", inverse, base - _elastic(params, y)) + centre
-        if torch.max(torch.abs(y_next - y)) < 1e-6:
-            return y_next
+    for _ in range(max_iterations):
+        y_next = torch.einsum("nij,nmj->nmi", inverse, base - _elastic(double, y)) + centre
+        converged = torch.max(torch.abs(y_next - y)) < tol_mm
         y = y_next
-    return y
+        if converged:
+            return y.to(points_ras.dtype)
+    raise RuntimeError("the augmentation's elastic field is not invertible; lower elastic_mm")
 
 
 def apply_intensity(

@@ -43,12 +43,9 @@ def _to_numpy(obs: dict[str, torch.Tensor]) -> dict[str, np.ndarray]:
 
 
 def _info(kernel: LandmarkKernel, extra: dict[str, torch.Tensor] | None = None) -> dict:
-    info = {
-        "distance_mm": kernel.distance_mm().cpu().numpy(),
-        "position_ras": kernel.position_ras.cpu().numpy(),
-    }
-    for key, value in (extra or {}).items():
-        info[key] = value.cpu().numpy()
+    info = {key: value.cpu().numpy().copy() for key, value in (extra or {}).items()}
+    info["distance_mm"] = kernel.distance_mm().cpu().numpy().copy()
+    info["position_ras"] = kernel.position_ras.cpu().numpy().copy()
     return info
 
 
@@ -136,6 +133,9 @@ class LandmarkVectorEnv(VectorEnv):
             # Slots whose episode ended last step start afresh; their step is ignored. The
             # kernel moved them anyway, which is harmless: reset overwrites the whole slot.
             self.kernel.reset(self._autoreset)
+            restarted = torch.as_tensor(self._autoreset)
+            extra["oscillating"] = extra["oscillating"] & ~restarted
+            extra["inside"] = extra["inside"] | restarted
             reward_np[self._autoreset] = 0.0
             terminated_np[self._autoreset] = False
             truncated_np[self._autoreset] = False

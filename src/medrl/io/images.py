@@ -11,6 +11,7 @@ through :meth:`Volume.index_to_lps_matrix`, the single place that encodes the IT
 
 from __future__ import annotations
 
+import gzip
 import math
 import os
 import shutil
@@ -259,6 +260,33 @@ def _read_file(path: Path) -> sitk.Image:
         ) from None
 
 
+_NIFTI_FLOAT_TYPES = {16: "f4", 64: "f8"}  # NIfTI-1 datatype codes of float32 / float64
+
+
+def _nifti_non_finite(path: Path) -> int:
+    """Count NaN/Inf voxels in a float NIfTI-1 file, read raw.
+
+    ITK's NIfTI reader silently replaces NaN and Inf by 0, so they have to be found in the
+    file itself. Returns 0 for non-float files or anything that is not plain NIfTI-1.
+    """
+    opener = gzip.open if path.name.lower().endswith(".gz") else open
+    try:
+        with opener(path, "rb") as handle:
+            header = handle.read(348)
+            if len(header) < 348:
+                return 0
+            endian = "<" if int.from_bytes(header[:4], "little") == 348 else ">"
+            datatype = int(np.frombuffer(header, f"{endian}i2", 1, 70)[0])
+            if datatype not in _NIFTI_FLOAT_TYPES:
+                return 0
+            offset = int(np.frombuffer(header, f"{endian}f4", 1, 108)[0])
+            handle.read(max(offset - 348, 0))
+            data = np.frombuffer(handle.read(), f"{endian}{_NIFTI_FLOAT_TYPES[datatype]}")
+    except (OSError, ValueError, EOFError):
+        return 0
+    return int(data.size - np.count_nonzero(np.isfinite(data)))
+
+
 def _check_voxels(array: np.ndarray, path: Path) -> None:
     """Reject images with no voxels, NaN/Inf voxels, or a single constant value."""
     if array.size == 0:
@@ -308,6 +336,10 @@ def read_image(path: str | Path) -> Volume:
         raise InputError(f"cannot convert voxels to float: {_sitk_detail(error)}", path) from None
     array = sitk.GetArrayFromImage(image)
     _check_voxels(array, path)
+    if path.is_file() and path.name.lower().endswith((".nii", ".nii.gz")):
+        bad = _nifti_non_finite(path)
+        if bad:
+            raise InputError(f"image has {bad} NaN or infinite voxel(s) out of {array.size}", path)
     try:
         return Volume.from_sitk(image, source=str(path))
     except ValueError as error:  # e.g. a degenerate direction matrix in the header

@@ -1,0 +1,304 @@
+"""Tests for the ``medrl`` command (called in-process through ``medrl.cli.main``)."""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+import medrl
+from _synthetic import BLOB_NAMES, blob_volume
+from medrl.agents.checkpoint import build_network, save_model_files
+from medrl.cli import main
+from medrl.config import load_config
+from medrl.evaluation import move_case, random_rigid
+from medrl.io.images import Volume, write_image
+from medrl.io.landmarks import Landmarks, read_landmarks, write_landmarks
+
+# Tiny tensors: torch's thread pool costs far more than it saves here (15x on 2 busy cores).
+torch.set_num_threads(1)
+
+SMOKE = Path(medrl.__file__).parent / "configs" / "smoke.yaml"
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory) -> dict[str, Path]:
+    """Train and test scans (NIfTI) with .fcsv landmarks and a JSON datalist."""
+    folder = tmp_path_factory.mktemp("data")
+    train_volume, train_blobs = blob_volume(seed=0)
+    # The test scan: the same anatomy, shifted by a few mm, other noise.
+    test_blobs = train_blobs + np.array([3.0, -2.0, 2.5])
+    test_volume, _ = blob_volume(blobs_ras=test_blobs, seed=1)
+    paths = {}
+    for name, volume, blobs in (
+        ("train", train_volume, train_blobs),
+        ("test", test_volume, test_blobs),
+    ):
+        write_image(volume, folder / f"{name}.nii.gz")
+        write_landmarks(Landmarks(BLOB_NAMES, blobs, ("a", "b", "c")), folder / f"{name}.fcsv")
+        paths[name] = folder / f"{name}.nii.gz"
+    datalist = folder / "datalist.json"
+    cases = [
+        {"id": name, "image": f"{name}.nii.gz", "landmarks": f"{name}.fcsv", "split": name}
+        for name in ("train", "test")
+    ]
+    datalist.write_text(json.dumps({"cases": cases}))
+    paths["datalist"] = datalist
+    return paths
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory) -> Path:
+    """An untrained model folder (enough for the error paths)."""
+    torch.manual_seed(0)
+    config = load_config(SMOKE)
+    folder = tmp_path_factory.mktemp("model")
+    network = build_network(config, len(BLOB_NAMES))
+    save_model_files(folder, network, config, BLOB_NAMES, ("a", "b", "c"), {})
+    return folder
+
+
+@pytest.fixture
+def old_model_dir(model_dir: Path, tmp_path: Path) -> Path:
+    """A model folder from an incompatible (future) format version."""
+    folder = tmp_path / "old_model"
+    shutil.copytree(model_dir, folder)
+    header = yaml.safe_load((folder / "model.yaml").read_text())
+    header["format_version"] = 99
+    (folder / "model.yaml").write_text(yaml.safe_dump(header, sort_keys=False))
+    return folder
+
+
+def _empty(folder: Path) -> bool:
+    return not folder.exists() or not any(folder.iterdir())
+
+
+# ------------------------------------------------------------------- predict errors
+def test_predict_missing_image(model_dir: Path, tmp_path: Path, capsys) -> None:
+    out = tmp_path / "out"
+    missing = tmp_path / "missing.nii.gz"
+    code = main(["predict", "--model", str(model_dir), "--image", str(missing), "--out", str(out)])
+    assert code == 2
+    assert _empty(out)
+    err = capsys.readouterr().err
+    assert str(missing) in err and "not found" in err
+
+
+def test_predict_checks_every_scan_before_writing(
+    model_dir: Path, data: dict[str, Path], tmp_path: Path, capsys
+) -> None:
+    out = tmp_path / "out"
+    missing = tmp_path / "missing.nii.gz"
+    argv = ["predict", "--model", str(model_dir), "--out", str(out)]
+    code = main([*argv, "--image", str(data["test"]), "--image", str(missing)])
+    assert code == 2
+    assert _empty(out)  # not even the good scan's file
+    assert str(missing) in capsys.readouterr().err
+
+
+def test_predict_corrupt_image(model_dir: Path, tmp_path: Path, capsys) -> None:
+    corrupt = tmp_path / "x.nii.gz"
+    corrupt.write_bytes(np.random.default_rng(0).bytes(3000))
+    out = tmp_path / "out"
+    code = main(["predict", "--model", str(model_dir), "--image", str(corrupt), "--out", str(out)])
+    assert code == 2
+    assert _empty(out)
+    assert str(corrupt) in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("suffix", [".mha", ".nrrd", ".nii.gz"])
+def test_predict_image_with_nan_voxels(
+    model_dir: Path, tmp_path: Path, suffix: str, capsys
+) -> None:
+    """The voxel data on disk holds a NaN (for NIfTI too: ITK's reader turns it into 0)."""
+    volume, _ = blob_volume(shape_zyx=(16, 16, 16))
+    array = volume.array.copy()
+    array[3, 4, 5] = np.nan
+    path = tmp_path / f"nan{suffix}"
+    write_image(Volume(array, volume.spacing_mm, volume.origin_lps, volume.direction_lps), path)
+    out = tmp_path / "out"
+    code = main(["predict", "--model", str(model_dir), "--image", str(path), "--out", str(out)])
+    assert code == 2
+    assert _empty(out)
+    err = capsys.readouterr().err
+    assert str(path) in err and "NaN" in err
+
+
+def test_predict_with_model_of_incompatible_version(
+    old_model_dir: Path, data: dict[str, Path], tmp_path: Path, capsys
+) -> None:
+    out = tmp_path / "out"
+    argv = ["predict", "--model", str(old_model_dir), "--image", str(data["test"])]
+    assert main([*argv, "--out", str(out)]) == 2
+    assert _empty(out)
+    err = capsys.readouterr().err
+    assert "format version 99" in err and str(old_model_dir / "model.yaml") in err
+
+
+def test_predict_with_missing_model_folder(data: dict[str, Path], tmp_path: Path, capsys) -> None:
+    missing = tmp_path / "no_model"
+    argv = ["predict", "--model", str(missing), "--image", str(data["test"])]
+    assert main([*argv, "--out", str(tmp_path / "out")]) == 2
+    assert str(missing) in capsys.readouterr().err
+
+
+# --------------------------------------------------------------- evaluate / train errors
+def test_evaluate_with_model_of_incompatible_version(
+    old_model_dir: Path, data: dict[str, Path], tmp_path: Path, capsys
+) -> None:
+    out = tmp_path / "evaluation"
+    argv = ["evaluate", "--model", str(old_model_dir), "--datalist", str(data["datalist"])]
+    assert main([*argv, "--rigid-trials", "1", "--out", str(out)]) == 2
+    assert _empty(out)
+    assert "format version" in capsys.readouterr().err
+
+
+def test_train_unknown_override_key(tmp_path: Path, capsys) -> None:
+    run_dir = tmp_path / "run"
+    argv = ["train", "--config", "smoke", "--set", "agent.no_such_key=1"]
+    assert main([*argv, "--run-dir", str(run_dir), "--quiet"]) == 2
+    assert "agent.no_such_key" in capsys.readouterr().err
+    assert _empty(run_dir)
+
+
+@pytest.mark.parametrize("override", ["agent.lr", "train.total_steps=many", "train.nope.deeper=1"])
+def test_train_malformed_overrides(tmp_path: Path, override: str, capsys) -> None:
+    argv = ["train", "--config", "smoke", "--set", override, "--run-dir", str(tmp_path / "r")]
+    assert main([*argv, "--quiet"]) == 2
+    assert capsys.readouterr().err.startswith("medrl: error:")
+
+
+def test_train_unknown_config_preset(tmp_path: Path, capsys) -> None:
+    argv = ["train", "--config", "no-such-preset", "--run-dir", str(tmp_path / "r")]
+    assert main([*argv, "--quiet"]) == 2
+    assert "no-such-preset" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("missing", ["image", "landmarks"])
+def test_train_datalist_pointing_to_a_missing_file(
+    data: dict[str, Path], tmp_path: Path, missing: str, capsys
+) -> None:
+    case = {"id": "c1", "image": str(data["train"]), "landmarks": str(data["train"])[:-7] + ".fcsv"}
+    case[missing] = str(tmp_path / f"gone_{missing}")
+    datalist = tmp_path / "datalist.json"
+    datalist.write_text(json.dumps({"cases": [case]}))
+    run_dir = tmp_path / "run"
+    argv = ["train", "--config", "smoke", "--set", f"train.datalist={datalist}"]
+    assert main([*argv, "--run-dir", str(run_dir), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert f"gone_{missing}" in err and str(datalist) in err
+    assert _empty(run_dir)
+
+
+def test_train_datalist_file_missing(tmp_path: Path, capsys) -> None:
+    missing = tmp_path / "nope.json"
+    argv = ["train", "--config", "smoke", "--set", f"train.datalist={missing}"]
+    assert main([*argv, "--run-dir", str(tmp_path / "run"), "--quiet"]) == 2
+    assert str(missing) in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------------ evaluation
+def test_rigid_move_of_a_case_moves_its_landmarks_with_the_image() -> None:
+    """evaluate's rigid moves: each blob peak of the moved scan is at its moved landmark."""
+    volume, blobs = blob_volume(noise=0.0, sigma_mm=3.0)
+    landmarks = Landmarks(BLOB_NAMES, blobs)
+    k, j, i = np.indices(volume.array.shape)
+    index = np.stack([i, j, k], axis=-1).reshape(-1, 3).astype(np.float64)
+    for seed in range(2):
+        rigid = random_rigid(seed, 15.0, 20.0)
+        moved_volume, moved = move_case(volume, landmarks, rigid)
+        assert moved.names == BLOB_NAMES
+        shift = np.linalg.norm(moved.points_ras - blobs, axis=1)
+        assert shift.min() > 2.0  # the move is not trivial
+        ras = moved_volume.index_to_world(index)
+        values = moved_volume.array.reshape(-1).astype(np.float64)
+        for point in moved.points_ras:
+            near = np.linalg.norm(ras - point, axis=1) < 6.0
+            centroid = (ras[near] * values[near, None]).sum(0) / values[near].sum()
+            assert np.linalg.norm(centroid - point) < 0.3
+
+
+def _train(data: dict[str, Path], run_dir: Path, *overrides: str) -> int:
+    sets = [item for value in overrides for item in ("--set", value)]
+    argv = ["train", "--config", "smoke", "--set", f"train.datalist={data['datalist']}", *sets]
+    return main([*argv, "--run-dir", str(run_dir), "--quiet"])
+
+
+def test_train_resumes_a_run(data: dict[str, Path], tmp_path: Path, capsys) -> None:
+    run_dir = tmp_path / "run"
+    assert _train(data, run_dir, "train.total_steps=2") == 0
+    header = yaml.safe_load((run_dir / "model" / "model.yaml").read_text())
+    assert header["training"]["steps"] == 2
+    capsys.readouterr()
+    assert _train(data, run_dir, "train.total_steps=4") == 0
+    assert "at step 2" in capsys.readouterr().err
+    header = yaml.safe_load((run_dir / "model" / "model.yaml").read_text())
+    assert header["training"]["steps"] == 4
+
+
+def test_model_yaml_records_the_train_command(data: dict[str, Path], tmp_path: Path) -> None:
+    """The command in model.yaml must be the one main() ran, not the host process's argv."""
+    run_dir = tmp_path / "run"
+    assert _train(data, run_dir, "train.total_steps=1") == 0
+    header = yaml.safe_load((run_dir / "model" / "model.yaml").read_text())
+    command = header["training"]["command"]
+    assert command.startswith("medrl train ") and str(run_dir) in command
+
+
+# ------------------------------------------------------------------------ end to end
+@pytest.mark.slow
+def test_train_predict_evaluate_end_to_end(data: dict[str, Path], tmp_path: Path, capsys) -> None:
+    run_dir = tmp_path / "run"
+    code = main(
+        [
+            "train",
+            "--config",
+            "smoke",
+            "--set",
+            f"train.datalist={data['datalist']}",
+            "--run-dir",
+            str(run_dir),
+            "--quiet",
+        ]
+    )
+    assert code == 0
+    model = run_dir / "model"
+    assert (model / "model.safetensors").is_file() and (model / "model.yaml").is_file()
+    assert str(model) in capsys.readouterr().out
+
+    out = tmp_path / "predictions"
+    argv = ["predict", "--model", str(model), "--image", str(data["test"]), "--out", str(out)]
+    assert main(argv) == 0
+    written = out / "test.fcsv"
+    assert sorted(p.name for p in out.iterdir()) == ["test.fcsv"]
+    found = read_landmarks(written)
+    assert found.names == BLOB_NAMES
+    assert found.descriptions == ("a", "b", "c")
+    assert np.isfinite(found.points_ras).all()
+
+    # The same points, written in LPS.
+    out_lps = tmp_path / "predictions_lps"
+    argv = ["predict", "--model", str(model), "--image", str(data["test"]), "--out", str(out_lps)]
+    assert main([*argv, "--coordinate-system", "LPS"]) == 0
+    assert "LPS" in (out_lps / "test.fcsv").read_text()
+    np.testing.assert_allclose(read_landmarks(out_lps / "test.fcsv").points_ras, found.points_ras)
+
+    evaluation = tmp_path / "evaluation"
+    argv = ["evaluate", "--model", str(model), "--datalist", str(data["datalist"])]
+    assert main([*argv, "--rigid-trials", "1", "--out", str(evaluation)]) == 0
+    overall = json.loads((evaluation / "overall.json").read_text())
+    assert sorted(row["method"] for row in overall) == ["affine-baseline", "agent"]
+    with open(evaluation / "overall.csv", newline="") as handle:
+        csv_rows = list(csv.DictReader(handle))
+    assert sorted(row["method"] for row in csv_rows) == ["affine-baseline", "agent"]
+    for row in csv_rows:
+        assert int(float(row["n"])) == len(BLOB_NAMES)  # 1 case x 1 rigid trial x 3 landmarks
+        assert np.isfinite(float(row["mean_mm"]))
+    # Both methods ran on the moved test scan; predictions were kept.
+    assert (evaluation / "predictions" / "test_rigid0.fcsv").is_file()
