@@ -163,12 +163,12 @@ def test_evaluation_tables() -> None:
 def test_evaluation_tables_missing_case_or_landmark() -> None:
     results, truth = make_results()
     del results["agent"]["case-b"]
-    with pytest.raises(InputError, match="agent.*case-b"):
+    with pytest.raises(InputError, match=r"agent.*case-b"):
         evaluation_tables(results, truth)
 
     results, truth = make_results()
     results["agent"]["case-a"] = TRUTH.subset(["AC", "PC"])
-    with pytest.raises(InputError, match="case-a.*ICS"):
+    with pytest.raises(InputError, match=r"case-a.*ICS"):
         evaluation_tables(results, truth)
 
     results, truth = make_results()

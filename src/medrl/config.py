@@ -48,6 +48,8 @@ class EnvConfig:
     patch_size: int = 15
     """Patch edge in voxels (odd, so the agent sits on the centre voxel)."""
     levels: tuple[LevelConfig, ...] = field(default_factory=_default_levels)
+    level_weights: tuple[float, ...] = ()
+    """Relative frequency of training episodes at each level (empty: equal)."""
     frames: int = 1
     """Patches stacked in the observation: the current one and the previous ``frames - 1``."""
     action_history: int = 4

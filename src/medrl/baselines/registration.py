@@ -1,10 +1,15 @@
 """Classical baseline: atlas landmarks mapped to a new image by affine registration.
 
 Every evaluation table reports this baseline next to the learned agent. The recipe is a
-standard SimpleITK one: both images are smoothed and resampled to about 2 mm, a rigid
-(Euler) stage initialised at the centres of mass is followed by an affine stage, each
-maximising Mattes mutual information (50 bins, so T1w can be registered to T2w) with a fixed
-random sampling seed, over a 4-2-1 shrink pyramid.
+standard SimpleITK one:
+
+* both images are block-averaged to about 2 mm voxels (:data:`WORKING_SPACING_MM`);
+* a rigid (Euler) transform is initialised by aligning the centres of mass (MOMENTS);
+* a rigid stage (shrink 4-2-1, smoothing 2-1-0 mm) is followed by an affine stage
+  (shrink 2-1, smoothing 1-0 mm) started from the rigid result;
+* both maximise Mattes mutual information (50 bins, so a T1w atlas can be registered to a
+  T2w image) on a seeded random sample of voxels, with a regular-step gradient descent whose
+  parameter scales come from physical shifts.
 
 Frames: SimpleITK works in LPS mm. :func:`register_affine` returns the ITK-convention
 transform that maps *fixed* physical points to *moving* physical points (LPS);
@@ -16,7 +21,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -29,25 +34,64 @@ from medrl.io.landmarks import Landmarks
 log = logging.getLogger(__name__)
 
 WORKING_SPACING_MM = 2.0
-"""Images finer than this are smoothed and resampled to it before registration."""
+"""Images finer than this are block-averaged to about this spacing before registration."""
 
-DEFAULT_NUM_THREADS = 2
-"""Threads used by the registration; fixed (not the machine's core count) so that the
-floating-point summation order, and therefore the result, is the same on every machine."""
+DEFAULT_NUM_THREADS = 1
+"""Threads used by the registration. With more than one, ITK's per-thread partial sums are
+combined in a varying order, so repeated runs differ in the last bits (~1e-12 mm) and, through
+the optimiser's step decisions, possibly more; one thread makes the result bit-for-bit
+reproducible. The small images (about 2 mm voxels) gain little from more threads anyway."""
 
 HISTOGRAM_BINS = 50
-SAMPLING_PERCENTAGE = 0.15
-SHRINK_FACTORS = (4, 2, 1)
-SMOOTHING_SIGMAS_MM = (2.0, 1.0, 0.0)
+"""Mattes mutual information histogram bins."""
+
+
+@dataclass(frozen=True)
+class _Stage:
+    """One registration stage: optimiser settings and its multi-resolution schedule."""
+
+    name: str
+    learning_rate: float  # first step, in physical-shift-scaled units (~mm)
+    min_step: float
+    max_iterations: int  # per level
+    relaxation: float  # step multiplier when the gradient turns back
+    shrink_factors: tuple[int, ...]
+    smoothing_sigmas_mm: tuple[float, ...]
+    sampling_percentages: tuple[float, ...]  # per level; fewer samples where voxels are many
+
+
+RIGID_STAGE = _Stage(
+    name="rigid",
+    learning_rate=2.0,
+    min_step=0.01,
+    max_iterations=200,
+    relaxation=0.8,
+    shrink_factors=(4, 2, 1),
+    smoothing_sigmas_mm=(2.0, 1.0, 0.0),
+    sampling_percentages=(0.3, 0.1, 0.02),
+)
+AFFINE_STAGE = _Stage(
+    name="affine",
+    learning_rate=1.0,
+    min_step=0.01,
+    max_iterations=100,
+    relaxation=0.8,
+    shrink_factors=(2, 1),
+    smoothing_sigmas_mm=(1.0, 0.0),
+    sampling_percentages=(0.1, 0.02),
+)
 
 
 @dataclass(frozen=True, eq=False)
 class RegistrationResult:
     """Outcome of :func:`affine_registration`.
 
-    ``transform`` maps fixed LPS points to moving LPS points (an ``sitk.AffineTransform``);
-    ``metric_value`` is the final Mattes MI (negative; lower is better); ``iterations`` and
-    ``stop_conditions`` are per stage (rigid, affine) at the finest level.
+    Attributes:
+        transform: ``sitk.AffineTransform`` mapping fixed LPS points to moving LPS points.
+        seconds: wall-clock time of the whole registration (resampling included).
+        metric_value: final Mattes MI of the affine stage (negated: lower is better).
+        iterations: optimiser iterations per stage (rigid, affine), all levels together.
+        stop_conditions: the optimiser's stop reason per stage (last level).
     """
 
     transform: sitk.AffineTransform
@@ -69,82 +113,85 @@ def _global_threads(num_threads: int) -> Iterator[None]:
 
 
 def _working_image(volume: Volume, spacing_mm: float) -> sitk.Image:
-    """Float32 SimpleITK image, smoothed and resampled to ``spacing_mm`` if it is finer."""
+    """Float32 SimpleITK image with voxels of about ``spacing_mm`` (never finer than given).
+
+    Each axis is shrunk by the largest integer factor that keeps its spacing <= ``spacing_mm``
+    by averaging blocks of voxels (``BinShrink``: anti-aliased and fast); physical positions
+    are unchanged (the output voxel centres sit at the centres of the averaged blocks).
+    """
     image = sitk.Cast(volume.to_sitk(), sitk.sitkFloat32)
     spacing = np.asarray(image.GetSpacing(), dtype=np.float64)
-    if np.all(spacing >= spacing_mm * 0.9):
+    factors = [max(1, int(np.floor(spacing_mm / s + 1e-6))) for s in spacing]
+    if all(f == 1 for f in factors):
         return image
-    new_spacing = np.maximum(spacing, spacing_mm)
-    # Anti-aliasing: Gaussian with sigma ~ half the new spacing, only along downsampled axes.
-    sigmas_mm = np.sqrt(np.maximum(new_spacing**2 - spacing**2, 0.0)) / 2.0
-    smoothed = sitk.SmoothingRecursiveGaussian(image, [float(s) for s in sigmas_mm])
-    size = np.asarray(image.GetSize(), dtype=np.float64)
-    new_size = [max(int(round(n)), 1) for n in size * spacing / new_spacing]
-    # Keep the field of view centred: the first voxel centre moves by half the spacing change.
-    direction = np.asarray(image.GetDirection(), dtype=np.float64).reshape(3, 3)
-    origin = np.asarray(image.GetOrigin(), dtype=np.float64)
-    new_origin = origin + direction @ ((new_spacing - spacing) / 2.0)
-    return sitk.Resample(
-        smoothed,
-        new_size,
-        sitk.Transform(),
-        sitk.sitkLinear,
-        [float(v) for v in new_origin],
-        [float(v) for v in new_spacing],
-        image.GetDirection(),
-        0.0,
-        sitk.sitkFloat32,
-    )
+    return sitk.BinShrink(image, factors)
 
 
 def _itk_seed(seed: int) -> int:
-    """Map a user seed (int >= 0) to a non-zero 32-bit ITK seed (0 means 'wall clock')."""
-    if int(seed) != seed or seed < 0:
+    """Map a user seed (int >= 0) to a non-zero 32-bit ITK seed.
+
+    SimpleITK reads seed 0 as ``sitkWallClock`` (a different sample every run), so the
+    seed is shifted by one.
+    """
+    if isinstance(seed, bool) or int(seed) != seed or seed < 0:
         raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
     return int(seed) % (2**32 - 1) + 1
 
 
-def _registration_method(
-    seed: int,
-    learning_rate: float,
-    iterations: int,
-    shrink_factors: Sequence[int],
-    smoothing_sigmas_mm: Sequence[float],
-) -> sitk.ImageRegistrationMethod:
+def _registration_method(stage: _Stage, seed: int) -> sitk.ImageRegistrationMethod:
     """Mattes-MI registration with seeded random sampling and physical-shift scales."""
     method = sitk.ImageRegistrationMethod()
     method.SetMetricAsMattesMutualInformation(numberOfHistogramBins=HISTOGRAM_BINS)
     method.SetMetricSamplingStrategy(method.RANDOM)
-    # SimpleITK treats seed 0 as sitkWallClock (non-deterministic), so shift by one.
-    method.SetMetricSamplingPercentage(SAMPLING_PERCENTAGE, _itk_seed(seed))
+    method.SetMetricSamplingPercentagePerLevel(list(stage.sampling_percentages), _itk_seed(seed))
+    # Image gradients at the sampled points only, instead of whole gradient images per level.
+    method.SetMetricUseFixedImageGradientFilter(False)
+    method.SetMetricUseMovingImageGradientFilter(False)
     method.SetInterpolator(sitk.sitkLinear)
     method.SetOptimizerAsRegularStepGradientDescent(
-        learningRate=learning_rate,
-        minStep=1e-3,
-        numberOfIterations=iterations,
-        relaxationFactor=0.5,
+        learningRate=stage.learning_rate,
+        minStep=stage.min_step,
+        numberOfIterations=stage.max_iterations,
+        relaxationFactor=stage.relaxation,
         gradientMagnitudeTolerance=1e-8,
     )
     method.SetOptimizerScalesFromPhysicalShift()
-    method.SetShrinkFactorsPerLevel(list(shrink_factors))
-    method.SetSmoothingSigmasPerLevel([float(s) for s in smoothing_sigmas_mm])
+    method.SetShrinkFactorsPerLevel(list(stage.shrink_factors))
+    method.SetSmoothingSigmasPerLevel(list(stage.smoothing_sigmas_mm))
     method.SmoothingSigmasAreSpecifiedInPhysicalUnitsOn()
     return method
 
 
-def _execute(
-    method: sitk.ImageRegistrationMethod, fixed: sitk.Image, moving: sitk.Image, source: str
-) -> None:
-    """Run a registration stage; SimpleITK failures become :class:`InputError`."""
+def _run_stage(
+    stage: _Stage,
+    transform: sitk.Transform,
+    fixed: sitk.Image,
+    moving: sitk.Image,
+    seed: int,
+    source: str,
+) -> tuple[sitk.ImageRegistrationMethod, int]:
+    """Optimise ``transform`` in place; return the method and the iterations run.
+
+    SimpleITK failures (e.g. no overlap left between the images) become :class:`InputError`.
+    """
+    method = _registration_method(stage, seed)
+    method.SetInitialTransform(transform, inPlace=True)
+    iterations = [0]
+
+    def count() -> None:
+        iterations[0] += 1
+
+    method.AddCommand(sitk.sitkIterationEvent, count)
     try:
         method.Execute(fixed, moving)
     except RuntimeError as exc:
-        message = str(exc).strip().splitlines()[-1] if str(exc).strip() else repr(exc)
+        lines = str(exc).strip().splitlines()
         raise InputError(
-            f"affine registration failed (do the images overlap and show the same anatomy?): "
-            f"{message}",
+            f"{stage.name} registration failed (do the images overlap and show the same "
+            f"anatomy?): {lines[-1] if lines else exc!r}",
             source or None,
         ) from exc
+    return method, iterations[0]
 
 
 def affine_registration(
@@ -159,55 +206,53 @@ def affine_registration(
 
     The returned transform maps fixed physical points (LPS mm) to moving physical points,
     i.e. ``moving`` resampled through it onto the fixed grid overlays ``fixed``.
-    Deterministic for a given ``seed`` and ``num_threads``.
+    Bit-for-bit deterministic for a given ``seed`` with ``num_threads=1`` (the default);
+    SimpleITK's global thread setting is restored afterwards.
     """
     if num_threads < 1:
-        raise ValueError("num_threads must be >= 1")
+        raise ValueError(f"num_threads must be >= 1, got {num_threads}")
+    if spacing_mm <= 0:
+        raise ValueError(f"spacing_mm must be positive, got {spacing_mm}")
+    _itk_seed(seed)  # validate before any work
     started = time.perf_counter()
     with _global_threads(num_threads):
         fixed_image = _working_image(fixed, spacing_mm)
         moving_image = _working_image(moving, spacing_mm)
 
-        rigid = sitk.CenteredTransformInitializer(
-            fixed_image,
-            moving_image,
-            sitk.Euler3DTransform(),
-            sitk.CenteredTransformInitializerFilter.MOMENTS,
+        rigid = sitk.Euler3DTransform(
+            sitk.CenteredTransformInitializer(
+                fixed_image,
+                moving_image,
+                sitk.Euler3DTransform(),
+                sitk.CenteredTransformInitializerFilter.MOMENTS,
+            )
         )
-        rigid = sitk.Euler3DTransform(rigid)
-        rigid_method = _registration_method(
-            seed, 2.0, 100, SHRINK_FACTORS, SMOOTHING_SIGMAS_MM
+        rigid_method, rigid_iterations = _run_stage(
+            RIGID_STAGE, rigid, fixed_image, moving_image, seed, moving.source
         )
-        rigid_method.SetInitialTransform(rigid, inPlace=True)
-        _execute(rigid_method, fixed_image, moving_image, moving.source)
 
         affine = sitk.AffineTransform(3)
         affine.SetCenter(rigid.GetCenter())
         affine.SetMatrix(rigid.GetMatrix())
         affine.SetTranslation(rigid.GetTranslation())
-        affine_method = _registration_method(
-            seed, 1.0, 100, SHRINK_FACTORS[1:], SMOOTHING_SIGMAS_MM[1:]
+        affine_method, affine_iterations = _run_stage(
+            AFFINE_STAGE, affine, fixed_image, moving_image, seed, moving.source
         )
-        affine_method.SetInitialTransform(affine, inPlace=True)
-        _execute(affine_method, fixed_image, moving_image, moving.source)
     seconds = time.perf_counter() - started
     result = RegistrationResult(
         transform=affine,
         seconds=seconds,
         metric_value=float(affine_method.GetMetricValue()),
-        iterations=(
-            int(rigid_method.GetOptimizerIteration()),
-            int(affine_method.GetOptimizerIteration()),
-        ),
+        iterations=(rigid_iterations, affine_iterations),
         stop_conditions=(
             rigid_method.GetOptimizerStopConditionDescription(),
             affine_method.GetOptimizerStopConditionDescription(),
         ),
     )
     log.info(
-        "affine registration %s -> %s: %.2f s, Mattes MI %.4f, iterations %s",
-        moving.source or "moving",
-        fixed.source or "fixed",
+        "affine registration of %s to %s: %.2f s, Mattes MI %.4f, iterations %s",
+        moving.source or "moving image",
+        fixed.source or "fixed image",
         seconds,
         result.metric_value,
         result.iterations,
@@ -224,12 +269,10 @@ def register_affine(fixed: Volume, moving: Volume, seed: int = 0) -> sitk.Transf
 
 
 def map_points_lps(transform: sitk.Transform, points_lps: np.ndarray) -> np.ndarray:
-    """Apply a SimpleITK transform to (N, 3) LPS points; returns (N, 3) float64."""
+    """Apply a SimpleITK transform to (N, 3) LPS points; returns (N, 3) float64 LPS."""
     points = np.asarray(points_lps, dtype=np.float64).reshape(-1, 3)
-    return np.array(
-        [transform.TransformPoint([float(v) for v in point]) for point in points],
-        dtype=np.float64,
-    ).reshape(-1, 3)
+    mapped = [transform.TransformPoint([float(v) for v in point]) for point in points]
+    return np.asarray(mapped, dtype=np.float64).reshape(-1, 3)
 
 
 def propagate_landmarks_with_result(
@@ -240,7 +283,7 @@ def propagate_landmarks_with_result(
     *,
     num_threads: int = DEFAULT_NUM_THREADS,
 ) -> tuple[Landmarks, RegistrationResult]:
-    """:func:`propagate_landmarks`, also returning the registration (time, metric, transform)."""
+    """:func:`propagate_landmarks`, also returning the registration (transform, time, metric)."""
     result = affine_registration(target, atlas, seed, num_threads=num_threads)
     # result.transform maps target -> atlas; landmarks travel atlas -> target (the inverse).
     inverse = result.transform.GetInverse()
@@ -257,7 +300,7 @@ def propagate_landmarks_with_result(
 def propagate_landmarks(
     atlas: Volume, atlas_landmarks: Landmarks, target: Volume, seed: int = 0
 ) -> Landmarks:
-    """Map atlas landmarks (RAS) onto ``target`` through an affine atlas-to-target registration.
+    """Map atlas landmarks (RAS) onto ``target`` by affine registration of atlas to target.
 
     The registration uses fixed=target, moving=atlas, so its transform maps target points to
     atlas points; the landmarks are mapped with its inverse. Time taken is logged (INFO) and
@@ -265,13 +308,3 @@ def propagate_landmarks(
     """
     landmarks, _ = propagate_landmarks_with_result(atlas, atlas_landmarks, target, seed)
     return landmarks
-
-
-__all__ = [
-    "RegistrationResult",
-    "affine_registration",
-    "map_points_lps",
-    "propagate_landmarks",
-    "propagate_landmarks_with_result",
-    "register_affine",
-]

@@ -127,6 +127,10 @@ class LandmarkKernel:
         self.step_mm = torch.tensor([lv.step_mm for lv in env_config.levels], device=self.device)
         self.max_steps = torch.tensor([lv.max_steps for lv in env_config.levels])
         self.start_radius = np.array([lv.start_radius_mm for lv in env_config.levels])
+        weights = np.asarray(env_config.level_weights or [1.0] * self.num_levels, dtype=float)
+        if weights.shape != (self.num_levels,) or (weights < 0).any() or weights.sum() <= 0:
+            raise ValueError("env.level_weights needs one non-negative weight per level")
+        self.level_p = weights / weights.sum()
         n, f, k, w = num_envs, env_config.frames, env_config.action_history, 0
         w = env_config.oscillation_window
         self.scan = torch.zeros(n, dtype=torch.long, device=self.device)
@@ -177,7 +181,7 @@ class LandmarkKernel:
             rng = self.rngs[row]
             scan = int(options.get("scan", rng.integers(len(self.scans))))
             landmark = int(options.get("landmark", rng.choice(self.available[scan])))
-            level = int(options.get("level", rng.integers(self.num_levels)))
+            level = int(options.get("level", rng.choice(self.num_levels, p=self.level_p)))
             direction = rng.normal(size=3)
             direction /= np.linalg.norm(direction) + 1e-12
             radius = self.start_radius[level] * rng.uniform() ** (1 / 3)

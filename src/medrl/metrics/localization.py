@@ -113,7 +113,9 @@ def _check_cases(
     for method, predictions in results.items():
         missing = [case for case in truth if case not in predictions]
         if missing:
-            raise InputError(f"method {method!r} has no prediction for case(s): " + ", ".join(missing))
+            raise InputError(
+                f"method {method!r} has no prediction for case(s): " + ", ".join(missing)
+            )
         unknown = [case for case in predictions if case not in truth]
         if unknown:
             raise InputError(
@@ -268,9 +270,7 @@ def _cell(value: Any) -> str:
     return str(value)
 
 
-def format_table(
-    rows: Sequence[Mapping[str, Any]], columns: Sequence[str] | None = None
-) -> str:
+def format_table(rows: Sequence[Mapping[str, Any]], columns: Sequence[str] | None = None) -> str:
     """Fixed-width text table for a terminal: a header, a rule, then one line per row.
 
     ``columns`` picks and orders the columns (default: all, in order of first appearance).
