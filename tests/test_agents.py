@@ -227,7 +227,9 @@ def test_dueling_head_has_mean_zero_advantage() -> None:
     obs = _observation(6, 9, 1, 4, 3, 2)
     q = network(obs).detach()
     # Q = V + A - mean(A): the mean over actions is V, whatever A is.
-    torch.testing.assert_close(q.mean(dim=1), values[0][:, 0], atol=1e-6, rtol=0)
+    landmark_value = values[0][torch.arange(6), obs["landmark"]]
+    torch.testing.assert_close(q.mean(dim=1), landmark_value, atol=1e-6, rtol=0)
+    assert network.forward_all(obs).shape == (6, 3, 6)
     assert float(q.std(dim=1).min()) > 0  # the advantages are not all zero
     # The head is conditioned on the landmark.
     other = dict(obs, landmark=(obs["landmark"] + 1) % 3)

@@ -112,7 +112,10 @@ class AgentConfig:
     channels: tuple[int, ...] = (16, 32, 32)
     first_stride: int = 2
     hidden: int = 256
-    landmark_embedding: int = 16
+    nearby_radius_factor: float = 1.0
+    """all_actions backup: also train the heads of the other landmarks that lie within this
+    many start radii of the level from the agent (their targets are known too); 0 trains only
+    the episode's own landmark."""
     grad_clip: float = 10.0
 
 

@@ -7,7 +7,9 @@ Two backups, chosen by ``agent.backup``:
 * ``all_actions``: the environment's dynamics are known exactly (a move of one step along
   an axis, the reward from the distance to the target), so every sampled state is backed up
   for all six actions at once with the one-step double-DQN target
-  ``y_a = r(s, a) + gamma (1 - terminal) Q_target(s'_a, argmax Q_online(s'_a, .))``.
+  ``y_a = r(s, a) + gamma (1 - terminal) Q_target(s'_a, argmax Q_online(s'_a, .))``,
+  and for every landmark near the agent, not only the one its episode searches for (the
+  network has one head per landmark and the targets of all landmarks are known).
   One patch of ``P + 2`` voxels is rendered per state; the current patch and the six
   neighbouring patches are crops of it (this needs ``step_mm == spacing_mm`` at every level).
   Six targets per sample instead of one, for about 1.5x the rendering cost.
@@ -109,22 +111,30 @@ def all_actions_loss(
         "level": state.level,
         "actions": action_history_one_hot(state.actions),
     }
-    # Rewards and terminal flags of the six moves, from the known dynamics.
-    step = torch.tensor([lv.step_mm for lv in env.levels], device=device)[state.level]
-    goal = inverse_transform_points(params, targets_ras[state.scan, state.landmark][:, None])[:, 0]
+    # Rewards and terminal flags of the six moves for every landmark near the agent, from
+    # the known dynamics: (B, L, 6).
+    levels = env.levels
+    step = torch.tensor([lv.step_mm for lv in levels], device=device)[state.level]
+    radius = torch.tensor([lv.start_radius_mm for lv in levels], device=device)[state.level]
+    goals_source = targets_ras[state.scan]  # (B, L, 3), NaN where a scan lacks a landmark
+    known = torch.isfinite(goals_source).all(dim=-1)
+    goals = inverse_transform_points(params, torch.nan_to_num(goals_source))
     position = state.frames_ras[:, 0]
+    d_old = torch.linalg.norm(position[:, None] - goals, dim=-1)  # (B, L)
+    trained = known & (d_old <= radius[:, None] * config.agent.nearby_radius_factor)
+    trained[torch.arange(b, device=device), state.landmark] = True
     moved = position[:, None] + action_vectors(device)[None] * step[:, None, None]  # (B, 6, 3)
     inside = inside_fn(
         state.scan.repeat_interleave(NUM_ACTIONS),
         params.index(torch.arange(b, device=device).repeat_interleave(NUM_ACTIONS)),
         moved.reshape(-1, 3),
-    ).reshape(b, NUM_ACTIONS)
-    d_old = torch.linalg.norm(position - goal, dim=-1)[:, None]
-    d_new = torch.where(inside, torch.linalg.norm(moved - goal[:, None], dim=-1), d_old)
+    ).reshape(b, 1, NUM_ACTIONS)
+    d_new = torch.linalg.norm(moved[:, None] - goals[:, :, None], dim=-1)  # (B, L, 6)
+    d_new = torch.where(inside, d_new, d_old[..., None])
     clip = env.reward_clip_mm
     reward = torch.where(
         inside,
-        torch.clamp(d_old - d_new, -clip, clip),
+        torch.clamp(d_old[..., None] - d_new, -clip, clip),
         torch.full_like(d_new, -env.out_of_image_penalty),
     )
     terminal = d_new < env.success_radius_mm
@@ -133,7 +143,7 @@ def all_actions_loss(
     neighbours = torch.stack(
         [big[(slice(None), 0, *crop)] for crop in _NEIGHBOURS], dim=1
     )  # (B, 6, P, P, P)
-    neighbours = torch.where(inside[..., None, None, None], neighbours, current[:, :1])
+    neighbours = torch.where(inside[:, 0, :, None, None, None], neighbours, current[:, :1])
     older = current[:, : frames - 1].unsqueeze(1).expand(-1, NUM_ACTIONS, -1, -1, -1, -1)
     next_patch = torch.cat([neighbours.unsqueeze(2), older], dim=2)
     p = env.patch_size
@@ -147,7 +157,11 @@ def all_actions_loss(
         "level": state.level.repeat_interleave(NUM_ACTIONS),
         "actions": action_history_one_hot(next_history),
     }
-    bootstrap = double_q_bootstrap(online, target, next_obs, config.agent.double)
-    gamma = config.agent.gamma
-    y = reward + gamma * (~terminal).float() * bootstrap.reshape(b, NUM_ACTIONS)
-    return F.smooth_l1_loss(online(obs), y)
+    with torch.no_grad():
+        next_q = target.forward_all(next_obs)  # (6B, L, 6)
+        chooser = online.forward_all(next_obs) if config.agent.double else next_q
+        best = next_q.gather(2, chooser.argmax(dim=2, keepdim=True))[..., 0]  # (6B, L)
+    bootstrap = best.reshape(b, NUM_ACTIONS, -1).transpose(1, 2)  # (B, L, 6)
+    y = reward + config.agent.gamma * (~terminal).float() * bootstrap
+    q = online.forward_all(obs)
+    return F.smooth_l1_loss(q[trained], y[trained])

@@ -1,8 +1,10 @@
-"""Q-network: shared 3D convolutions over the patch, a head conditioned on landmark and level.
+"""Q-network: shared 3D convolutions and trunk, one small dueling head per landmark.
 
-One network serves every landmark: the convolutional features are shared, and the head sees
-an embedding of which landmark is searched, at which scale level, and the recent actions.
-The head is dueling (``Q = V + A - mean(A)``) unless configured otherwise.
+One network serves every landmark (the multi-agent design of shared convolutions with
+per-agent heads): the trunk sees the patch, the scale level and the recent actions, and
+the output holds Q-values of the six actions for every landmark at once, so one rendered
+patch can be trained on the targets of all landmarks near it. The heads are dueling
+(``Q = V + A - mean(A)``) unless configured otherwise.
 """
 
 from __future__ import annotations
@@ -47,31 +49,30 @@ class QNetwork(nn.Module):
                 size = (size + 1) // 2
             channels_in = channels
         self.features = nn.Sequential(*layers, nn.Flatten())
-        self.landmark_embedding = nn.Embedding(num_landmarks, config.landmark_embedding)
+        self.num_landmarks = num_landmarks
         self.level_embedding = nn.Embedding(num_levels, 8)
-        width = channels_in * size**3 + config.landmark_embedding + 8 + action_history * num_actions
+        width = channels_in * size**3 + 8 + action_history * num_actions
         self.trunk = nn.Sequential(
             nn.Linear(width, config.hidden),
             nn.ReLU(inplace=True),
             nn.Linear(config.hidden, config.hidden),
             nn.ReLU(inplace=True),
         )
-        self.advantage = nn.Linear(config.hidden, num_actions)
-        self.value = nn.Linear(config.hidden, 1) if self.dueling else None
+        self.advantage = nn.Linear(config.hidden, num_landmarks * num_actions)
+        self.value = nn.Linear(config.hidden, num_landmarks) if self.dueling else None
 
-    def forward(self, obs: dict[str, torch.Tensor]) -> torch.Tensor:
+    def forward_all(self, obs: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Q-values (B, landmarks, actions) of every landmark."""
         features = self.features(obs["patch"])
-        joined = torch.cat(
-            [
-                features,
-                self.landmark_embedding(obs["landmark"]),
-                self.level_embedding(obs["level"]),
-                obs["actions"],
-            ],
-            dim=1,
-        )
+        joined = torch.cat([features, self.level_embedding(obs["level"]), obs["actions"]], dim=1)
         hidden = self.trunk(joined)
-        advantage = self.advantage(hidden)
+        advantage = self.advantage(hidden).reshape(-1, self.num_landmarks, self.num_actions)
         if self.value is None:
             return advantage
-        return self.value(hidden) + advantage - advantage.mean(dim=1, keepdim=True)
+        value = self.value(hidden)[:, :, None]
+        return value + advantage - advantage.mean(dim=2, keepdim=True)
+
+    def forward(self, obs: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Q-values (B, actions) of the landmark each observation searches for."""
+        q = self.forward_all(obs)
+        return q[torch.arange(q.shape[0], device=q.device), obs["landmark"]]
