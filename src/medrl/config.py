@@ -140,6 +140,9 @@ class TrainConfig:
     device: str = "cpu"
     threads: int = 0
     """torch intra-op threads (0: leave torch's default)."""
+    max_minutes: float = 0.0
+    """Stop (with a checkpoint and a model) after this much wall time; 0: no limit. A run
+    stopped by the clock is not reproducible step for step; the step budget is."""
     checkpoint_every: int = 2_000
     log_every: int = 200
     eval_every: int = 0

@@ -24,24 +24,18 @@ from medrl.baselines.registration import propagate_landmarks
 from medrl.data.datalist import Case
 from medrl.io.images import Volume
 from medrl.io.landmarks import Landmarks, write_landmarks
-from medrl.metrics.localization import evaluation_tables, format_table, raw_error_rows, write_tables
+from medrl.metrics.localization import (
+    SUMMARY_KEYS,
+    evaluation_tables,
+    format_table,
+    raw_error_rows,
+    write_tables,
+)
 from medrl.utils.atomic import atomic_open
 
 AGENT = "agent"
 BASELINE = "affine-baseline"
-SUMMARY_COLUMNS = [
-    "method",
-    "n",
-    "mean_mm",
-    "median_mm",
-    "sd_mm",
-    "max_mm",
-    "failure_rate_10mm",
-    "detection_rate_2mm",
-    "detection_rate_2_5mm",
-    "detection_rate_3mm",
-    "detection_rate_4mm",
-]
+SUMMARY_COLUMNS = ["method", *SUMMARY_KEYS]
 
 
 @dataclass(frozen=True)

@@ -215,7 +215,15 @@ class Trainer:
         window: list[dict[str, float]] = []
         started = time.perf_counter()
         start_step, start_updates = self.step, self.updates
+        deadline = started + 60 * train.max_minutes if train.max_minutes > 0 else float("inf")
         while self.step < end:
+            if time.perf_counter() > deadline:
+                print(
+                    f"\ntime limit of {train.max_minutes} min reached at step {self.step}",
+                    file=sys.stderr,
+                )
+                self.save_checkpoint()
+                break
             stats = self.collect()
             if len(self.replay) >= agent.learning_starts:
                 self.update_credit += agent.updates_per_step

@@ -209,6 +209,18 @@ def _records_from_csv(text: str, datalist: Path) -> list[tuple[str, Mapping[str,
     return records
 
 
+def _datalist_path(path: str | Path) -> tuple[Path, str]:
+    """The datalist's absolute path and lower-case suffix; InputError for an unknown suffix."""
+    datalist = Path(os.path.normpath(Path(path).expanduser().absolute()))
+    suffix = datalist.suffix.lower()
+    if suffix not in _SUFFIXES:
+        raise InputError(
+            f"unknown datalist format {datalist.suffix or '(no suffix)'!r}; use .json or .csv",
+            datalist,
+        )
+    return datalist, suffix
+
+
 def read_datalist(path: str | Path, check_files: bool = True) -> list[CaseSpec]:
     """Read a ``.json`` or ``.csv`` datalist; relative paths are relative to the file's folder.
 
@@ -222,13 +234,7 @@ def read_datalist(path: str | Path, check_files: bool = True) -> list[CaseSpec]:
             image/landmarks path that does not exist. The message names the datalist file and
             the case (and line, for CSV).
     """
-    datalist = Path(os.path.normpath(Path(path).expanduser().absolute()))
-    suffix = datalist.suffix.lower()
-    if suffix not in _SUFFIXES:
-        raise InputError(
-            f"unknown datalist format {datalist.suffix or '(no suffix)'!r}; use .json or .csv",
-            datalist,
-        )
+    datalist, suffix = _datalist_path(path)
     if not datalist.is_file():
         raise InputError("datalist file does not exist", datalist)
     try:
@@ -285,13 +291,7 @@ def write_datalist(cases: Iterable[CaseSpec], path: str | Path) -> None:
     Raises:
         InputError: unknown suffix, duplicate ids, or an invalid split/coordinate system.
     """
-    datalist = Path(os.path.normpath(Path(path).expanduser().absolute()))
-    suffix = datalist.suffix.lower()
-    if suffix not in _SUFFIXES:
-        raise InputError(
-            f"unknown datalist format {datalist.suffix or '(no suffix)'!r}; use .json or .csv",
-            datalist,
-        )
+    datalist, suffix = _datalist_path(path)
     base_dir = datalist.parent
     records: list[dict[str, str]] = []
     seen: set[str] = set()
