@@ -77,6 +77,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         seed=args.seed,
         include_unmoved=args.include_unmoved,
         device=args.device,
+        num_starts=args.starts,
     )
     print_tables(tables)
     print(f"\ntables written to {args.out}", file=sys.stderr)
@@ -86,7 +87,15 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 def cmd_predict(args: argparse.Namespace) -> int:
     from medrl.predict import predict
 
-    for path in predict(args.image, args.out, args.model, args.device, args.coordinate_system):
+    written = predict(
+        args.image,
+        args.out,
+        args.model,
+        args.device,
+        args.coordinate_system,
+        num_starts=args.starts,
+    )
+    for path in written:
         print(path)
     return 0
 
@@ -151,6 +160,13 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--include-unmoved", action="store_true")
     evaluate.add_argument("--seed", type=int, default=1000)
     evaluate.add_argument("--device", default="cpu")
+    evaluate.add_argument(
+        "--starts",
+        type=int,
+        choices=range(1, 8),
+        metavar="1-7",
+        help="search starts per landmark (default: the model's)",
+    )
     evaluate.set_defaults(func=cmd_evaluate)
 
     predict = sub.add_parser("predict", help="find landmarks in scans (no labels needed)")
@@ -161,6 +177,13 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--model", help="model folder (default: the shipped model)")
     predict.add_argument("--coordinate-system", choices=["RAS", "LPS"], default="RAS")
     predict.add_argument("--device", default="cpu")
+    predict.add_argument(
+        "--starts",
+        type=int,
+        choices=range(1, 8),
+        metavar="1-7",
+        help="search starts per landmark (default: the model's)",
+    )
     predict.set_defaults(func=cmd_predict)
 
     demo = sub.add_parser("demo", help="fetch data, train on built-in data, evaluate")

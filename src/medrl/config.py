@@ -126,7 +126,7 @@ class SearchConfig:
     start_offsets_mm: float = 15.0
     """Starts: the image's intensity centre plus +/- this offset along each axis (7 in all)."""
     num_starts: int = 7
-    """1 (centre only), or 7 (centre and the 6 axis offsets)."""
+    """1 (centre only) to 7 (centre and the 6 axis offsets)."""
 
 
 @dataclass(frozen=True)

@@ -105,6 +105,7 @@ def evaluate(
     include_unmoved: bool = False,
     device: str = "cpu",
     progress: bool = True,
+    num_starts: int | None = None,
 ) -> dict:
     """Run agent and baseline on every test case (moved ``rigid_trials`` times); write tables."""
     out_dir = Path(out_dir)
@@ -130,7 +131,7 @@ def evaluate(
         truth[case_id] = case_truth
         started = time.perf_counter()
         with torch.inference_mode():
-            found = search(model, volume, device).landmarks
+            found = search(model, volume, device, num_starts=num_starts).landmarks
         timings[AGENT].append(time.perf_counter() - started)
         results[AGENT][case_id] = found.subset(list(case_truth.names))
         started = time.perf_counter()

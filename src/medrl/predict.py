@@ -41,6 +41,7 @@ def predict(
     device: str = "cpu",
     coordinate_system: str = "RAS",
     progress: bool = True,
+    num_starts: int | None = None,
 ) -> list[Path]:
     """Predict every scan; all scans are read and checked before anything is written."""
     out_dir = Path(out_dir)
@@ -55,7 +56,7 @@ def predict(
     for index, (path, name, volume) in enumerate(zip(paths, names, volumes, strict=True)):
         started = time.perf_counter()
         with torch.inference_mode():
-            result = search(model, volume, device)
+            result = search(model, volume, device, num_starts=num_starts)
         target = out_dir / f"{name}.fcsv"
         write_landmarks(result.landmarks, target, coordinate_system)
         written.append(target)

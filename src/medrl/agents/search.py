@@ -1,8 +1,8 @@
 """Inference: multi-scale, multi-start greedy search with oscillation handling. No labels needed.
 
-For every landmark, agents start at the scan's intensity centre (and, with ``num_starts=7``,
-at +/- ``start_offsets_mm`` along each axis). At each level, from coarse to fine, every agent
-takes greedy actions until it oscillates (a position revisited more than
+For every landmark, agents start at the scan's intensity centre and, with ``num_starts`` up
+to 7, at +/- ``start_offsets_mm`` along A, then S, then R. At each level, from coarse to
+fine, every agent takes greedy actions until it oscillates (a position revisited more than
 ``oscillation_repeats`` times in the window) or spends the level's step budget; it then
 continues at the next level from the mean of its last few positions (the centre of its
 oscillation). The landmark estimate is the coordinate-wise median over the starts.
@@ -40,8 +40,10 @@ def start_positions(scan: ScanPyramid, num_starts: int, offset_mm: float) -> np.
     centre = scan.intensity_centre_ras
     if num_starts <= 1:
         return centre[None]
-    offsets = np.concatenate([np.zeros((1, 3)), np.eye(3) * offset_mm, -np.eye(3) * offset_mm])
-    return centre + offsets[:num_starts]
+    # Centre first, then +/- along A (the longest axis of a head), S, R.
+    axes = np.eye(3)[[1, 1, 2, 2, 0, 0]] * np.array([1, -1, 1, -1, 1, -1])[:, None]
+    offsets = np.concatenate([np.zeros((1, 3)), axes * offset_mm])
+    return centre + offsets[: min(num_starts, 7)]
 
 
 @torch.no_grad()
@@ -50,14 +52,20 @@ def search(
     volume: Volume,
     device: torch.device | str = "cpu",
     scan: ScanPyramid | None = None,
+    num_starts: int | None = None,
 ) -> SearchResult:
-    """Find every landmark the model knows in ``volume``; positions in world RAS mm."""
+    """Find every landmark the model knows in ``volume``; positions in world RAS mm.
+
+    ``num_starts`` (1 to 7) overrides the model's ``search.num_starts``.
+    """
     config = model.config
     env = config.env
     device = torch.device(device)
     if scan is None:
         scan = build_pyramid(volume, [lv.spacing_mm for lv in env.levels], device)
-    starts = start_positions(scan, config.search.num_starts, config.search.start_offsets_mm)
+    starts = start_positions(
+        scan, num_starts or config.search.num_starts, config.search.start_offsets_mm
+    )
     num_landmarks, num_starts = len(model.names), len(starts)
     n = num_landmarks * num_starts
     landmark = torch.arange(num_landmarks, device=device).repeat_interleave(num_starts)
@@ -91,7 +99,7 @@ def search(
                 step=np.zeros(m, np.int64),
             )
             obs = render_observation(
-                [scan], env, poses, identity.index(torch.zeros(m, dtype=torch.long))
+                [scan], env, poses, identity.index(torch.zeros(m, dtype=torch.long)), noise=False
             )
             chosen = model.network(obs).argmax(dim=1)
             proposed = frames[rows, 0] + moves[chosen] * level.step_mm

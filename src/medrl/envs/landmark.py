@@ -58,15 +58,23 @@ def render_observation(
     config: EnvConfig,
     poses: Poses,
     params: AugmentParams,
+    noise: bool = True,
 ) -> dict[str, torch.Tensor]:
-    """Observation dict for poses: patches (N, F, P, P, P), landmark, level, action history."""
+    """Observation dict for poses: patches (N, F, P, P, P), landmark, level, action history.
+
+    ``noise=False`` skips drawing the augmentation noise (for searches, where it is zero).
+    """
     n, frames, _ = poses.frames_ras.shape
     p = config.patch_size
     device = poses.frames_ras.device
     spacings = torch.tensor([lv.spacing_mm for lv in config.levels], dtype=torch.float32)
     rep = torch.arange(n, device=device).repeat_interleave(frames)
     frame_steps = (poses.step[:, None] - np.arange(frames)[None, :]).reshape(-1)
-    noise = episode_noise(np.repeat(poses.episode_seed, frames), frame_steps, p**3, device)
+    noise_values = (
+        episode_noise(np.repeat(poses.episode_seed, frames), frame_steps, p**3, device)
+        if noise
+        else None
+    )
     patches = render_patches(
         scans,
         poses.scan[rep],
@@ -75,7 +83,7 @@ def render_observation(
         params.index(rep),
         p,
         spacings,
-        noise,
+        noise_values,
     ).reshape(n, frames, p, p, p)
     return {
         "patch": patches,

@@ -74,9 +74,17 @@ def build_pyramid(
         direction_lps=volume.direction_lps,
         source=volume.source,
     )
-    levels = []
-    for spacing in spacings_mm:
-        level = _level_volume(normalised, spacing)
+    levels: list[LevelImage] = []
+    # Finest level first; each coarser level is smoothed from the next finer one (cheaper
+    # than smoothing the full-resolution scan again, and the same Gaussian overall).
+    order = np.argsort(spacings_mm)
+    built: dict[int, Volume] = {}
+    source = normalised
+    for index in order:
+        source = _level_volume(source, float(spacings_mm[index]))
+        built[int(index)] = source
+    for index in range(len(spacings_mm)):
+        level = built[index]
         levels.append(
             LevelImage(
                 tensor=torch.from_numpy(np.ascontiguousarray(level.array, dtype=np.float32))[
