@@ -42,17 +42,12 @@ def cmd_data_fetch(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from medrl.agents.dqn import Trainer
     from medrl.config import load_config
+    from medrl.workflows import train_model
 
     config = load_config(_config_path(args.config), args.set)
     command = "medrl " + " ".join(shlex.quote(a) for a in args.argv)
-    trainer = Trainer(config, args.run_dir, command=command)
-    if not args.restart and trainer.load_checkpoint():
-        print(f"resuming {args.run_dir} at step {trainer.step}", file=sys.stderr)
-    trainer.run(progress=not args.quiet)
-    trainer.save_model(Path(args.run_dir) / "model")
-    print(Path(args.run_dir) / "model")
+    print(train_model(config, args.run_dir, args.restart, not args.quiet, command))
     return 0
 
 

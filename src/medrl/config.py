@@ -127,6 +127,9 @@ class SearchConfig:
     """Starts: the image's intensity centre plus +/- this offset along each axis (7 in all)."""
     num_starts: int = 7
     """1 (centre only) to 7 (centre and the 6 axis offsets)."""
+    levels: int = 0
+    """Search only the first (coarsest) this many levels; 0: all. Chosen on validation data
+    when a finer level does not improve the estimate (see BENCHMARKS.md)."""
 
 
 @dataclass(frozen=True)

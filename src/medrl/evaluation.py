@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -149,6 +149,35 @@ def evaluate(
     with atomic_open(out_dir / "summary.json") as handle:
         json.dump(summary, handle, indent=2)
     return {"per_landmark": per_landmark, "overall": overall}
+
+
+def select_search_levels(
+    model: LandmarkModel,
+    cases: list[Case],
+    trials: int = 2,
+    seed: int = 77,
+    device: str = "cpu",
+) -> tuple[int, list[float]]:
+    """How many levels the search should use: the count with the lowest mean error on
+    ``cases`` (the training scans) under random rigid moves, never on test data.
+
+    Returns the chosen count and the mean error after each level.
+    """
+    config = model.config
+    model = replace(model, config=replace(config, search=replace(config.search, levels=0)))
+    errors: list[list[float]] = [[] for _ in config.env.levels]
+    for case in cases:
+        if case.landmarks is None:
+            continue
+        truth = case.landmarks.subset(list(model.names))
+        for trial in range(trials):
+            volume, moved = move_case(case.volume, truth, random_rigid(seed + trial, 15.0, 20.0))
+            with torch.inference_mode():
+                result = search(model, volume, device, num_starts=1)
+            for level, points in enumerate(result.level_points_ras):
+                errors[level].extend(np.linalg.norm(points - moved.points_ras, axis=1).tolist())
+    means = [float(np.mean(e)) if e else float("inf") for e in errors]
+    return int(np.argmin(means)) + 1, means
 
 
 def print_tables(tables: dict) -> None:

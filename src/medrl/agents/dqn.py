@@ -100,6 +100,7 @@ class Trainer:
         self.history: list[dict[str, float]] = []
         self.kernel.reset()
         self.writer: Any = None
+        self.extra_meta: dict[str, Any] = {}
 
     # ------------------------------------------------------------------ acting
     @torch.no_grad()
@@ -276,6 +277,7 @@ class Trainer:
             "steps": self.step,
             "updates": self.updates,
             "command": self.command,
+            **self.extra_meta,
         }
 
     def save_model(self, folder: str | Path) -> None:

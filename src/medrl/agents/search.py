@@ -34,6 +34,8 @@ class SearchResult:
     path_levels: list[list[np.ndarray]]
     """Per landmark, per start: the level of each visited position (T,)."""
     steps: int
+    level_points_ras: list[np.ndarray]
+    """The estimate (landmarks, 3) after each level searched, coarse to fine."""
 
 
 def start_positions(scan: ScanPyramid, num_starts: int, offset_mm: float) -> np.ndarray:
@@ -77,7 +79,9 @@ def search(
     paths = [position.cpu().numpy()]
     levels_visited = [np.zeros(n, dtype=np.int64)]
     total_steps = 0
-    for level_index, level in enumerate(env.levels):
+    level_points: list[np.ndarray] = []
+    used = env.levels[: config.search.levels] if config.search.levels > 0 else env.levels
+    for level_index, level in enumerate(used):
         frames = position[:, None, :].repeat(1, env.frames, 1)
         actions = torch.full((n, env.action_history), -1, dtype=torch.long, device=device)
         recent = torch.full((n, env.oscillation_window, 3), float("nan"), device=device)
@@ -116,10 +120,11 @@ def search(
             active[rows[settled]] = False
         tail = recent[:, -_SETTLE_POSITIONS:]
         position = torch.nanmean(tail, dim=1)
+        per_start = position.reshape(num_landmarks, num_starts, 3)
+        level_points.append(torch.median(per_start, dim=1).values.cpu().numpy().astype(np.float64))
     paths.append(position.cpu().numpy())
-    levels_visited.append(np.full(n, len(env.levels) - 1))
-    final = position.reshape(num_landmarks, num_starts, 3)
-    estimate = torch.median(final, dim=1).values.cpu().numpy().astype(np.float64)
+    levels_visited.append(np.full(n, len(used) - 1))
+    estimate = level_points[-1]
     stacked = np.stack(paths, axis=1)  # (n, T, 3)
     level_stack = np.stack(levels_visited, axis=1)
     per_landmark_paths, per_landmark_levels = [], []
@@ -128,4 +133,6 @@ def search(
         per_landmark_paths.append([stacked[r] for r in rows])
         per_landmark_levels.append([level_stack[r] for r in rows])
     landmarks = Landmarks(names=model.names, points_ras=estimate, descriptions=model.descriptions)
-    return SearchResult(landmarks, per_landmark_paths, per_landmark_levels, total_steps)
+    return SearchResult(
+        landmarks, per_landmark_paths, per_landmark_levels, total_steps, level_points
+    )

@@ -1,0 +1,43 @@
+"""Whole jobs behind the CLI commands that do more than call one function."""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+from medrl.agents.checkpoint import load_model
+from medrl.agents.dqn import Trainer
+from medrl.config import Config
+from medrl.data.sources import load_split
+from medrl.evaluation import select_search_levels
+
+
+def train_model(
+    config: Config, run_dir: str | Path, restart: bool, progress: bool, command: str
+) -> Path:
+    """Train (resuming the run folder's checkpoint unless ``restart``), then export the model.
+
+    The exported model's ``search.levels`` is chosen on the training scans under random
+    rigid moves (:func:`medrl.evaluation.select_search_levels`), never on test data.
+    """
+    run_dir = Path(run_dir)
+    trainer = Trainer(config, run_dir, command=command)
+    if not restart and trainer.load_checkpoint():
+        print(f"resuming {run_dir} at step {trainer.step}", file=sys.stderr)
+    trainer.run(progress=progress)
+    model_dir = run_dir / "model"
+    trainer.save_model(model_dir)
+    if config.search.levels == 0 and len(config.env.levels) > 1:
+        cases = load_split(config.train.datalist, "train")
+        levels, means = select_search_levels(load_model(model_dir), cases)
+        shown = ", ".join(f"{i + 1}: {m:.2f} mm" for i, m in enumerate(means))
+        print(
+            f"validation (training scans, rigidly moved) after each level: {shown}; "
+            f"the model searches {levels} level(s)",
+            file=sys.stderr,
+        )
+        trainer.config = replace(config, search=replace(config.search, levels=levels))
+        trainer.extra_meta["search_level_validation_mean_mm"] = means
+        trainer.save_model(model_dir)
+    return model_dir
