@@ -1,6 +1,6 @@
 """Environment throughput: agent steps per second, batched kernel vs a batch of one.
 
-    python benchmarks/bench_env.py [--threads 2]
+python benchmarks/bench_env.py [--threads 2]
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Inference time: all landmarks of one 1 mm brain (MNI152NLin6Asym T1w), shipped model.
 
-    python benchmarks/bench_inference.py [--threads 2] [--model DIR]
+python benchmarks/bench_inference.py [--threads 2] [--model DIR]
 """
 
 from __future__ import annotations

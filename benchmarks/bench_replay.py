@@ -1,6 +1,6 @@
 """Replay memory for 10^6 transitions (poses, re-rendered when sampled) vs storing patches.
 
-    python benchmarks/bench_replay.py
+python benchmarks/bench_replay.py
 """
 
 from __future__ import annotations

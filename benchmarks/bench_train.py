@@ -1,16 +1,18 @@
-"""Training throughput: gradient updates per second and environment steps per second.
+"""Training throughput with the `afids` preset: updates per second and agent steps per second.
 
-    python benchmarks/bench_train.py [--threads 2]
+python benchmarks/bench_train.py [--threads 2]
 """
 
 from __future__ import annotations
 
 import argparse
 import tempfile
+from importlib import resources
+from pathlib import Path
 
 from benchmarks._common import builtin_training_scans, median_seconds, set_threads
 from medrl.agents.dqn import Trainer
-from medrl.config import Config
+from medrl.config import load_config
 
 
 def main() -> None:
@@ -19,11 +21,13 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     args = parser.parse_args()
     set_threads(args.threads)
-    config = Config().with_overrides([f"train.device={args.device}", "agent.learning_starts=0"])
+    preset = Path(str(resources.files("medrl") / "configs" / "afids.yaml"))
+    config = load_config(preset, [f"train.device={args.device}", "agent.learning_starts=0"])
     scans, targets, names = builtin_training_scans(config)
     with tempfile.TemporaryDirectory() as run_dir:
-        trainer = Trainer(config, run_dir, scans=scans, targets=targets, names=names,
-                          descriptions=names)
+        trainer = Trainer(
+            config, run_dir, scans=scans, targets=targets, names=names, descriptions=names
+        )
         for _ in range(40):
             trainer.collect()
         collect = median_seconds(trainer.collect, repeats=20)
@@ -32,8 +36,10 @@ def main() -> None:
     print("| measure | value |")
     print("|---|---:|")
     print(f"| collect: batched env step of {n} agents incl. Q-network | {collect * 1000:.1f} ms |")
-    print(f"| learn: one update, batch {config.agent.batch_size} (render + double-DQN loss) "
-          f"| {learn * 1000:.1f} ms |")
+    print(
+        f"| learn: one update, batch {config.agent.batch_size} (render + double-DQN loss) "
+        f"| {learn * 1000:.1f} ms |"
+    )
     print(f"| updates / s | {1 / learn:.1f} |")
     per_step = collect + config.agent.updates_per_step * learn
     print(f"| agent steps / s while training | {n / per_step:,.0f} |")

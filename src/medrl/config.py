@@ -125,7 +125,7 @@ class SearchConfig:
 
     start_offsets_mm: float = 15.0
     """Starts: the image's intensity centre plus +/- this offset along each axis (7 in all)."""
-    num_starts: int = 7
+    num_starts: int = 1
     """1 (centre only) to 7 (centre and the 6 axis offsets)."""
     levels: int = 0
     """Search only the first (coarsest) this many levels; 0: all. Chosen on validation data
