@@ -14,11 +14,12 @@ import yaml
 
 import medrl
 from _synthetic import BLOB_NAMES, blob_volume
-from medrl.agents.checkpoint import build_network, save_model_files
+from medrl.agents.checkpoint import build_network, load_model, save_model_files
+from medrl.agents.search import search
 from medrl.cli import main
 from medrl.config import load_config
 from medrl.evaluation import move_case, random_rigid
-from medrl.io.images import Volume, write_image
+from medrl.io.images import Volume, read_image, write_image
 from medrl.io.landmarks import Landmarks, read_landmarks, write_landmarks
 
 # Tiny tensors: torch's thread pool costs far more than it saves here (15x on 2 busy cores).
@@ -271,6 +272,17 @@ def test_train_predict_evaluate_end_to_end(data: dict[str, Path], tmp_path: Path
     model = run_dir / "model"
     assert (model / "model.safetensors").is_file() and (model / "model.yaml").is_file()
     assert str(model) in capsys.readouterr().out
+    # The number of search levels was chosen on the (rigidly moved) training scans.
+    header = yaml.safe_load((model / "model.yaml").read_text())
+    means = header["training"]["search_level_validation_mean_mm"]
+    assert len(means) == 2 and all(m >= 0 for m in means)
+    assert header["config"]["search"]["levels"] == 1 + int(np.argmin(means))
+
+    # --starts and the chosen levels reach the search: one estimate per level searched.
+    loaded = load_model(model)
+    result = search(loaded, read_image(data["test"]), num_starts=3)
+    assert len(result.level_points_ras) == header["config"]["search"]["levels"]
+    assert all(len(paths) == 3 for paths in result.paths_ras)
 
     out = tmp_path / "predictions"
     argv = ["predict", "--model", str(model), "--image", str(data["test"]), "--out", str(out)]
