@@ -113,6 +113,17 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_search_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
+    parser.add_argument(
+        "--starts",
+        type=int,
+        choices=range(1, 8),
+        metavar="1-7",
+        help="search starts per landmark (default: the model's)",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="medrl", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -154,14 +165,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--max-translation-mm", type=float, default=20.0)
     evaluate.add_argument("--include-unmoved", action="store_true")
     evaluate.add_argument("--seed", type=int, default=1000)
-    evaluate.add_argument("--device", default="cpu")
-    evaluate.add_argument(
-        "--starts",
-        type=int,
-        choices=range(1, 8),
-        metavar="1-7",
-        help="search starts per landmark (default: the model's)",
-    )
+    _add_search_options(evaluate)
     evaluate.set_defaults(func=cmd_evaluate)
 
     predict = sub.add_parser("predict", help="find landmarks in scans (no labels needed)")
@@ -171,14 +175,7 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--out", required=True, help="output folder (one .fcsv per scan)")
     predict.add_argument("--model", help="model folder (default: the shipped model)")
     predict.add_argument("--coordinate-system", choices=["RAS", "LPS"], default="RAS")
-    predict.add_argument("--device", default="cpu")
-    predict.add_argument(
-        "--starts",
-        type=int,
-        choices=range(1, 8),
-        metavar="1-7",
-        help="search starts per landmark (default: the model's)",
-    )
+    _add_search_options(predict)
     predict.set_defaults(func=cmd_predict)
 
     demo = sub.add_parser("demo", help="fetch data, train on built-in data, evaluate")
