@@ -139,7 +139,7 @@ class LandmarkKernel:
         if weights.shape != (self.num_levels,) or (weights < 0).any() or weights.sum() <= 0:
             raise ValueError("env.level_weights needs one non-negative weight per level")
         self.level_p = weights / weights.sum()
-        n, f, k, w = num_envs, env_config.frames, env_config.action_history, 0
+        n, f, k = num_envs, env_config.frames, env_config.action_history
         w = env_config.oscillation_window
         self.scan = torch.zeros(n, dtype=torch.long, device=self.device)
         self.landmark = torch.zeros(n, dtype=torch.long, device=self.device)
