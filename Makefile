@@ -2,16 +2,20 @@
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
-TORCH_VERSION ?= 2.13.0
+# torch and torchvision as a matching pair (torchvision has no CPU-only build on PyPI; the
+# VLM processors need it). Both are installed before the project so pip does not pick others.
+TORCH_VERSION ?= 2.14.1
+TORCHVISION_VERSION ?= 0.29.1
+EXTRAS ?= dev,vlm,ray
 
 .PHONY: venv demo test lint bench clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	# Install the CPU build of torch first, so the project's `torch` requirement is already met.
-	$(PY) -m pip install -q "torch==$(TORCH_VERSION)"
-	$(PY) -m pip install -q -e ".[dev]"
+	# Install torch first, so the project's `torch` requirement is already met.
+	$(PY) -m pip install -q "torch==$(TORCH_VERSION)" "torchvision==$(TORCHVISION_VERSION)"
+	$(PY) -m pip install -q -e ".[$(EXTRAS)]"
 	touch $@
 
 venv: $(VENV)/.installed
