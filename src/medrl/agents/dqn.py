@@ -120,7 +120,8 @@ class Trainer:
         actions = self.act(obs, epsilon)
         reward, terminated, truncated, info = self.kernel.step(actions)
         next_poses = self.kernel.poses()
-        done = (terminated | truncated).cpu().numpy()
+        done_t = terminated | truncated
+        done = done_t.cpu().numpy()
         batch = self.assembler.add(
             poses,
             actions.cpu().numpy(),
@@ -134,7 +135,7 @@ class Trainer:
         stats = {
             **{
                 f"final_distance_mm/level{lv}": float(
-                    info["distance_mm"][torch.as_tensor(done) & (self.kernel.level == lv)].mean()
+                    info["distance_mm"][done_t & (self.kernel.level == lv)].mean()
                 )
                 for lv in range(self.kernel.num_levels)
                 if (done & (self.kernel.level == lv).cpu().numpy()).any()
@@ -142,7 +143,7 @@ class Trainer:
             "epsilon": epsilon,
             "reward": float(reward.mean()),
             "episodes_done": float(done.sum()),
-            "final_distance_mm": float(info["distance_mm"][torch.as_tensor(done)].mean())
+            "final_distance_mm": float(info["distance_mm"][done_t].mean())
             if done.any()
             else float("nan"),
             "success": float(terminated.float().mean()),
