@@ -16,11 +16,14 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from medrl.errors import CheckpointError, InputError, MedrlError
 from medrl.io.images import DICOM_SUFFIXES, IMAGE_SUFFIXES
 from medrl.utils.atomic import atomic_open
+
+if TYPE_CHECKING:
+    from medrl.io.landmarks import Landmarks
 
 DEFAULT_MODEL = "afids"
 SUMMARY_NAME = "summary.csv"
@@ -155,19 +158,24 @@ class ScanPredictor:
         self.coordinate_system = coordinate_system
         self.num_starts = num_starts
 
-    def predict(self, job: ScanJob) -> int:
-        """Read, search, write ``job.output`` atomically; return the number of landmarks."""
+    def predict_landmarks(self, job: ScanJob) -> Landmarks:
+        """Read the scan and search it (nothing is written)."""
         import torch
 
         from medrl.agents.search import search
         from medrl.io.images import read_image
-        from medrl.io.landmarks import write_landmarks
 
         volume = read_image(job.image)
         with torch.inference_mode():
-            result = search(self.model, volume, self.device, num_starts=self.num_starts)
-        write_landmarks(result.landmarks, job.output, self.coordinate_system)
-        return len(result.landmarks)
+            return search(self.model, volume, self.device, num_starts=self.num_starts).landmarks
+
+    def predict(self, job: ScanJob) -> int:
+        """Read, search, write ``job.output`` atomically; return the number of landmarks."""
+        from medrl.io.landmarks import write_landmarks
+
+        landmarks = self.predict_landmarks(job)
+        write_landmarks(landmarks, job.output, self.coordinate_system)
+        return len(landmarks)
 
     def run(self, job: ScanJob, overwrite: bool = False) -> dict[str, Any]:
         """One summary row: ``ok``, ``skipped`` (output exists) or ``failed`` (with reason)."""

@@ -59,7 +59,7 @@ def _cell(value: Any, css: str = "") -> str:
 
 
 def _table(header: Sequence[str], rows: Sequence[Sequence[Any]], fail_col: int = -1) -> str:
-    head = "".join(f"<th>{_esc(h)}</th>" for h in header)
+    head = "".join(f"<th>{_esc(h.replace('_', ' '))}</th>" for h in header)
     body = []
     for row in rows:
         failed = fail_col >= 0 and any(
@@ -105,14 +105,15 @@ def _per_landmark_table(data: ReportData) -> str:
     return _table(header, rows, fail_col=2)
 
 
-def _key() -> str:
+def _key(num_levels: int) -> str:
     def swatch(colour: str, label: str) -> str:
         return f'<span><i class="swatch" style="background:{colour}"></i>{_esc(label)}</span>'
 
     items = [swatch(TRUTH_COLOUR, "truth (circle)")]
     items += [swatch(c, f"{m} ({'+' if m == 'agent' else 'x'})") for m, c in METHOD_COLOURS.items()]
     names = ["coarsest level", "2nd level", "3rd level", "4th level", "5th level"]
-    items += [swatch(c, f"search path, {n}") for c, n in zip(LEVEL_COLOURS, names, strict=True)]
+    pairs = list(zip(LEVEL_COLOURS, names, strict=True))[: max(num_levels, 1)]
+    items += [swatch(c, f"search path, {n}") for c, n in pairs]
     return f'<p class="key">{"".join(items)}</p>'
 
 
@@ -221,7 +222,10 @@ def render_report(data: ReportData, max_scans: int = DEFAULT_MAX_SCANS, dpi: int
         '<p class="note">Each panel is centred on the true landmark; its width is given by the '
         "farthest point drawn. Search paths of every start are projected onto the slice.</p>"
     )
-    sections.append(_key())
+    levels = max(
+        (len(start) for r in shown for lm in r["search_paths_ras"] for start in lm), default=1
+    )
+    sections.append(_key(levels))
     if len(shown) < len(data.cases):
         left = ", ".join(_esc(r["case"]) for r in data.cases[len(shown) :])
         sections.append(
