@@ -175,3 +175,27 @@ def test_report_opens_in_headless_chromium(run_dir: Path, tmp_path: Path) -> Non
     assert len(images) == 3 + 3 * (1 + RIGID_TRIALS)
     assert all(image["complete"] and image["width"] > 0 and image["height"] > 0 for image in images)
     assert any("cumulative error" in image["alt"] for image in images)
+
+
+def test_search_records_every_step_of_the_path(run_dir: Path) -> None:
+    """Each recorded position is one move (one step of its level) from the one before:
+    the recorded path is not overwritten by later steps of the search."""
+    from medrl.agents.checkpoint import load_model
+    from medrl.agents.search import search
+    from medrl.io.images import read_image
+
+    model = load_model(run_dir / "model")
+    result = search(model, read_image(run_dir.parent / "test.nii.gz"), num_starts=2)
+    steps_mm = [level.step_mm for level in model.config.env.levels]
+    moves = 0
+    for starts, levels in zip(result.paths_ras, result.path_levels, strict=True):
+        for path, level in zip(starts, levels, strict=True):
+            for index in range(1, len(path) - 1):  # the last entry is the settled mean
+                if level[index] != level[index - 1]:
+                    continue
+                jump = float(np.linalg.norm(path[index] - path[index - 1]))
+                assert jump == pytest.approx(0.0, abs=1e-4) or jump == pytest.approx(
+                    steps_mm[level[index]], abs=1e-3
+                )
+                moves += jump > 1e-4
+    assert moves > 0
