@@ -159,7 +159,7 @@ def _run(
             "torch_threads": max(1, int(cpus_per_worker)),
         },
         batch_size=1,
-        concurrency=workers,
+        compute=ray.data.ActorPoolStrategy(size=workers),
         num_cpus=cpus_per_worker,
         num_gpus=gpus_per_worker or None,
         runtime_env={"env_vars": {"OMP_NUM_THREADS": str(max(1, int(cpus_per_worker)))}},

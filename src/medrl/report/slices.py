@@ -138,5 +138,10 @@ def landmark_figure(
         style = {"color": "white", "fontsize": 5, "transform": axes.transAxes}
         axes.text(0.97, 0.5, right, ha="right", va="center", **style)
         axes.text(0.5, 0.97, top, ha="center", va="top", **style)
+        # A scale bar: 10 mm (20 mm in wide panels) at the lower left.
+        bar_mm = 10.0 if half_mm <= 60 else 20.0
+        x0, y0 = -half_mm * 0.92, -half_mm * 0.9
+        axes.plot([x0, x0 + bar_mm], [y0, y0], color="white", linewidth=1.5)
+        axes.text(x0, y0 + half_mm * 0.05, f"{bar_mm:g} mm", color="white", fontsize=5)
     figure.subplots_adjust(left=0.01, right=0.99, bottom=0.01, top=0.88, wspace=0.04)
     return png_bytes(figure, dpi)
