@@ -12,6 +12,7 @@ import torch
 import medrl
 from _synthetic import BLOB_NAMES, blob_volume
 from medrl.agents.checkpoint import build_network, save_model_files
+from medrl.cli import main
 from medrl.config import load_config
 from medrl.errors import MedrlError
 from medrl.io.images import write_image
@@ -74,8 +75,6 @@ def test_ray_prediction_matches_local_and_skips_done_scans(cluster, tmp_path: Pa
     assert [row["status"] for row in rows] == ["skipped"] * 3
 
     # The command line reaches the same code (here: everything is done already).
-    from medrl.cli import main
-
     argv = ["predict", "--ray", "--model", str(model_dir), "--input-dir", str(scans)]
     assert main([*argv, "--out", str(out)]) == 0
     assert [row["status"] for row in _summary(out).values()] == ["skipped"] * 3

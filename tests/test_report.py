@@ -16,6 +16,7 @@ import torch
 from PIL import Image
 
 from _synthetic import BLOB_NAMES, blob_volume
+from medrl.agents.checkpoint import load_model
 from medrl.agents.search import level_paths
 from medrl.cli import main
 from medrl.io.images import write_image
@@ -66,15 +67,15 @@ def _images(page: str) -> list[bytes]:
 def test_evaluation_saves_what_the_report_draws(run_dir: Path) -> None:
     records = sorted((run_dir / "evaluation" / "cases").glob("*.json"))
     assert [p.stem for p in records] == ["test", "test_rigid0", "test_rigid1"]
-    record = json.loads(records[1].read_text())
+    record = json.loads(records[1].read_text(encoding="utf-8"))
     assert record["landmarks"] == list(BLOB_NAMES)
     assert record["scan"]["rigid"] is not None and record["scan"]["image"].endswith("test.nii.gz")
     for key in ("truth_ras", "agent_ras", "baseline_ras"):
         assert np.asarray(record[key]).shape == (3, 3)
     paths = record["search_paths_ras"]
     assert len(paths) == 3 and all(len(starts) == 3 for starts in paths)  # 3 landmarks x 3 starts
-    levels = {len(start) for starts in paths for start in starts}
-    assert levels == {2} or levels == {1}  # the model's searched levels
+    searched = load_model(run_dir / "model").config.search.levels  # chosen after training
+    assert {len(start) for starts in paths for start in starts} == {searched}
     first = np.asarray(paths[0][0][0])
     assert first.ndim == 2 and first.shape[1] == 3 and np.isfinite(first).all()
     # Consecutive positions differ (repeats of a settled agent are dropped).
@@ -91,7 +92,7 @@ def test_level_paths_splits_by_level_and_drops_repeats() -> None:
 
 
 def test_report_page_holds_tables_and_figures(run_dir: Path) -> None:
-    page = (run_dir / "report.html").read_text()
+    page = (run_dir / "report.html").read_text(encoding="utf-8")
     assert page.startswith("<!DOCTYPE html>") and "<script" not in page
     # Agent and baseline in the same tables; every scan has its section.
     assert page.count("affine-baseline") >= 2 and "failure" in page
@@ -118,7 +119,7 @@ def test_report_of_an_evaluation_folder_alone(run_dir: Path, tmp_path: Path) -> 
     shutil.copytree(run_dir / "evaluation", evaluation)
     out = tmp_path / "page.html"
     assert main(["report", str(evaluation), "--out", str(out), "--max-scans", "1"]) == 0
-    page = out.read_text()
+    page = out.read_text(encoding="utf-8")
     assert "No training logs" in page
     assert "1 of 3 scans drawn" in page
     assert len(_images(page)) == 2 + 3  # no training curves; one scan drawn
@@ -149,9 +150,9 @@ window.addEventListener("load", () => {
 @pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed (.ci/run installs it)")
 def test_report_opens_in_headless_chromium(run_dir: Path, tmp_path: Path) -> None:
     """Chromium loads the page and decodes every figure (naturalWidth > 0)."""
-    page = (run_dir / "report.html").read_text()
+    page = (run_dir / "report.html").read_text(encoding="utf-8")
     probe = tmp_path / "probe.html"
-    probe.write_text(page.replace("</body>", _CHECK_SCRIPT + "</body>"))
+    probe.write_text(page.replace("</body>", _CHECK_SCRIPT + "</body>"), encoding="utf-8")
     command = [
         str(CHROMIUM),
         "--headless",
@@ -167,7 +168,9 @@ def test_report_opens_in_headless_chromium(run_dir: Path, tmp_path: Path) -> Non
         "--dump-dom",
         probe.as_uri(),
     ]
-    done = subprocess.run(command, capture_output=True, text=True, timeout=120, check=False)
+    done = subprocess.run(
+        command, capture_output=True, encoding="utf-8", errors="replace", timeout=120, check=False
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     found = re.search(r'<pre id="image-check">(.*?)</pre>', done.stdout, re.S)
     assert found, done.stdout[-2000:]
@@ -180,7 +183,6 @@ def test_report_opens_in_headless_chromium(run_dir: Path, tmp_path: Path) -> Non
 def test_search_records_every_step_of_the_path(run_dir: Path) -> None:
     """Each recorded position is one move (one step of its level) from the one before:
     the recorded path is not overwritten by later steps of the search."""
-    from medrl.agents.checkpoint import load_model
     from medrl.agents.search import search
     from medrl.io.images import read_image
 
