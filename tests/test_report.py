@@ -201,3 +201,29 @@ def test_search_records_every_step_of_the_path(run_dir: Path) -> None:
                 )
                 moves += jump > 1e-4
     assert moves > 0
+
+
+def test_scalars_of_a_resumed_run_and_the_evaluation_curve(tmp_path: Path) -> None:
+    """Two event files (a run resumed at step 20 redoes step 20); eval/mean_error_mm is
+    plotted when the training logged it."""
+    from torch.utils.tensorboard import SummaryWriter
+
+    from medrl.report.figures import training_curves
+
+    folder = tmp_path / "tensorboard"
+    first = SummaryWriter(str(folder), filename_suffix=".a")
+    for step in (10, 20):
+        first.add_scalar("train/loss", 1.0 / step, step)
+    first.close()
+    second = SummaryWriter(str(folder), filename_suffix=".b")
+    for step in (20, 30):
+        second.add_scalar("train/loss", 2.0 / step, step)
+        second.add_scalar("eval/mean_error_mm", 50.0 - step, step)
+    second.close()
+    scalars = read_scalars(folder)
+    np.testing.assert_array_equal(scalars["train/loss"].steps, [10, 20, 30])
+    np.testing.assert_allclose(scalars["train/loss"].values, [0.1, 0.1, 2.0 / 30], rtol=1e-6)
+    np.testing.assert_allclose(scalars["eval/mean_error_mm"].values, [30.0, 20.0])
+    png = training_curves(scalars)
+    assert png is not None and Image.open(io.BytesIO(png)).size[0] > 300
+    assert training_curves({}) is None

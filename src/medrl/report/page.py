@@ -32,7 +32,7 @@ h1 { font-size: 1.5em; } h2 { font-size: 1.2em; margin-top: 1.6em; border-bottom
 table { border-collapse: collapse; font-size: 0.82em; margin: 0.6em 0; }
 th, td { border: 1px solid #ccc; padding: 2px 6px; text-align: right; }
 th { background: #f2f2f2; } td.text { text-align: left; }
-tr.fail td.err { background: #fdd; }
+td.fail { background: #fdd; }
 .figure { max-width: 100%; height: auto; display: block; margin: 0.5em 0; }
 .grid { display: flex; flex-wrap: wrap; gap: 6px; }
 .cell { border: 1px solid #ddd; padding: 2px; font-size: 0.75em; }
@@ -58,17 +58,20 @@ def _cell(value: Any, css: str = "") -> str:
     return f'<td class="{classes}">{text}</td>' if classes else f"<td>{text}</td>"
 
 
-def _table(header: Sequence[str], rows: Sequence[Sequence[Any]], fail_col: int = -1) -> str:
+def _table(header: Sequence[str], rows: Sequence[Sequence[Any]], error_from: int = -1) -> str:
+    """An HTML table; from column ``error_from`` on, errors above the failure line are shaded."""
     head = "".join(f"<th>{_esc(h.replace('_', ' '))}</th>" for h in header)
     body = []
     for row in rows:
-        failed = fail_col >= 0 and any(
-            isinstance(v, float) and v > FAILURE_THRESHOLD_MM for v in row[fail_col:]
-        )
-        cells = "".join(
-            _cell(v, "err" if fail_col >= 0 and i >= fail_col else "") for i, v in enumerate(row)
-        )
-        body.append(f'<tr class="fail">{cells}</tr>' if failed else f"<tr>{cells}</tr>")
+        cells = []
+        for column, value in enumerate(row):
+            failed = (
+                0 <= error_from <= column
+                and isinstance(value, float)
+                and value > FAILURE_THRESHOLD_MM
+            )
+            cells.append(_cell(value, "fail" if failed else ""))
+        body.append(f"<tr>{''.join(cells)}</tr>")
     return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
 
 
@@ -102,7 +105,7 @@ def _per_landmark_table(data: ReportData) -> str:
             r = by_key.get((method, name), {})
             row += [r.get("mean_mm", ""), r.get("median_mm", ""), r.get("max_mm", "")]
         rows.append(row)
-    return _table(header, rows, fail_col=2)
+    return _table(header, rows, error_from=2)
 
 
 def _key(num_levels: int) -> str:
