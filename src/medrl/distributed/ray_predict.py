@@ -68,8 +68,9 @@ def predict_with_ray(
 ) -> list[dict[str, Any]]:
     """Predict ``jobs`` on a Ray cluster (``address``; ``None``: the running one or a local
     one). ``workers`` model copies run at once (default: the cluster's CPUs divided by
-    ``cpus_per_worker``). Returns the summary rows; raises :class:`MedrlError` after writing
-    the summary if any scan failed.
+    ``cpus_per_worker``; with a CUDA ``device``, one GPU per worker unless
+    ``gpus_per_worker`` says otherwise). Returns the summary rows; raises
+    :class:`MedrlError` after writing the summary if any scan failed.
     """
     ray = _import_ray()
     _check_unique(jobs)
@@ -139,9 +140,18 @@ def _run(
     cpus_per_worker: float,
     gpus_per_worker: float,
 ) -> list[dict[str, Any]]:
+    if device.startswith("cuda"):
+        # Ray gives each actor its GPU share through CUDA_VISIBLE_DEVICES: inside the actor
+        # that GPU is "cuda".
+        gpus_per_worker = gpus_per_worker or 1.0
+        device = "cuda"
     if workers is None:
-        cpus = int(ray.cluster_resources().get("CPU", 1))
-        workers = max(1, int(cpus // max(cpus_per_worker, 1e-9)))
+        resources = ray.cluster_resources()
+        workers = max(1, int(resources.get("CPU", 1) // max(cpus_per_worker, 1e-9)))
+        if gpus_per_worker:
+            workers = min(workers, int(resources.get("GPU", 0) // gpus_per_worker))
+            if workers < 1:
+                raise MedrlError(f"--device {device} but the Ray cluster has no GPU")
     workers = max(1, min(workers, len(todo)))
     options = {
         "model_dir": str(model_dir),
