@@ -81,26 +81,38 @@ def _empty(folder: Path) -> bool:
 
 
 # ------------------------------------------------------------------- predict errors
+def _no_predictions(out: Path) -> bool:
+    return not out.exists() or not list(out.rglob("*.fcsv"))
+
+
+def _summary(out: Path) -> list[dict[str, str]]:
+    with open(out / "summary.csv", newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
 def test_predict_missing_image(model_dir: Path, tmp_path: Path, capsys) -> None:
     out = tmp_path / "out"
     missing = tmp_path / "missing.nii.gz"
     code = main(["predict", "--model", str(model_dir), "--image", str(missing), "--out", str(out)])
     assert code == 2
-    assert _empty(out)
+    assert _no_predictions(out)
     err = capsys.readouterr().err
     assert str(missing) in err and "not found" in err
+    [row] = _summary(out)
+    assert row["status"] == "failed" and "not found" in row["error"]
 
 
-def test_predict_checks_every_scan_before_writing(
+def test_predict_a_failing_scan_does_not_stop_the_others(
     model_dir: Path, data: dict[str, Path], tmp_path: Path, capsys
 ) -> None:
     out = tmp_path / "out"
     missing = tmp_path / "missing.nii.gz"
     argv = ["predict", "--model", str(model_dir), "--out", str(out)]
-    code = main([*argv, "--image", str(data["test"]), "--image", str(missing)])
-    assert code == 2
-    assert _empty(out)  # not even the good scan's file
-    assert str(missing) in capsys.readouterr().err
+    code = main([*argv, "--image", str(missing), "--image", str(data["test"])])
+    assert code == 2  # a scan failed
+    assert sorted(p.name for p in out.rglob("*.fcsv")) == ["test.fcsv"]
+    assert [row["status"] for row in _summary(out)] == ["failed", "ok"]
+    assert "1 of 2 scans failed" in capsys.readouterr().err
 
 
 def test_predict_corrupt_image(model_dir: Path, tmp_path: Path, capsys) -> None:
@@ -109,8 +121,9 @@ def test_predict_corrupt_image(model_dir: Path, tmp_path: Path, capsys) -> None:
     out = tmp_path / "out"
     code = main(["predict", "--model", str(model_dir), "--image", str(corrupt), "--out", str(out)])
     assert code == 2
-    assert _empty(out)
+    assert _no_predictions(out)
     assert str(corrupt) in capsys.readouterr().err
+    assert str(corrupt) in _summary(out)[0]["error"]
 
 
 @pytest.mark.parametrize("suffix", [".mha", ".nrrd", ".nii.gz"])
@@ -126,7 +139,7 @@ def test_predict_image_with_nan_voxels(
     out = tmp_path / "out"
     code = main(["predict", "--model", str(model_dir), "--image", str(path), "--out", str(out)])
     assert code == 2
-    assert _empty(out)
+    assert _no_predictions(out)
     err = capsys.readouterr().err
     assert str(path) in err and "NaN" in err
 
@@ -288,7 +301,7 @@ def test_train_predict_evaluate_end_to_end(data: dict[str, Path], tmp_path: Path
     argv = ["predict", "--model", str(model), "--image", str(data["test"]), "--out", str(out)]
     assert main(argv) == 0
     written = out / "test.fcsv"
-    assert sorted(p.name for p in out.iterdir()) == ["test.fcsv"]
+    assert sorted(p.name for p in out.iterdir()) == ["summary.csv", "test.fcsv"]
     found = read_landmarks(written)
     assert found.names == BLOB_NAMES
     assert found.descriptions == ("a", "b", "c")

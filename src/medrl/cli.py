@@ -80,19 +80,15 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    from medrl.predict import predict
+    from medrl.predict import run_from_args
 
-    written = predict(
-        args.image,
-        args.out,
-        args.model,
-        args.device,
-        args.coordinate_system,
-        num_starts=args.starts,
-    )
-    for path in written:
-        print(path)
-    return 0
+    return run_from_args(args)
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from medrl.report import run_from_args
+
+    return run_from_args(args)
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -104,6 +100,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         ["data", "fetch", "afids"],
         ["train", "--config", args.config, *base, *overrides],
         ["evaluate", "--model", str(run_dir / "model"), "--out", str(run_dir / "evaluation")],
+        ["report", str(run_dir)],
     ]
     for argv in steps:
         print(f"\n$ medrl {' '.join(argv)}", file=sys.stderr, flush=True)
@@ -169,14 +166,25 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.set_defaults(func=cmd_evaluate)
 
     predict = sub.add_parser("predict", help="find landmarks in scans (no labels needed)")
-    predict.add_argument(
-        "--image", action="append", required=True, help="scan file or DICOM folder"
-    )
+    scans = predict.add_mutually_exclusive_group(required=True)
+    scans.add_argument("--image", action="append", help="scan file or DICOM folder (repeatable)")
+    scans.add_argument("--input-dir", help="folder searched recursively for scans")
+    scans.add_argument("--datalist", help="datalist file (.json/.csv); labels are not needed")
     predict.add_argument("--out", required=True, help="output folder (one .fcsv per scan)")
+    predict.add_argument("--overwrite", action="store_true", help="redo scans already done")
+    predict.add_argument("--ray", action="store_true", help="spread the scans over a Ray cluster")
+    predict.add_argument("--ray-address", help="Ray cluster address (default: start one here)")
+    predict.add_argument("--ray-workers", type=int, help="model copies (default: one per CPU)")
     predict.add_argument("--model", help="model folder (default: the shipped model)")
     predict.add_argument("--coordinate-system", choices=["RAS", "LPS"], default="RAS")
     _add_search_options(predict)
     predict.set_defaults(func=cmd_predict)
+
+    report = sub.add_parser("report", help="HTML report of a run or evaluation folder")
+    from medrl.report import add_arguments as add_report_arguments
+
+    add_report_arguments(report)
+    report.set_defaults(func=cmd_report)
 
     demo = sub.add_parser("demo", help="fetch data, train on built-in data, evaluate")
     demo.add_argument("--config", default=DEMO_CONFIG)

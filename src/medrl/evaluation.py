@@ -19,7 +19,7 @@ import SimpleITK as sitk
 import torch
 
 from medrl.agents.checkpoint import LandmarkModel
-from medrl.agents.search import search
+from medrl.agents.search import SearchResult, level_paths, search
 from medrl.baselines.registration import propagate_landmarks
 from medrl.data.datalist import Case
 from medrl.io.images import Volume
@@ -36,6 +36,8 @@ from medrl.utils.atomic import atomic_open
 AGENT = "agent"
 BASELINE = "affine-baseline"
 SUMMARY_COLUMNS = ["method", *SUMMARY_KEYS]
+CASES_DIR = "cases"
+"""Folder of the evaluation output with one JSON per evaluated scan (for ``medrl report``)."""
 
 
 @dataclass(frozen=True)
@@ -114,24 +116,27 @@ def evaluate(
     timings: dict[str, list[float]] = {AGENT: [], BASELINE: []}
     assert atlas.landmarks is not None
     atlas_landmarks = atlas.landmarks.subset(list(model.names))
-    jobs: list[tuple[str, Volume, Landmarks]] = []
+    jobs: list[tuple[str, Volume, Landmarks, dict]] = []
     for case in test_cases:
         if case.landmarks is None:
             continue
         case_truth = case.landmarks.subset([n for n in model.names if n in case.landmarks.names])
+        origin = {"case": case.case_id, "image": case.volume.source}
         if include_unmoved or rigid_trials == 0:
-            jobs.append((case.case_id, case.volume, case_truth))
+            jobs.append((case.case_id, case.volume, case_truth, {**origin, "rigid": None}))
         for trial in range(rigid_trials):
             rigid = random_rigid(seed + trial, max_rotation_deg, max_translation_mm)
             volume, moved = move_case(case.volume, case_truth, rigid)
-            jobs.append((f"{case.case_id}_rigid{trial}", volume, moved))
-    for index, (case_id, volume, case_truth) in enumerate(jobs):
+            scan = {**origin, "rigid": rigid_to_dict(rigid)}
+            jobs.append((f"{case.case_id}_rigid{trial}", volume, moved, scan))
+    for index, (case_id, volume, case_truth, scan) in enumerate(jobs):
         if progress:
             print(f"[{index + 1}/{len(jobs)}] evaluating {case_id}", file=sys.stderr, flush=True)
         truth[case_id] = case_truth
         started = time.perf_counter()
         with torch.inference_mode():
-            found = search(model, volume, device, num_starts=num_starts).landmarks
+            result = search(model, volume, device, num_starts=num_starts)
+        found = result.landmarks
         timings[AGENT].append(time.perf_counter() - started)
         results[AGENT][case_id] = found.subset(list(case_truth.names))
         started = time.perf_counter()
@@ -139,16 +144,82 @@ def evaluate(
         timings[BASELINE].append(time.perf_counter() - started)
         results[BASELINE][case_id] = baseline.subset(list(case_truth.names))
         write_landmarks(found, out_dir / "predictions" / f"{case_id}.fcsv")
+        record = case_record(case_id, scan, case_truth, result, results[BASELINE][case_id])
+        with atomic_open(out_dir / CASES_DIR / f"{case_id}.json") as handle:
+            json.dump(record, handle)
     per_landmark, overall = evaluation_tables(results, truth)
     for row in overall:
         row["seconds_per_scan_median"] = float(np.median(timings[row["method"]]))
     write_tables(per_landmark, out_dir, "per_landmark")
     write_tables(overall, out_dir, "overall")
     write_tables(raw_error_rows(results, truth), out_dir, "errors")
-    summary = {"overall": overall, "cases": list(truth), "atlas": atlas.case_id}
+    summary = {
+        "overall": overall,
+        "cases": list(truth),
+        "atlas": atlas.case_id,
+        "model": {
+            "meta": model.meta,
+            "levels_mm": [lv.spacing_mm for lv in model.config.env.levels],
+        },
+        "rigid_trials": rigid_trials,
+        "max_rotation_deg": max_rotation_deg,
+        "max_translation_mm": max_translation_mm,
+        "seed": seed,
+    }
     with atomic_open(out_dir / "summary.json") as handle:
-        json.dump(summary, handle, indent=2)
+        json.dump(summary, handle, indent=2, default=str)
     return {"per_landmark": per_landmark, "overall": overall}
+
+
+def rigid_to_dict(rigid: RigidTransform) -> dict:
+    return {
+        "rotation_axis": rigid.rotation_axis.tolist(),
+        "rotation_deg": rigid.rotation_deg,
+        "translation_mm": rigid.translation_mm.tolist(),
+    }
+
+
+def rigid_from_dict(record: dict) -> RigidTransform:
+    return RigidTransform(
+        rotation_axis=np.asarray(record["rotation_axis"], dtype=np.float64),
+        rotation_deg=float(record["rotation_deg"]),
+        translation_mm=np.asarray(record["translation_mm"], dtype=np.float64),
+    )
+
+
+def _rounded(points: np.ndarray) -> list:
+    return np.round(np.asarray(points, dtype=np.float64), 2).tolist()
+
+
+def case_record(
+    case_id: str, scan: dict, truth: Landmarks, result: SearchResult, baseline: Landmarks
+) -> dict:
+    """What ``medrl report`` draws for one evaluated scan, as plain JSON (world RAS mm).
+
+    ``scan`` names the source image and the rigid move applied to it (None: unmoved), so the
+    report can rebuild the evaluated image. ``search_paths_ras[landmark][start][level]`` lists
+    the positions the agent visited at that level, coarse to fine, without repeats.
+    """
+    found = result.landmarks
+    num_levels = len(result.level_points_ras)
+    index = {name: row for row, name in enumerate(found.names)}
+    paths = []
+    for name in truth.names:
+        row = index[name]
+        starts = zip(result.paths_ras[row], result.path_levels[row], strict=True)
+        paths.append(
+            [[_rounded(p) for p in level_paths(path, lv, num_levels)] for path, lv in starts]
+        )
+    return {
+        "case": case_id,
+        "scan": scan,
+        "landmarks": list(truth.names),
+        "descriptions": [truth.description(name) for name in truth.names],
+        "truth_ras": _rounded(truth.points_ras),
+        "agent_ras": _rounded(found.subset(list(truth.names)).points_ras),
+        "baseline_ras": _rounded(baseline.points_ras),
+        "search_paths_ras": paths,
+    }
 
 
 def select_search_levels(

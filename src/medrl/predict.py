@@ -1,21 +1,34 @@
-"""Prediction without labels: find the landmarks in scans and write one Slicer file per scan."""
+"""Batch prediction without labels: one Slicer ``.fcsv`` file per scan, safe to interrupt.
+
+Scans come from ``--image`` paths, a folder searched recursively, or a datalist. Each scan is
+read, searched and written on its own (the model is loaded once): every output is written
+atomically, a rerun skips scans whose output exists, and a scan that cannot be read or
+searched is recorded as failed in ``OUT/summary.csv`` without stopping the others.
+"""
 
 from __future__ import annotations
 
+import csv
+import os
 import sys
 import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
-import torch
+from medrl.errors import CheckpointError, InputError, MedrlError
+from medrl.io.images import DICOM_SUFFIXES, IMAGE_SUFFIXES
+from medrl.utils.atomic import atomic_open
 
-from medrl.agents.checkpoint import LandmarkModel, load_model
-from medrl.agents.search import search
-from medrl.errors import CheckpointError, InputError
-from medrl.io.images import read_image
-from medrl.io.landmarks import write_landmarks
+if TYPE_CHECKING:
+    from medrl.io.landmarks import Landmarks
 
 DEFAULT_MODEL = "afids"
+SUMMARY_NAME = "summary.csv"
+SUMMARY_COLUMNS = ("scan", "image", "output", "status", "seconds", "landmarks", "error")
+OK, SKIPPED, FAILED = "ok", "skipped", "failed"
 
 
 def default_model_dir() -> Path:
@@ -27,44 +40,288 @@ def default_model_dir() -> Path:
 
 
 def output_name(image: Path) -> str:
+    """The scan's file name without its image suffix (``sub-01.nii.gz`` -> ``sub-01``)."""
     name = image.name
-    for suffix in (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd", ".dcm"):
+    for suffix in (*IMAGE_SUFFIXES, *DICOM_SUFFIXES):
         if name.lower().endswith(suffix):
             return name[: -len(suffix)]
     return name
 
 
+@dataclass(frozen=True)
+class ScanJob:
+    """One scan to predict: its name in the summary, the image and the output file."""
+
+    scan: str
+    image: Path
+    output: Path
+
+
+# ------------------------------------------------------------------------ finding scans
+def _is_dicom_name(name: str) -> bool:
+    return name.lower().endswith(DICOM_SUFFIXES)
+
+
+def find_scans(folder: str | Path) -> list[Path]:
+    """Image files (by suffix) and DICOM series folders (with ``.dcm``/``.ima``/``.dicom``
+    files) under ``folder``, recursively, sorted; hidden files and folders are ignored."""
+    root = Path(folder)
+    if not root.is_dir():
+        raise InputError("input folder does not exist or is not a folder", root)
+    found: list[Path] = []
+    for current, dirs, files in os.walk(root):
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        visible = [f for f in files if not f.startswith(".")]
+        if any(_is_dicom_name(f) for f in visible):
+            found.append(Path(current))
+        found.extend(Path(current) / f for f in visible if f.lower().endswith(IMAGE_SUFFIXES))
+    return sorted(found)
+
+
+def _relative_output(out_dir: Path, relative: Path) -> Path:
+    return out_dir / relative.parent / f"{output_name(relative)}.fcsv"
+
+
+def jobs_from_images(images: Sequence[str | Path], out_dir: str | Path) -> list[ScanJob]:
+    """Outputs are ``OUT/<name>.fcsv``; if two scans share a name, every output mirrors the
+    scan's path below the scans' common folder instead."""
+    out_dir = Path(out_dir)
+    paths = [Path(os.path.normpath(Path(p).absolute())) for p in images]
+    names = [output_name(p) for p in paths]
+    if len(set(names)) == len(names):
+        return [
+            ScanJob(str(p), p, out_dir / f"{n}.fcsv") for p, n in zip(paths, names, strict=True)
+        ]
+    common = Path(os.path.commonpath(paths)) if len(paths) > 1 else paths[0].parent
+    if common in paths:  # a DICOM folder that holds the other scans
+        common = common.parent
+    jobs = [ScanJob(str(p), p, _relative_output(out_dir, p.relative_to(common))) for p in paths]
+    _check_unique(jobs)
+    return jobs
+
+
+def jobs_from_folder(folder: str | Path, out_dir: str | Path) -> list[ScanJob]:
+    """Every scan under ``folder``; outputs mirror the scans' paths below it."""
+    root = Path(folder)
+    scans = find_scans(root)
+    if not scans:
+        suffixes = ", ".join((*IMAGE_SUFFIXES, *DICOM_SUFFIXES))
+        raise InputError(f"no scans found (looked for {suffixes})", root)
+    jobs = []
+    for path in scans:
+        relative = path.relative_to(root) if path != root else Path(root.name)
+        jobs.append(ScanJob(str(relative), path, _relative_output(Path(out_dir), relative)))
+    return jobs
+
+
+def jobs_from_datalist(datalist: str | Path, out_dir: str | Path) -> list[ScanJob]:
+    """Every case of a datalist (labels optional, all splits); outputs are ``OUT/<id>.fcsv``.
+
+    Files are not checked here: a missing scan is one failed case, not a stop.
+    """
+    from medrl.data.datalist import read_datalist
+
+    jobs = []
+    for spec in read_datalist(datalist, check_files=False):
+        relative = Path(spec.case_id)
+        if relative.is_absolute() or ".." in relative.parts:
+            raise InputError(f"case id {spec.case_id!r} cannot name an output file", datalist)
+        jobs.append(ScanJob(spec.case_id, spec.image, Path(out_dir) / f"{spec.case_id}.fcsv"))
+    return jobs
+
+
+def _check_unique(jobs: Iterable[ScanJob]) -> None:
+    seen: dict[Path, str] = {}
+    for job in jobs:
+        if job.output in seen:
+            raise InputError(
+                f"scans {seen[job.output]} and {job.scan} would write the same output", job.output
+            )
+        seen[job.output] = job.scan
+
+
+# ---------------------------------------------------------------------- one scan
+class ScanPredictor:
+    """A loaded model that predicts one scan at a time (loaded once, reused for every scan)."""
+
+    def __init__(
+        self,
+        model_dir: str | Path | None = None,
+        device: str = "cpu",
+        coordinate_system: str = "RAS",
+        num_starts: int | None = None,
+    ) -> None:
+        from medrl.agents.checkpoint import load_model
+
+        self.model = load_model(model_dir or default_model_dir(), device)
+        self.device = device
+        self.coordinate_system = coordinate_system
+        self.num_starts = num_starts
+
+    def predict_landmarks(self, job: ScanJob) -> Landmarks:
+        """Read the scan and search it (nothing is written)."""
+        import torch
+
+        from medrl.agents.search import search
+        from medrl.io.images import read_image
+
+        volume = read_image(job.image)
+        with torch.inference_mode():
+            return search(self.model, volume, self.device, num_starts=self.num_starts).landmarks
+
+    def predict(self, job: ScanJob) -> int:
+        """Read, search, write ``job.output`` atomically; return the number of landmarks."""
+        from medrl.io.landmarks import write_landmarks
+
+        landmarks = self.predict_landmarks(job)
+        write_landmarks(landmarks, job.output, self.coordinate_system)
+        return len(landmarks)
+
+    def run(self, job: ScanJob, overwrite: bool = False) -> dict[str, Any]:
+        """One summary row: ``ok``, ``skipped`` (output exists) or ``failed`` (with reason)."""
+        row: dict[str, Any] = {
+            "scan": job.scan,
+            "image": str(job.image),
+            "output": str(job.output),
+            "seconds": 0.0,
+            "landmarks": "",
+            "error": "",
+        }
+        if job.output.is_file() and not overwrite:
+            return {**row, "status": SKIPPED}
+        started = time.perf_counter()
+        try:
+            row["landmarks"] = self.predict(job)
+            row["status"] = OK
+        except Exception as exc:  # one bad scan must not stop an archive run
+            row["status"] = FAILED
+            row["error"] = (
+                str(exc) if isinstance(exc, MedrlError) else f"{type(exc).__name__}: {exc}"
+            )
+        row["seconds"] = round(time.perf_counter() - started, 3)
+        return row
+
+
+# ---------------------------------------------------------------------- summary
+def write_summary(rows: Sequence[dict[str, Any]], out_dir: str | Path) -> Path:
+    """``OUT/summary.csv`` (atomic): one row per scan with status, seconds and error."""
+    path = Path(out_dir) / SUMMARY_NAME
+    with atomic_open(path, "w", newline="", encoding="utf-8") as handle:
+        writer = csv.DictWriter(handle, fieldnames=SUMMARY_COLUMNS, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)
+    return path
+
+
+def count_status(rows: Iterable[dict[str, Any]]) -> dict[str, int]:
+    counts = {OK: 0, SKIPPED: 0, FAILED: 0}
+    for row in rows:
+        counts[row["status"]] += 1
+    return counts
+
+
+def finish(rows: Sequence[dict[str, Any]], out_dir: str | Path, total: int) -> Path:
+    """Write the summary, tell the user, and raise if any scan failed."""
+    path = write_summary(rows, out_dir)
+    counts = count_status(rows)
+    print(
+        f"{counts[OK]} predicted, {counts[SKIPPED]} skipped (output exists), "
+        f"{counts[FAILED]} failed, of {total} scans; summary: {path}",
+        file=sys.stderr,
+    )
+    if counts[FAILED]:
+        raise MedrlError(f"{counts[FAILED]} of {total} scans failed (reasons in the summary)", path)
+    return path
+
+
+# ---------------------------------------------------------------------- the batch
+def predict_jobs(
+    jobs: Sequence[ScanJob],
+    out_dir: str | Path,
+    model_dir: str | Path | None = None,
+    device: str = "cpu",
+    coordinate_system: str = "RAS",
+    num_starts: int | None = None,
+    overwrite: bool = False,
+    progress: bool = True,
+) -> list[dict[str, Any]]:
+    """Predict every job in this process; the summary is written even if interrupted.
+
+    Raises :class:`MedrlError` (after writing the summary) if any scan failed, and the
+    model's :class:`CheckpointError` before anything is written.
+    """
+    from tqdm import tqdm
+
+    _check_unique(jobs)
+    predictor = ScanPredictor(model_dir, device, coordinate_system, num_starts)
+    rows: list[dict[str, Any]] = []
+    bar = tqdm(jobs, desc="predict", unit="scan", file=sys.stderr, disable=not progress)
+    try:
+        for job in bar:
+            row = predictor.run(job, overwrite)
+            rows.append(row)
+            if row["status"] == FAILED:
+                bar.write(f"failed: {job.image}: {row['error']}", file=sys.stderr)
+            bar.set_postfix(count_status(rows))
+    finally:
+        bar.close()
+        if rows and len(rows) < len(jobs):
+            write_summary(rows, out_dir)  # interrupted: keep the record of what was done
+    finish(rows, out_dir, len(jobs))
+    return rows
+
+
 def predict(
-    images: list[str | Path],
+    images: Sequence[str | Path],
     out_dir: str | Path,
     model_dir: str | Path | None = None,
     device: str = "cpu",
     coordinate_system: str = "RAS",
     progress: bool = True,
     num_starts: int | None = None,
+    overwrite: bool = False,
 ) -> list[Path]:
-    """Predict every scan; all scans are read and checked before anything is written."""
-    out_dir = Path(out_dir)
-    model: LandmarkModel = load_model(model_dir or default_model_dir(), device)
-    paths = [Path(p) for p in images]
-    names = [output_name(p) for p in paths]
-    duplicates = {n for n in names if names.count(n) > 1}
-    if duplicates:
-        raise InputError(f"several scans would write the same output name(s): {sorted(duplicates)}")
-    volumes = [read_image(p) for p in paths]
-    written = []
-    for index, (path, name, volume) in enumerate(zip(paths, names, volumes, strict=True)):
-        started = time.perf_counter()
-        with torch.inference_mode():
-            result = search(model, volume, device, num_starts=num_starts)
-        target = out_dir / f"{name}.fcsv"
-        write_landmarks(result.landmarks, target, coordinate_system)
-        written.append(target)
-        if progress:
-            seconds = time.perf_counter() - started
-            print(
-                f"[{index + 1}/{len(paths)}] {path}: {len(result.landmarks)} landmarks "
-                f"in {seconds:.2f} s -> {target}",
-                file=sys.stderr,
-            )
-    return written
+    """Predict the scans at ``images`` (files or DICOM folders); return the outputs written."""
+    rows = predict_jobs(
+        jobs_from_images(images, out_dir),
+        out_dir,
+        model_dir,
+        device,
+        coordinate_system,
+        num_starts,
+        overwrite,
+        progress,
+    )
+    return [Path(row["output"]) for row in rows if row["status"] == OK]
+
+
+def jobs_from_args(args: Any) -> list[ScanJob]:
+    if args.image:
+        return jobs_from_images(args.image, args.out)
+    if args.input_dir:
+        return jobs_from_folder(args.input_dir, args.out)
+    return jobs_from_datalist(args.datalist, args.out)
+
+
+def run_from_args(args: Any) -> int:
+    """``medrl predict``: the parsed command line to a batch run (here or on Ray)."""
+    jobs = jobs_from_args(args)
+    options = {
+        "model_dir": args.model,
+        "device": args.device,
+        "coordinate_system": args.coordinate_system,
+        "num_starts": args.starts,
+        "overwrite": args.overwrite,
+    }
+    if args.ray:
+        from medrl.distributed.ray_predict import predict_with_ray
+
+        rows = predict_with_ray(
+            jobs, args.out, address=args.ray_address, workers=args.ray_workers, **options
+        )
+    else:
+        rows = predict_jobs(jobs, args.out, **options)
+    for row in rows:
+        if row["status"] == OK:
+            print(row["output"])
+    return 0

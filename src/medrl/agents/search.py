@@ -26,6 +26,23 @@ from medrl.io.landmarks import Landmarks
 _SETTLE_POSITIONS = 4
 
 
+def level_paths(path_ras: np.ndarray, levels: np.ndarray, num_levels: int) -> list[np.ndarray]:
+    """One start's path split by level, coarse to fine, without repeated positions.
+
+    The recorded path keeps a settled agent's position at every later step of its level;
+    here each level's positions (k, 3) keep only the moves. A level that was not searched
+    gives an empty (0, 3) array.
+    """
+    split = []
+    for level in range(num_levels):
+        points = path_ras[levels == level]
+        if len(points):
+            moved = np.any(np.abs(np.diff(points, axis=0)) > 1e-6, axis=1)
+            points = points[np.concatenate([[True], moved])]
+        split.append(points.reshape(-1, 3))
+    return split
+
+
 @dataclass
 class SearchResult:
     landmarks: Landmarks
@@ -76,8 +93,9 @@ def search(
         AugmentConfig(enabled=False), np.zeros(1, np.int64), scan.centre_ras[None], device
     )
     moves = action_vectors(device)
-    paths = [position.cpu().numpy()]
-    levels_visited = [np.zeros(n, dtype=np.int64)]
+    # The path is kept on the device and copied to the host once, at the end (no sync per step).
+    paths = [position.clone()]
+    levels_visited = [0]
     total_steps = 0
     level_points: list[np.ndarray] = []
     used = env.levels[: config.search.levels] if config.search.levels > 0 else env.levels
@@ -113,20 +131,19 @@ def search(
             actions[rows] = torch.cat([chosen[:, None], actions[rows, :-1]], dim=1)
             recent[rows] = torch.cat([recent[rows, 1:], new[:, None]], dim=1)
             total_steps += 1
-            snapshot = frames[:, 0].cpu().numpy()
-            paths.append(snapshot)
-            levels_visited.append(np.full(n, level_index))
+            paths.append(frames[:, 0].clone())
+            levels_visited.append(level_index)
             settled = oscillation_count(recent[rows], new, step_tol[rows]) > env.oscillation_repeats
             active[rows[settled]] = False
         tail = recent[:, -_SETTLE_POSITIONS:]
         position = torch.nanmean(tail, dim=1)
         per_start = position.reshape(num_landmarks, num_starts, 3)
         level_points.append(torch.median(per_start, dim=1).values.cpu().numpy().astype(np.float64))
-    paths.append(position.cpu().numpy())
-    levels_visited.append(np.full(n, len(used) - 1))
+    paths.append(position)
+    levels_visited.append(len(used) - 1)
     estimate = level_points[-1]
-    stacked = np.stack(paths, axis=1)  # (n, T, 3)
-    level_stack = np.stack(levels_visited, axis=1)
+    stacked = torch.stack(paths, dim=1).cpu().numpy().astype(np.float64)  # (n, T, 3)
+    level_stack = np.tile(np.asarray(levels_visited, dtype=np.int64), (n, 1))
     per_landmark_paths, per_landmark_levels = [], []
     for lm in range(num_landmarks):
         rows = range(lm * num_starts, (lm + 1) * num_starts)

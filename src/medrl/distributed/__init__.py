@@ -1,0 +1,1 @@
+"""Running medrl beyond one process: archive-scale prediction on a Ray cluster."""

@@ -1,0 +1,112 @@
+"""What a report shows, read from disk: evaluation tables, per-scan records, training logs."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from medrl.errors import InputError
+
+TRAINING_CURVES: tuple[tuple[str, str], ...] = (
+    ("train/reward", "reward (mean per step)"),
+    ("train/loss", "TD loss"),
+    ("train/epsilon", "epsilon (exploration)"),
+    ("train/final_distance_mm", "distance at episode end (mm)"),
+    ("eval/mean_error_mm", "evaluation error (mean, mm)"),
+)
+"""TensorBoard scalar tags the report plots, with their titles; absent ones are left out."""
+
+
+@dataclass
+class Scalars:
+    steps: np.ndarray
+    values: np.ndarray
+
+
+@dataclass
+class ReportData:
+    run_dir: Path
+    evaluation_dir: Path
+    summary: dict[str, Any]
+    overall: list[dict[str, Any]]
+    per_landmark: list[dict[str, Any]]
+    errors: list[dict[str, Any]]
+    cases: list[dict[str, Any]]
+    scalars: dict[str, Scalars] = field(default_factory=dict)
+    model_meta: dict[str, Any] = field(default_factory=dict)
+
+
+def find_evaluation(run_dir: Path, evaluation_dir: Path | None = None) -> Path:
+    """The evaluation folder: the one given, ``RUN_DIR/evaluation``, or ``RUN_DIR`` itself."""
+    candidates = [evaluation_dir] if evaluation_dir else [run_dir / "evaluation", run_dir]
+    for folder in candidates:
+        if folder is not None and (folder / "summary.json").is_file():
+            return folder
+    where = evaluation_dir or run_dir
+    raise InputError(
+        "no evaluation found (summary.json); run `medrl evaluate --out "
+        f"{run_dir / 'evaluation'}` first",
+        where,
+    )
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError as exc:
+        raise InputError("missing evaluation file", path) from exc
+    except (OSError, json.JSONDecodeError) as exc:
+        raise InputError(f"unreadable evaluation file: {exc}", path) from exc
+
+
+def read_scalars(folder: Path) -> dict[str, Scalars]:
+    """Every scalar series in a TensorBoard log folder (all its event files, a resumed run's
+    too); where a step was logged twice (a run resumed after a checkpoint), the last wins."""
+    if not folder.is_dir() or not any(folder.glob("events.out.tfevents.*")):
+        return {}
+    from tensorboard.backend.event_processing import event_accumulator
+
+    accumulator = event_accumulator.EventAccumulator(
+        str(folder), size_guidance={event_accumulator.SCALARS: 0}
+    )
+    accumulator.Reload()
+    series = {}
+    for tag in accumulator.Tags().get("scalars", []):
+        by_step = {event.step: event.value for event in accumulator.Scalars(tag)}
+        steps = np.array(sorted(by_step), dtype=np.int64)
+        series[tag] = Scalars(steps, np.array([by_step[s] for s in steps], dtype=np.float64))
+    return series
+
+
+def _case_key(case: str, order: list[str]) -> int:
+    return order.index(case) if case in order else len(order)
+
+
+def load_report_data(run_dir: Path, evaluation_dir: Path | None = None) -> ReportData:
+    """Read an evaluation (``medrl evaluate`` output) and, if present, the run's logs."""
+    if not run_dir.exists():
+        raise InputError("run folder does not exist", run_dir)
+    folder = find_evaluation(run_dir, evaluation_dir)
+    summary = _read_json(folder / "summary.json")
+    cases_dir = folder / "cases"
+    records = [_read_json(path) for path in sorted(cases_dir.glob("*.json"))]
+    order = list(summary.get("cases", []))
+    records.sort(key=lambda record: _case_key(record.get("case", ""), order))
+    tensorboard = run_dir / "tensorboard"
+    if not tensorboard.is_dir() and folder != run_dir:
+        tensorboard = folder.parent / "tensorboard"
+    return ReportData(
+        run_dir=run_dir,
+        evaluation_dir=folder,
+        summary=summary,
+        overall=_read_json(folder / "overall.json"),
+        per_landmark=_read_json(folder / "per_landmark.json"),
+        errors=_read_json(folder / "errors.json"),
+        cases=records,
+        scalars=read_scalars(tensorboard),
+        model_meta=dict(summary.get("model", {}).get("meta", {})),
+    )

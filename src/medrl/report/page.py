@@ -1,0 +1,259 @@
+"""The report page: plain HTML with tables and PNG figures inlined as data URIs."""
+
+from __future__ import annotations
+
+import html
+import sys
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from medrl.errors import MedrlError
+from medrl.metrics.localization import FAILURE_THRESHOLD_MM, SUMMARY_KEYS
+from medrl.report import DEFAULT_MAX_SCANS
+from medrl.report.data import ReportData, load_report_data
+from medrl.report.figures import (
+    METHOD_COLOURS,
+    TRUTH_COLOUR,
+    cumulative_errors,
+    data_uri,
+    error_bars,
+    training_curves,
+)
+from medrl.report.slices import LEVEL_COLOURS, landmark_figure, rebuild_scan
+from medrl.utils.atomic import atomic_open
+
+_STYLE = """
+body { font-family: system-ui, sans-serif; margin: 1.5em auto; max-width: 1250px;
+       color: #222; padding: 0 1em; }
+h1 { font-size: 1.5em; } h2 { font-size: 1.2em; margin-top: 1.6em; border-bottom: 1px solid #ccc; }
+table { border-collapse: collapse; font-size: 0.82em; margin: 0.6em 0; }
+th, td { border: 1px solid #ccc; padding: 2px 6px; text-align: right; }
+th { background: #f2f2f2; } td.text { text-align: left; }
+td.fail { background: #fdd; }
+.figure { max-width: 100%; height: auto; display: block; margin: 0.5em 0; }
+.grid { display: flex; flex-wrap: wrap; gap: 6px; }
+.cell { border: 1px solid #ddd; padding: 2px; font-size: 0.75em; }
+.cell img { display: block; }
+.key span { display: inline-block; margin-right: 1.2em; }
+.swatch { display: inline-block; width: 1.6em; height: 0.8em; vertical-align: middle;
+          margin-right: 0.3em; border: 1px solid #888; }
+.note { color: #555; font-size: 0.9em; }
+"""
+
+
+def _esc(value: Any) -> str:
+    return html.escape(str(value))
+
+
+def _cell(value: Any, css: str = "") -> str:
+    if isinstance(value, float):
+        text = "" if not np.isfinite(value) else f"{value:.2f}"
+    else:
+        text = _esc(value)
+    numeric = isinstance(value, int | float) and not isinstance(value, bool)
+    classes = " ".join(c for c in (css, "" if numeric else "text") if c)
+    return f'<td class="{classes}">{text}</td>' if classes else f"<td>{text}</td>"
+
+
+def _table(header: Sequence[str], rows: Sequence[Sequence[Any]], error_from: int = -1) -> str:
+    """An HTML table; from column ``error_from`` on, errors above the failure line are shaded."""
+    head = "".join(f"<th>{_esc(h.replace('_', ' '))}</th>" for h in header)
+    body = []
+    for row in rows:
+        cells = []
+        for column, value in enumerate(row):
+            failed = (
+                0 <= error_from <= column
+                and isinstance(value, float)
+                and value > FAILURE_THRESHOLD_MM
+            )
+            cells.append(_cell(value, "fail" if failed else ""))
+        body.append(f"<tr>{''.join(cells)}</tr>")
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
+
+
+def _img(png: bytes, alt: str, css: str = "figure") -> str:
+    return f'<img class="{css}" alt="{_esc(alt)}" src="{data_uri(png)}">'
+
+
+def _methods(rows: Sequence[Mapping[str, Any]]) -> list[str]:
+    return list(dict.fromkeys(str(row["method"]) for row in rows))
+
+
+def _overall_table(data: ReportData) -> str:
+    keys = [*SUMMARY_KEYS, "seconds_per_scan_median"]
+    header = ["method", *keys]
+    rows = [[row["method"], *(row.get(k, "") for k in keys)] for row in data.overall]
+    return _table(header, rows)
+
+
+def _per_landmark_table(data: ReportData) -> str:
+    methods = _methods(data.per_landmark)
+    by_key = {(r["method"], str(r["landmark"])): r for r in data.per_landmark}
+    landmarks = list(dict.fromkeys(str(r["landmark"]) for r in data.per_landmark))
+    header = ["landmark", "description"]
+    for method in methods:
+        header += [f"{method} mean mm", f"{method} median mm", f"{method} max mm"]
+    rows = []
+    for name in landmarks:
+        first = next(by_key[(m, name)] for m in methods if (m, name) in by_key)
+        row: list[Any] = [name, first.get("description", "")]
+        for method in methods:
+            r = by_key.get((method, name), {})
+            row += [r.get("mean_mm", ""), r.get("median_mm", ""), r.get("max_mm", "")]
+        rows.append(row)
+    return _table(header, rows, error_from=2)
+
+
+def _key(num_levels: int) -> str:
+    def swatch(colour: str, label: str) -> str:
+        return f'<span><i class="swatch" style="background:{colour}"></i>{_esc(label)}</span>'
+
+    items = [swatch(TRUTH_COLOUR, "truth (circle)")]
+    items += [swatch(c, f"{m} ({'+' if m == 'agent' else 'x'})") for m, c in METHOD_COLOURS.items()]
+    names = ["coarsest level", "2nd level", "3rd level", "4th level", "5th level"]
+    pairs = list(zip(LEVEL_COLOURS, names, strict=True))[: max(num_levels, 1)]
+    items += [swatch(c, f"search path, {n}") for c, n in pairs]
+    return f'<p class="key">{"".join(items)}</p>'
+
+
+def _scan_section(
+    record: dict[str, Any], errors: Sequence[Mapping[str, Any]], cache: dict, dpi: int
+) -> str:
+    case = str(record["case"])
+    names = [str(n) for n in record["landmarks"]]
+    truth = np.asarray(record["truth_ras"], dtype=np.float64)
+    predictions = {
+        "agent": np.asarray(record["agent_ras"], dtype=np.float64),
+        "affine-baseline": np.asarray(record["baseline_ras"], dtype=np.float64),
+    }
+    error_of = {(r["method"], str(r["landmark"])): float(r["error_mm"]) for r in errors}
+    parts = [f'<section class="scan"><h3>{_esc(case)}</h3>']
+    rigid = record["scan"].get("rigid")
+    moved = (
+        f"rigidly moved: {rigid['rotation_deg']:.1f}° rotation, "
+        f"{float(np.linalg.norm(rigid['translation_mm'])):.1f} mm shift"
+        if rigid
+        else "unmoved"
+    )
+    parts.append(f'<p class="note">image {_esc(record["scan"]["image"])} ({moved})</p>')
+    try:
+        scan = rebuild_scan(record, cache)
+    except (MedrlError, OSError, RuntimeError) as exc:
+        parts.append(
+            f'<p class="note">slices not drawn: the image cannot be read ({_esc(exc)})</p>'
+        )
+        scan = None
+    cells = []
+    for row, name in enumerate(names):
+        agent_mm = error_of.get(("agent", name), float("nan"))
+        base_mm = error_of.get(("affine-baseline", name), float("nan"))
+        description = record["descriptions"][row] if record.get("descriptions") else ""
+        label = f"{name} {description}".strip()
+        caption = f"<b>{_esc(label)}</b>: agent {agent_mm:.1f} mm, baseline {base_mm:.1f} mm"
+        if scan is None:
+            cells.append(f'<div class="cell">{caption}</div>')
+            continue
+        png = landmark_figure(
+            scan,
+            truth[row],
+            {method: points[row] for method, points in predictions.items()},
+            record["search_paths_ras"][row],
+            dpi=dpi,
+        )
+        image = _img(png, f"{case} landmark {label}: slices", css="slice")
+        cells.append(f'<div class="cell">{image}{caption}</div>')
+    parts.append(f'<div class="grid">{"".join(cells)}</div></section>')
+    return "".join(parts)
+
+
+def _run_facts(data: ReportData) -> str:
+    meta = data.model_meta
+    summary = data.summary
+    facts = [("run folder", str(data.run_dir)), ("evaluation folder", str(data.evaluation_dir))]
+    if "steps" in meta:
+        facts.append(("training steps", meta["steps"]))
+    if meta.get("command"):
+        facts.append(("training command", meta["command"]))
+    facts.append(("evaluated scans", len(summary.get("cases", []))))
+    facts.append(("baseline atlas", summary.get("atlas", "")))
+    if "rigid_trials" in summary:
+        facts.append(
+            (
+                "rigid moves",
+                f"{summary['rigid_trials']} per test scan, up to "
+                f"{summary['max_rotation_deg']}° and {summary['max_translation_mm']} mm "
+                f"(seed {summary['seed']})",
+            )
+        )
+    rows = "".join(f'<tr><th>{_esc(k)}</th><td class="text">{_esc(v)}</td></tr>' for k, v in facts)
+    return f"<table>{rows}</table>"
+
+
+def render_report(data: ReportData, max_scans: int = DEFAULT_MAX_SCANS, dpi: int = 80) -> str:
+    """The whole page as a string."""
+    from tqdm import tqdm
+
+    sections = [
+        "<!DOCTYPE html>",
+        '<html lang="en"><head><meta charset="utf-8">',
+        f"<title>medrl report: {_esc(data.run_dir.name)}</title>",
+        f"<style>{_STYLE}</style></head><body>",
+        f"<h1>medrl landmark report: {_esc(data.run_dir.name)}</h1>",
+        _run_facts(data),
+        "<h2>Overall: agent and affine-registration baseline</h2>",
+        '<p class="note">Errors are Euclidean distances in mm; a failure is an error above '
+        f"{FAILURE_THRESHOLD_MM:g} mm; detection rate at r: share of errors &le; r mm.</p>",
+        _overall_table(data),
+        "<h2>Error per landmark</h2>",
+        _img(error_bars(data.per_landmark), "error per landmark (bars) with the failure line"),
+        _img(cumulative_errors(data.errors), "cumulative error curve"),
+        _per_landmark_table(data),
+        "<h2>Training curves</h2>",
+    ]
+    curves = training_curves(data.scalars)
+    if curves is None:
+        sections.append('<p class="note">No training logs (RUN_DIR/tensorboard) were found.</p>')
+    else:
+        sections.append(_img(curves, "training curves"))
+    shown = data.cases if max_scans <= 0 else data.cases[:max_scans]
+    sections.append("<h2>Scans: three slices through each true landmark</h2>")
+    sections.append(
+        '<p class="note">Each panel is centred on the true landmark; its width is given by the '
+        "farthest point drawn. Search paths of every start are projected onto the slice.</p>"
+    )
+    levels = max(
+        (len(start) for r in shown for lm in r["search_paths_ras"] for start in lm), default=1
+    )
+    sections.append(_key(levels))
+    if len(shown) < len(data.cases):
+        left = ", ".join(_esc(r["case"]) for r in data.cases[len(shown) :])
+        sections.append(
+            f'<p class="note">{len(shown)} of {len(data.cases)} scans drawn '
+            f"(--max-scans); not drawn: {left}</p>"
+        )
+    cache: dict = {}
+    for record in tqdm(shown, desc="report", unit="scan", file=sys.stderr):
+        case_errors = [r for r in data.errors if r["case"] == record["case"]]
+        sections.append(_scan_section(record, case_errors, cache, dpi))
+    sections.append("</body></html>\n")
+    return "\n".join(sections)
+
+
+def write_report(
+    run_dir: Path,
+    evaluation_dir: Path | None = None,
+    out: Path | None = None,
+    max_scans: int = DEFAULT_MAX_SCANS,
+    dpi: int = 80,
+) -> Path:
+    """Write the report of ``run_dir`` (atomically) and return its path."""
+    data = load_report_data(run_dir, evaluation_dir)
+    page = render_report(data, max_scans, dpi)
+    target = out or run_dir / "report.html"
+    with atomic_open(target, "w", encoding="utf-8") as handle:
+        handle.write(page)
+    return target
