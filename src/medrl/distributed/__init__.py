@@ -1,0 +1,1 @@
+"""Training and prediction over several processes, GPUs or machines."""
