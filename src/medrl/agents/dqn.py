@@ -268,6 +268,7 @@ class Trainer:
                 record.update(
                     step=self.step,
                     updates=self.updates,
+                    elapsed_s=elapsed,
                     # all ranks together; every rank takes the same (averaged) updates
                     env_steps_per_s=(self.step - start_step)
                     * train.num_envs
