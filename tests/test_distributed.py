@@ -149,6 +149,7 @@ def test_torchrun_two_processes_stay_in_sync_and_resume(datalist: Path, tmp_path
     _assert_in_sync(states)
     # Rank 0 wrote the model, the logs and the validation curve; rank 1 only its state.
     model = load_model(run_dir / "model")
+    assert model.meta["processes"] == 2
     for name, value in model.network.state_dict().items():
         assert torch.equal(value, states[0]["network"][name]), name
     assert (run_dir / "history.json").is_file() and (run_dir / "tensorboard").is_dir()

@@ -18,6 +18,7 @@ from medrl.agents.validation import Validator, validation_split
 from medrl.config import Config, load_config
 from medrl.data.datalist import Case
 from medrl.envs.pyramid import build_pyramid
+from medrl.errors import InputError
 from medrl.io.images import write_image
 from medrl.io.landmarks import Landmarks, write_landmarks
 from test_agents import BlobSeeker
@@ -67,6 +68,11 @@ def test_validator_scores_a_blob_seeker_better_than_an_untrained_network() -> No
     assert set(seeker) >= {"mean_error_mm", "max_error_mm", "mean_error_mm/level0", "seconds"}
     # Deterministic.
     assert validator.evaluate(BlobSeeker(), config)["mean_error_mm"] == seeker["mean_error_mm"]
+
+
+def test_validator_without_shared_landmarks_is_an_input_error(case: Case) -> None:
+    with pytest.raises(InputError, match="no validation case"):
+        Validator([case], _config(), ("not_a_blob",))
 
 
 def test_validation_split_prefers_val_and_never_uses_test(tmp_path: Path, case: Case) -> None:

@@ -330,6 +330,7 @@ class Trainer:
             "steps": self.step,
             "updates": self.updates,
             "command": self.command,
+            **({"processes": self.dist.world_size} if self.dist.active else {}),
             **self.extra_meta,
         }
 

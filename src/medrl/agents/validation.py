@@ -23,6 +23,7 @@ from medrl.config import Config
 from medrl.data.datalist import Case
 from medrl.data.sources import load_split, resolve_datalist
 from medrl.envs.pyramid import ScanPyramid, build_pyramid
+from medrl.errors import InputError
 from medrl.evaluation import move_case, random_rigid
 from medrl.io.images import Volume
 
@@ -58,9 +59,13 @@ class Validator:
         device: torch.device | str = "cpu",
         count: int | None = None,
     ) -> None:
-        labelled = [c for c in cases if c.landmarks is not None]
+        labelled = [
+            c for c in cases if c.landmarks is not None and set(c.landmarks.names) & set(names)
+        ]
         if not labelled:
-            raise ValueError("validation needs at least one case with landmarks")
+            raise InputError(
+                f"no validation case has any of the landmarks learned ({', '.join(names[:3])}...)"
+            )
         count = config.train.eval_scans if count is None else count
         spacings = [lv.spacing_mm for lv in config.env.levels]
         self.names = names
