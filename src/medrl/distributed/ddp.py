@@ -66,7 +66,8 @@ class DistContext:
 
     def barrier(self) -> None:
         if self.active:
-            dist.barrier()
+            cuda = self.collective_device.startswith("cuda")
+            dist.barrier(device_ids=[self.local_rank] if cuda else None)
 
     # ------------------------------------------------------------------ weights
     def broadcast_parameters(self, module: torch.nn.Module) -> None:
@@ -153,6 +154,12 @@ def init_distributed(device: str) -> DistContext:
     if cuda:
         if not torch.cuda.is_available():
             raise InputError(f"train.device={device} but CUDA is not available")
+        if ctx.local_rank >= torch.cuda.device_count():
+            raise InputError(
+                f"process LOCAL_RANK={ctx.local_rank} has no GPU of its own: "
+                f"{torch.cuda.device_count()} visible; start at most that many per machine "
+                "(--nproc_per_node)"
+            )
         torch.cuda.set_device(ctx.local_rank)
     if not dist.is_initialized():
         dist.init_process_group(backend="nccl" if cuda else "gloo")
