@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from dataclasses import replace
 from pathlib import Path
+
+import torch
 
 from medrl.agents.checkpoint import load_model
 from medrl.agents.dqn import Trainer
@@ -37,6 +40,7 @@ def train_model(
                 f"{config.train.num_envs} environments each",
                 file=sys.stderr,
             )
+            _warn_if_oversubscribed(config)
         trainer.run(progress=progress)
         model_dir = run_dir / "model"
         if dist.is_main:
@@ -45,6 +49,19 @@ def train_model(
     finally:
         shutdown(dist)
     return model_dir
+
+
+def _warn_if_oversubscribed(config: Config) -> None:
+    """CPU processes x train.threads beyond the machine's cores slow every process down."""
+    local = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    threads = config.train.threads or torch.get_num_threads()
+    cores = os.cpu_count() or 1
+    if config.train.device == "cpu" and local * threads > cores:
+        print(
+            f"note: {local} processes x {threads} threads on {cores} cores; "
+            f"consider --set train.threads={max(1, cores // local)}",
+            file=sys.stderr,
+        )
 
 
 def _export(trainer: Trainer, config: Config, model_dir: Path) -> None:
