@@ -149,7 +149,11 @@ class TrainConfig:
     checkpoint_every: int = 2_000
     log_every: int = 200
     eval_every: int = 0
-    """Batched steps between quick validation searches (0: never)."""
+    """Batched steps between quick validation searches (0: never): the current network
+    searches ``eval_scans`` rigidly moved validation scans (the datalist's ``val`` split, else
+    the training scans; never the test split); TensorBoard ``eval/mean_error_mm``."""
+    eval_scans: int = 2
+    """Rigidly moved scans per validation (cycling through the validation cases)."""
     datalist: str = "builtin:afids"
     """A datalist file, or ``builtin:afids`` for the built-in templates."""
     landmarks: tuple[str, ...] = ()

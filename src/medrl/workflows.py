@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from dataclasses import replace
 from pathlib import Path
+
+import torch
 
 from medrl.agents.checkpoint import load_model
 from medrl.agents.dqn import Trainer
 from medrl.config import Config
 from medrl.data.sources import load_split
+from medrl.distributed.ddp import init_distributed, shutdown
 from medrl.evaluation import select_search_levels
 
 
@@ -20,13 +24,47 @@ def train_model(
 
     The exported model's ``search.levels`` is chosen on the training scans under random
     rigid moves (:func:`medrl.evaluation.select_search_levels`), never on test data.
+
+    Started by ``torchrun``, every process trains on its share of the cases and rank 0 alone
+    writes logs and the model (see :mod:`medrl.distributed.ddp`).
     """
     run_dir = Path(run_dir)
-    trainer = Trainer(config, run_dir, command=command)
-    if not restart and trainer.load_checkpoint():
-        print(f"resuming {run_dir} at step {trainer.step}", file=sys.stderr)
-    trainer.run(progress=progress)
-    model_dir = run_dir / "model"
+    dist = init_distributed(config.train.device)
+    try:
+        trainer = Trainer(config, run_dir, command=command, dist=dist)
+        if not restart and trainer.load_checkpoint() and dist.is_main:
+            print(f"resuming {run_dir} at step {trainer.step}", file=sys.stderr)
+        if dist.active and dist.is_main:
+            print(
+                f"distributed training: {dist.world_size} processes, "
+                f"{config.train.num_envs} environments each",
+                file=sys.stderr,
+            )
+            _warn_if_oversubscribed(config)
+        trainer.run(progress=progress)
+        model_dir = run_dir / "model"
+        if dist.is_main:
+            _export(trainer, config, model_dir)
+        dist.barrier()  # the other ranks return once the model is there
+    finally:
+        shutdown(dist)
+    return model_dir
+
+
+def _warn_if_oversubscribed(config: Config) -> None:
+    """CPU processes x train.threads beyond the machine's cores slow every process down."""
+    local = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    threads = config.train.threads or torch.get_num_threads()
+    cores = os.cpu_count() or 1
+    if config.train.device == "cpu" and local * threads > cores:
+        print(
+            f"note: {local} processes x {threads} threads on {cores} cores; "
+            f"consider --set train.threads={max(1, cores // local)}",
+            file=sys.stderr,
+        )
+
+
+def _export(trainer: Trainer, config: Config, model_dir: Path) -> None:
     trainer.save_model(model_dir)
     if config.search.levels == 0 and len(config.env.levels) > 1:
         cases = load_split(config.train.datalist, "train")
@@ -40,4 +78,3 @@ def train_model(
         trainer.config = replace(config, search=replace(config.search, levels=levels))
         trainer.extra_meta["search_level_validation_mean_mm"] = means
         trainer.save_model(model_dir)
-    return model_dir

@@ -6,6 +6,12 @@ observations and take a gradient step on the Huber loss against the (double) tar
 seed drives the episodes, exploration, replay sampling and initialisation. Checkpoints hold
 everything (weights, optimiser, replay, environment state, random streams), so a resumed run
 continues the very same sequence as an uninterrupted one.
+
+Under ``torchrun`` each process (rank) runs this same loop on its share of the cases with
+its own environments, replay and random streams; :mod:`medrl.distributed.ddp` averages the
+gradients over the ranks and makes them agree on when to start learning and when to stop.
+Rank 0 writes the logs and the shared checkpoint; every other rank checkpoints its own state
+beside it (``checkpoints/latest-rank<r>``).
 """
 
 from __future__ import annotations
@@ -29,12 +35,14 @@ from medrl.agents.replay import NStepAssembler, PoseReplay, split_poses
 from medrl.config import Config, save_config
 from medrl.data.augment import AugmentParams, batch_params
 from medrl.data.sources import landmark_table, load_split
+from medrl.distributed.ddp import SINGLE, DistContext, rank_device
 from medrl.envs.landmark import LandmarkKernel, render_observation
 from medrl.envs.pyramid import ScanPyramid, build_pyramid
 from medrl.errors import CheckpointError, InputError
 from medrl.utils.atomic import atomic_dir, atomic_open
 
 CHECKPOINT_DIR = "checkpoints/latest"
+"""Rank 0's checkpoint (a loadable model folder too); rank r > 0 uses ``...-rank<r>``."""
 STATE_FILE = "trainer_state.pt"
 
 
@@ -57,20 +65,24 @@ class Trainer:
         names: tuple[str, ...] = (),
         descriptions: tuple[str, ...] = (),
         command: str = "",
+        dist: DistContext = SINGLE,
     ) -> None:
         self.config = config
         self.run_dir = Path(run_dir)
         self.command = command
+        self.dist = dist
         train = config.train
-        self.device = torch.device(train.device)
+        self.device = torch.device(rank_device(train.device, dist))
         if train.threads > 0:
             torch.set_num_threads(train.threads)
         _seed_everything(train.seed)
         if scans is None:
             cases = load_split(train.datalist, "train")
             names, descriptions, targets = landmark_table(cases, train.landmarks)
+            shard = dist.shard(len(cases))
+            targets = [targets[i] for i in shard]
             spacings = [lv.spacing_mm for lv in config.env.levels]
-            scans = [build_pyramid(case.volume, spacings, self.device) for case in cases]
+            scans = [build_pyramid(cases[i].volume, spacings, self.device) for i in shard]
         assert targets is not None
         self.scans, self.targets = scans, targets
         self.targets_ras = torch.as_tensor(np.stack(targets), dtype=torch.float32).to(self.device)
@@ -81,10 +93,14 @@ class Trainer:
         if config.agent.backup == "all_actions":
             check_all_actions_supported(config)
         self.names, self.descriptions = tuple(names), tuple(descriptions)
+        # Rank r's slot i behaves like environment seed + r * num_envs + i: the ranks together
+        # run the episodes one process with world_size * num_envs slots would run.
+        env_seed = train.seed + dist.rank * train.num_envs
         self.kernel = LandmarkKernel(
-            scans, targets, config.env, config.augment, train.num_envs, self.device, train.seed
+            scans, targets, config.env, config.augment, train.num_envs, self.device, env_seed
         )
         self.network = build_network(config, len(self.names)).to(self.device)
+        dist.broadcast_parameters(self.network)
         self.target = copy.deepcopy(self.network).eval()
         self.optimizer = torch.optim.Adam(
             self.network.parameters(), lr=config.agent.lr, foreach=True
@@ -93,7 +109,9 @@ class Trainer:
             config.agent.replay_size, config.env.frames, config.env.action_history
         )
         self.assembler = NStepAssembler(train.num_envs, config.agent.n_step, config.agent.gamma)
-        self.rng = np.random.default_rng(train.seed + 7919)
+        self.rng = np.random.default_rng(
+            train.seed + 7919 if dist.rank == 0 else [train.seed + 7919, dist.rank]
+        )
         self.step = 0
         self.updates = 0
         self.update_credit = 0.0
@@ -101,6 +119,8 @@ class Trainer:
         self.kernel.reset()
         self.writer: Any = None
         self.extra_meta: dict[str, Any] = {}
+        self.evaluations: list[dict[str, float]] = []
+        self.validator: Any = None  # medrl.agents.validation.Validator, made on first use
 
     # ------------------------------------------------------------------ acting
     @torch.no_grad()
@@ -186,6 +206,7 @@ class Trainer:
             )
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        self.dist.average_gradients(self.network.parameters())
         torch.nn.utils.clip_grad_norm_(self.network.parameters(), agent.grad_clip)
         self.optimizer.step()
         self.updates += 1
@@ -197,9 +218,11 @@ class Trainer:
     def run(self, progress: bool = True, stop_after: int | None = None) -> None:
         """Train until ``total_steps`` (or ``stop_after`` more steps, for tests of resuming)."""
         train, agent = self.config.train, self.config.agent
+        main = self.dist.is_main
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        save_config(self.config, self.run_dir / "config.yaml")
-        self._open_writer()
+        if main:
+            save_config(self.config, self.run_dir / "config.yaml")
+            self._open_writer()
         end = (
             train.total_steps
             if stop_after is None
@@ -208,7 +231,7 @@ class Trainer:
         bar = tqdm(
             total=train.total_steps,
             initial=self.step,
-            disable=not progress,
+            disable=not (progress and main),
             desc="train",
             unit="step",
             file=sys.stderr,
@@ -218,16 +241,19 @@ class Trainer:
         started = time.perf_counter()
         start_step, start_updates = self.step, self.updates
         deadline = started + 60 * train.max_minutes if train.max_minutes > 0 else float("inf")
+        learning = False  # every rank has learning_starts transitions (it stays so)
         while self.step < end:
-            if time.perf_counter() > deadline:
-                print(
-                    f"\ntime limit of {train.max_minutes} min reached at step {self.step}",
-                    file=sys.stderr,
-                )
+            if self.dist.any(time.perf_counter() > deadline):
+                if main:
+                    print(
+                        f"\ntime limit of {train.max_minutes} min reached at step {self.step}",
+                        file=sys.stderr,
+                    )
                 self.save_checkpoint()
                 break
             stats = self.collect()
-            if len(self.replay) >= agent.learning_starts:
+            learning = learning or self.dist.all(len(self.replay) >= agent.learning_starts)
+            if learning:
                 self.update_credit += agent.updates_per_step
                 losses = []
                 while self.update_credit >= 1.0:
@@ -243,21 +269,48 @@ class Trainer:
                 record.update(
                     step=self.step,
                     updates=self.updates,
-                    env_steps_per_s=(self.step - start_step) * train.num_envs / elapsed,
+                    elapsed_s=elapsed,
+                    # all ranks together; every rank takes the same (averaged) updates
+                    env_steps_per_s=(self.step - start_step)
+                    * train.num_envs
+                    * self.dist.world_size
+                    / elapsed,
                     updates_per_s=(self.updates - start_updates) / elapsed,
                 )
-                self._log(record)
+                if main:
+                    self._log(record)
                 bar.set_postfix(
                     eps=f"{record['epsilon']:.2f}",
                     dist=f"{record.get('final_distance_mm', float('nan')):.1f}mm",
                     loss=f"{record.get('loss', float('nan')):.3f}",
                 )
                 window = []
+            if (
+                train.eval_every > 0
+                and main
+                and (self.step % train.eval_every == 0 or self.step == train.total_steps)
+            ):
+                self.validate()
             if self.step % train.checkpoint_every == 0 or self.step == end:
                 self.save_checkpoint()
         bar.close()
         if self.writer is not None:
             self.writer.flush()
+
+    def validate(self) -> dict[str, float]:
+        """Search the moved validation scans with the current network; log the errors."""
+        from medrl.agents.validation import Validator
+
+        if self.validator is None:
+            self.validator = Validator.from_config(self.config, self.names, self.device)
+        result = self.validator.evaluate(self.network, self.config)
+        record = {"step": float(self.step), **result}
+        self.evaluations.append(record)
+        self._open_writer()
+        for key, value in result.items():
+            if np.isfinite(value):
+                self.writer.add_scalar(f"eval/{key}", value, self.step)
+        return record
 
     def _open_writer(self) -> None:
         if self.writer is None:
@@ -278,6 +331,7 @@ class Trainer:
             "steps": self.step,
             "updates": self.updates,
             "command": self.command,
+            **({"processes": self.dist.world_size} if self.dist.active else {}),
             **self.extra_meta,
         }
 
@@ -287,10 +341,18 @@ class Trainer:
                 tmp, self.network, self.config, self.names, self.descriptions, self.model_meta()
             )
 
+    def checkpoint_dir(self) -> Path:
+        """This rank's checkpoint folder."""
+        suffix = f"-rank{self.dist.rank}" if self.dist.rank > 0 else ""
+        return self.run_dir / (CHECKPOINT_DIR + suffix)
+
     def save_checkpoint(self) -> Path:
-        folder = self.run_dir / CHECKPOINT_DIR
+        """Every rank writes its own folder (atomically); rank 0's is also a model folder."""
+        folder = self.checkpoint_dir()
         kernel = self.kernel
         state = {
+            "world_size": self.dist.world_size,
+            "rank": self.dist.rank,
             "step": self.step,
             "updates": self.updates,
             "update_credit": self.update_credit,
@@ -319,26 +381,50 @@ class Trainer:
             "assembler": self.assembler.state_dict(),
             "torch_rng": torch.get_rng_state(),
             "history": self.history,
+            "evaluations": self.evaluations,
             "names": self.names,
         }
         with atomic_dir(folder) as tmp:
-            save_model_files(
-                tmp, self.network, self.config, self.names, self.descriptions, self.model_meta()
-            )
+            if self.dist.is_main:
+                save_model_files(
+                    tmp, self.network, self.config, self.names, self.descriptions, self.model_meta()
+                )
             torch.save(state, tmp / STATE_FILE)
             self.replay.save(tmp / "replay.npz")
-        with atomic_open(self.run_dir / "history.json") as handle:
-            json.dump(self.history, handle)
+        if self.dist.is_main:
+            with atomic_open(self.run_dir / "history.json") as handle:
+                json.dump(self.history, handle)
+            if self.evaluations:
+                with atomic_open(self.run_dir / "evaluations.json") as handle:
+                    json.dump(self.evaluations, handle)
         return folder
 
     def load_checkpoint(self) -> bool:
-        """Restore the latest checkpoint of this run folder; False if there is none."""
-        folder = self.run_dir / CHECKPOINT_DIR
+        """Restore the latest checkpoint of this run folder; False if there is none.
+
+        Under torchrun every rank restores its own folder; the ranks must all find one, from
+        the same step (a run killed while the ranks were writing them cannot be resumed).
+        """
+        folder = self.checkpoint_dir()
         state_path = folder / STATE_FILE
-        if not state_path.is_file():
+        found = state_path.is_file()
+        if not self.dist.same_everywhere(int(found)):
+            raise CheckpointError(
+                f"only some of the {self.dist.world_size} processes find their checkpoint "
+                "(checkpoints/latest*); use --restart",
+                self.run_dir,
+            )
+        if not found:
             return False
         try:
             state = torch.load(state_path, map_location=self.device, weights_only=False)
+            world_size = int(state.get("world_size", 1))
+            if world_size != self.dist.world_size:
+                raise CheckpointError(
+                    f"checkpoint was written by {world_size} process(es), this run has "
+                    f"{self.dist.world_size}; resume with as many or use --restart",
+                    folder,
+                )
             if tuple(state["names"]) != self.names:
                 raise CheckpointError("checkpoint was trained on other landmarks", folder)
             if len(state["kernel_rngs"]) != self.kernel.num_envs:
@@ -370,6 +456,13 @@ class Trainer:
         self.assembler.load_state_dict(state["assembler"])
         torch.set_rng_state(state["torch_rng"])
         self.history = state["history"]
+        self.evaluations = state.get("evaluations", [])
+        if not self.dist.same_everywhere(self.step):
+            raise CheckpointError(
+                "the processes' checkpoints are from different steps (the run was stopped "
+                "while writing them); use --restart",
+                self.run_dir,
+            )
         return True
 
 

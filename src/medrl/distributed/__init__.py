@@ -1,1 +1,2 @@
-"""Running medrl beyond one process: archive-scale prediction on a Ray cluster."""
+"""Running medrl beyond one process: training under torchrun (ddp) and archive-scale
+prediction on a Ray cluster (ray_predict)."""
