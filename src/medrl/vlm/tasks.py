@@ -57,7 +57,7 @@ class TaskConfig:
     max_shift_mm: float = 8.0
     max_scale: float = 0.1
     min_structure_px: int = 20
-    landmark_box_mm: float = 10.0
+    landmark_box_mm: float = 16.0
     question_weights: dict[str, float] = field(
         default_factory=lambda: {
             "ground_structure": 0.3,
