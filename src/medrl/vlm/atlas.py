@@ -13,11 +13,14 @@ import re
 from dataclasses import dataclass
 from functools import cache
 from importlib import resources
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from medrl.errors import InputError
-from medrl.io.images import Volume
+
+if TYPE_CHECKING:  # SimpleITK is needed only to render items, not to train on exported ones
+    from medrl.io.images import Volume
 
 LEFT_OFFSET = 100
 SIDES = ("right", "left")

@@ -5,12 +5,14 @@ from __future__ import annotations
 import copy
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
 from medrl.errors import InputError
-from medrl.vlm.tasks import TaskConfig
+
+if TYPE_CHECKING:
+    from medrl.vlm.tasks import TaskConfig
 
 PRESETS = ("tiny-cpu", "qwen2.5-vl-3b")
 SECTIONS = ("model", "data", "sft", "grpo", "evaluate", "threads")
@@ -58,6 +60,8 @@ def load_vlm_config(value: str | None, overrides: list[str] | None = None) -> di
 
 def task_config(config: dict[str, Any]) -> TaskConfig:
     """The :class:`TaskConfig` of a config's ``data`` section (sizes excluded)."""
+    from medrl.vlm.tasks import TaskConfig
+
     data = {k: v for k, v in config.get("data", {}).items() if k not in ("num_train", "num_test")}
     try:
         return TaskConfig(**data)

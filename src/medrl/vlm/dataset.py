@@ -14,14 +14,16 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from PIL import Image
 
 from medrl.errors import InputError
 from medrl.utils.atomic import atomic_dir
-from medrl.vlm.tasks import TaskConfig, generate_item
+
+if TYPE_CHECKING:
+    from medrl.vlm.tasks import TaskConfig
 
 SPLIT_TEMPLATES = {"train": "MNI152NLin2009cAsym", "test": "MNI152NLin6Asym"}
 _STREAMS = {"train": 0, "test": 1}
@@ -36,6 +38,7 @@ def build_items(
     from tqdm import tqdm
 
     from medrl.vlm.atlas import load_anatomy
+    from medrl.vlm.tasks import generate_item
 
     if split not in SPLIT_TEMPLATES:
         raise InputError(f"unknown split {split!r}; known: {', '.join(SPLIT_TEMPLATES)}")

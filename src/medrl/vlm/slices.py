@@ -8,11 +8,12 @@ sagittal slices superior at the top; sagittal slices have anterior on the left.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
-from scipy.ndimage import map_coordinates
 
-from medrl.io.images import Volume
+if TYPE_CHECKING:
+    from medrl.io.images import Volume
 
 PLANES = ("axial", "coronal", "sagittal")
 
@@ -87,6 +88,8 @@ def make_geometry(
 
 def sample(volume: Volume, points_ras: np.ndarray, order: int) -> np.ndarray:
     """Values of ``volume`` at world points (..., 3): linear (order 1) or nearest (order 0)."""
+    from scipy.ndimage import map_coordinates
+
     shape = points_ras.shape[:-1]
     index = volume.world_to_index(points_ras.reshape(-1, 3), frame="RAS")  # (N, 3) i, j, k
     coords = index[:, ::-1].T  # array axes are (k, j, i)
