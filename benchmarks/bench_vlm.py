@@ -132,9 +132,10 @@ def main() -> int:
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     parser.add_argument("--parallel", type=int, default=1, help="seeds run at once")
     parser.add_argument("--out", type=Path, default=Path("runs/bench_vlm"))
+    parser.add_argument("--data", type=Path, help="existing data folder (default: OUT/data)")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
-    data = args.out / "data"
+    data = args.data or args.out / "data"
     if not (data / "meta.json").is_file():
         common = ["--config", args.config, "--seed", str(args.data_seed)]
         for item in args.set:

@@ -14,7 +14,7 @@ from medrl.errors import InputError
 if TYPE_CHECKING:
     from medrl.vlm.tasks import TaskConfig
 
-PRESETS = ("tiny-cpu", "qwen2.5-vl-3b")
+PRESETS = ("tiny-cpu", "small-gpu", "qwen2.5-vl-3b")
 SECTIONS = ("model", "data", "sft", "grpo", "evaluate", "threads")
 
 
