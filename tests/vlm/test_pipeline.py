@@ -70,6 +70,8 @@ def test_data_sft_grpo_evaluate_end_to_end(tmp_path, capsys) -> None:
     for name in ("format_reward", "choice_accuracy_reward", "iou_reward", "semantic_reward"):
         assert f"rewards/{name}/mean" in logged
     assert list((tmp_path / "grpo" / "logs").rglob("events.out.tfevents*"))
+    samples = list((tmp_path / "grpo" / "logs" / "samples").rglob("events.out.tfevents*"))
+    assert samples and samples[0].stat().st_size > 100  # completions as TensorBoard text
     capsys.readouterr()
     assert main(["vlm", "evaluate", "--data", str(data), "--model",
                  str(tmp_path / "grpo" / "model"), "--out", str(tmp_path / "eval"),

@@ -173,7 +173,7 @@ def run_sft(
 class CompletionSamplesCallback:
     """Writes a few prompt/completion/reward samples to TensorBoard text at each log."""
 
-    def __init__(self, log_dir: Path, every: int = 5, samples: int = 4) -> None:
+    def __init__(self, log_dir: Path, every: int = 1, samples: int = 4) -> None:
         self.log_dir = log_dir
         self.every = every
         self.samples = samples
