@@ -29,6 +29,8 @@ elif [ "$step" = run ]; then
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
     --target /tmp/site "$here"/whl/*.whl
   export PYTHONPATH=/tmp/site:$PWD/src PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1
+  # datasets 5.2 wants pyarrow >= 24: if the machine's is older, carry a pyarrow wheel too
+  python3 -c "import pyarrow, transformers, torch; print('pyarrow', pyarrow.__version__, 'transformers', transformers.__version__, 'torch', torch.__version__)"
   nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
   python3 benchmarks/bench_vlm.py --config small-gpu --seeds 0 1 2 --parallel 1 \
     --out /tmp/bench_vlm_gpu --data "$here/data" 2>&1 | tail -40
