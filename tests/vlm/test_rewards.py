@@ -71,6 +71,8 @@ def test_parse_box_forms_and_garbage() -> None:
     assert parse_box("[30, 20, 10, 40]") is None  # x2 < x1
     assert parse_box("[10, 20, 10, 40]") is None  # zero width
     assert parse_box("[1, 2, 3]") is None
+    assert parse_box("[6, 7, 7, 70, 7]") is None  # five numbers are not a box
+    assert parse_box("[1, 2, 3, 4]. 5 mm wide").tolist() == [1, 2, 3, 4]
     assert parse_box("nan nan nan nan") is None
     assert parse_box(None) is None
     assert choice_letter("B", 2) == ("B", True)
@@ -139,13 +141,14 @@ def test_iou_reward_hand_computed() -> None:
         _wrap("[70, 70, 80, 80]"),  # miss: centres 60*sqrt2 apart
         _wrap("[-50, -50, -10, -5]"),  # entirely outside -> 0
         _wrap("[-10, 10, 20, 20]"),  # partly outside: clipped to [0,10,20,20] -> IoU 0.5
+        _wrap("[10, 10, 20, 20, 30]"),  # five numbers: malformed
         _wrap("no box here"),
         "garbage <answer>",
         "",
     ]
-    rewards = iou_reward([None] * 8, completions, **_iou_columns(8))
+    rewards = iou_reward([None] * 9, completions, **_iou_columns(9))
     miss = 0.2 * (1 - 60 * math.sqrt(2) / (100 * math.sqrt(2)))
-    assert rewards == pytest.approx([1.0, 1 / 3, miss, 0.0, 0.5, 0.0, 0.0, 0.0])
+    assert rewards == pytest.approx([1.0, 1 / 3, miss, 0.0, 0.5, 0.0, 0.0, 0.0, 0.0])
     assert box_iou([0, 0, 2, 2], [1, 1, 3, 3]) == pytest.approx(1 / 7)
 
 

@@ -13,6 +13,7 @@ _NUMBER = r"[-+]?\d+(?:\.\d+)?"
 _FOUR_NUMBERS = re.compile(
     rf"({_NUMBER})[\s,;()\[\]]+({_NUMBER})[\s,;()\[\]]+({_NUMBER})[\s,;()\[\]]+({_NUMBER})"
 )
+_MORE_NUMBERS = re.compile(rf"\s*[,;]?\s*{_NUMBER}")
 _LETTER = re.compile(r"(?<![A-Za-z])([A-Z])(?![A-Za-z])")
 
 
@@ -74,13 +75,14 @@ def choice_letter(content: str | None, num_options: int = 4) -> tuple[str | None
 def parse_box(content: str | None) -> np.ndarray | None:
     """The first four numbers written as a box (``[x1, y1, x2, y2]``, ``(x1,y1),(x2,y2)``).
 
-    Returns None when there are not four numbers in a row, they are not finite, or the box is
-    degenerate (x2 <= x1 or y2 <= y1).
+    Returns None when there are not four numbers in a row, a fifth number follows them
+    (``[1, 2, 3, 4, 5]`` is not a box), they are not finite, or the box is degenerate
+    (x2 <= x1 or y2 <= y1).
     """
     if content is None:
         return None
     match = _FOUR_NUMBERS.search(content)
-    if match is None:
+    if match is None or _MORE_NUMBERS.match(content, match.end()):
         return None
     try:
         box = np.array([float(v) for v in match.groups()], dtype=np.float64)
