@@ -58,6 +58,15 @@ def test_data_sft_grpo_evaluate_end_to_end(tmp_path, capsys) -> None:
                  *common, *sft]) == 0  # fmt: skip
     assert (tmp_path / "sft" / "model" / "config.json").is_file()
     assert (tmp_path / "sft" / "model" / "processor_config.json").is_file()
+    # run again: resumes from the last checkpoint (no step left) and keeps the trained weights
+    from safetensors.torch import load_file
+
+    trained = load_file(tmp_path / "sft" / "model" / "model.safetensors")
+    assert main(["vlm", "sft", "--data", str(data), "--run-dir", str(tmp_path / "sft"),
+                 *common, *sft]) == 0  # fmt: skip
+    resumed = load_file(tmp_path / "sft" / "model" / "model.safetensors")
+    assert trained.keys() == resumed.keys()
+    assert all(bool((trained[k] == resumed[k]).all()) for k in trained)
     grpo = [
         "--set", "grpo.max_steps=2", "--set", "grpo.prompts_per_step=1",
         "--set", "grpo.num_generations=2", "--set", "grpo.max_completion_length=8",

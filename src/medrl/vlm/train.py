@@ -82,6 +82,22 @@ def _last_checkpoint(folder: Path) -> str | None:
     return get_last_checkpoint(str(folder)) if folder.is_dir() else None
 
 
+def _load_for_resume(
+    config: dict[str, Any], start: str | Path, checkpoint: str | None, dtype: Any
+) -> tuple[Any, Any]:
+    """The model to train: from the last checkpoint when resuming a full fine-tune.
+
+    ``Trainer(resume_from_checkpoint=...)`` restores Qwen2.5-VL weights with the saved key
+    names (``visual.*``), which transformers 5.23 does not map back (``model.visual.*``):
+    the weights would silently stay as they were. ``from_pretrained`` maps them, so the
+    model is loaded from the checkpoint and the trainer restores optimizer and schedule.
+    """
+    model, processor = load_model(start, dtype)
+    if checkpoint is not None and not config["model"].get("lora"):
+        model, _ = load_model(checkpoint, dtype)
+    return model, processor
+
+
 def _save_final(trainer: Any, processor: Any, out: Path) -> Path:
     from medrl.utils.atomic import atomic_dir
 
@@ -126,7 +142,8 @@ def run_sft(
                 int(data.get("max_pixels", 28 * 28 * 1280)),
             )
         init = str(init_dir)
-    model, processor = load_model(init, _dtype(config, device))
+    checkpoint = _last_checkpoint(run / "checkpoints")
+    model, processor = _load_for_resume(config, init, checkpoint, _dtype(config, device))
     sft = config["sft"]
     args = SFTConfig(
         output_dir=str(run / "checkpoints"),
@@ -160,7 +177,7 @@ def run_sft(
         peft_config=_lora_config(config),
     )
     start = time.perf_counter()
-    trainer.train(resume_from_checkpoint=_last_checkpoint(run / "checkpoints"))
+    trainer.train(resume_from_checkpoint=checkpoint)
     out = _save_final(trainer, processor, run / "model")
     _write_json(
         run / "sft_summary.json",
@@ -287,7 +304,8 @@ def run_grpo(
     device = setup_torch(config, seed, run)
     train = load_split(data_dir, "train")
     train = train.remove_columns(["completion"])
-    model, processor = load_model(model_dir, _dtype(config, device))
+    checkpoint = _last_checkpoint(run / "checkpoints")
+    model, processor = _load_for_resume(config, model_dir, checkpoint, _dtype(config, device))
     processor.tokenizer.padding_side = "left"
     args = grpo_args(config, run, seed, device)
     funcs = [REWARD_FUNCS[name] for name in config["grpo"]["reward_weights"]]
@@ -302,7 +320,7 @@ def run_grpo(
     samples = CompletionSamplesCallback(run / "logs")
     samples.attach(trainer)
     start = time.perf_counter()
-    trainer.train(resume_from_checkpoint=_last_checkpoint(run / "checkpoints"))
+    trainer.train(resume_from_checkpoint=checkpoint)
     seconds = time.perf_counter() - start
     out = _save_final(trainer, processor, run / "model")
     steps = trainer.state.global_step
