@@ -14,7 +14,9 @@ step=${1:?usage: bench_vlm_gpu.sh prepare | run OUT_DIR}
 here=.vlmgpu
 
 if [ "$step" = prepare ]; then
-  grep -qx '/.vlmgpu/' .git/info/exclude 2>/dev/null || echo '/.vlmgpu/' >> .git/info/exclude
+  exclude=$(git rev-parse --git-path info/exclude)
+  mkdir -p "$(dirname "$exclude")"
+  grep -qx '/.vlmgpu/' "$exclude" 2>/dev/null || echo '/.vlmgpu/' >> "$exclude"
   PY=${PY:-python}
   PYTHONPATH=src HF_HUB_OFFLINE=1 "$PY" -m medrl.cli vlm data --config small-gpu --seed 0 \
     --out "$here/data" --quiet
