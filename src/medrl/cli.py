@@ -191,6 +191,10 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     demo.add_argument("--run-dir", default="runs/demo")
     demo.set_defaults(func=cmd_demo)
+
+    from medrl.vlm.cli import add_vlm_parser  # parser only; the vlm extra is imported lazily
+
+    add_vlm_parser(sub)
     return parser
 
 

@@ -1,0 +1,207 @@
+"""Greedy-decoding evaluation on a split: grounding Acc@0.5, mean IoU, centre distance in mm,
+VQA accuracy per question type, parse failures. Written as JSON and CSV."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import sys
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from medrl.utils.atomic import atomic_open
+from medrl.vlm.boxes import BoxFrame, box_centre, box_iou, pixel_to_ras
+from medrl.vlm.parsing import answer_content, choice_letter, has_think_answer_format
+from medrl.vlm.rewards import predicted_box_px
+
+ACC_IOU = 0.5
+
+
+def _messages(prompt: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    out = []
+    for message in prompt:
+        content = message["content"]
+        if message["role"] == "user" and isinstance(content, str):
+            content = [{"type": "image"}, {"type": "text", "text": content}]
+        elif isinstance(content, str):
+            content = [{"type": "text", "text": content}]
+        out.append({"role": message["role"], "content": content})
+    return out
+
+
+def generate(
+    model: Any,
+    processor: Any,
+    rows: list[dict[str, Any]],
+    max_new_tokens: int,
+    batch_size: int,
+    progress: bool = True,
+) -> list[str]:
+    """Greedy completions of the rows' prompts and images."""
+    import torch
+    from tqdm import tqdm
+
+    processor.tokenizer.padding_side = "left"
+    device = next(model.parameters()).device
+    texts: list[str] = []
+    starts = range(0, len(rows), batch_size)
+    for start in tqdm(starts, desc="evaluate", disable=not progress, file=sys.stderr):
+        batch = rows[start : start + batch_size]
+        prompts = [
+            processor.apply_chat_template(
+                _messages(r["prompt"]), add_generation_prompt=True, tokenize=False
+            )
+            for r in batch
+        ]
+        images = [[r["image"]] for r in batch]
+        inputs = processor(text=prompts, images=images, padding=True, return_tensors="pt")
+        inputs = inputs.to(device)
+        with torch.no_grad():
+            output = model.generate(
+                **inputs, max_new_tokens=max_new_tokens, do_sample=False, num_beams=1
+            )
+        new_tokens = output[:, inputs["input_ids"].shape[1] :]
+        texts.extend(processor.batch_decode(new_tokens, skip_special_tokens=True))
+    return texts
+
+
+def score_row(row: dict[str, Any], text: str) -> dict[str, Any]:
+    """Per-item result: parse status, correctness or IoU and centre distance in mm."""
+    result: dict[str, Any] = {
+        "item_id": row["item_id"],
+        "question_type": row["question_type"],
+        "task": row["task"],
+        "format_ok": has_think_answer_format(text),
+        "completion": text,
+    }
+    content = answer_content(text)
+    if row["task"] == "grounding":
+        frame = BoxFrame(row["box_format"], tuple(row["image_size"]), tuple(row["model_size"]))
+        pred = predicted_box_px(text, frame)
+        result["parsed"] = pred is not None
+        if pred is None:
+            result.update(iou=0.0, hit=False, centre_mm=math.nan)
+        else:
+            iou = box_iou(pred, row["box_px"])
+            centres = np.stack([box_centre(pred), box_centre(row["box_px"])])
+            world = pixel_to_ras(centres, row["pixel_to_ras"])
+            distance = float(np.linalg.norm(world[0] - world[1]))
+            result.update(iou=iou, hit=iou > ACC_IOU, centre_mm=distance)
+    else:
+        if content is None:
+            content = text.strip() or None
+        letter, _ = choice_letter(content, len(row["options"]))
+        result["parsed"] = letter is not None
+        result["correct"] = letter == row["answer"]
+    return result
+
+
+def summarise(results: list[dict[str, Any]]) -> dict[str, Any]:
+    """Aggregate metrics; unparsable answers count as wrong (IoU 0)."""
+    grounding = [r for r in results if r["task"] == "grounding"]
+    vqa = [r for r in results if r["task"] == "vqa"]
+    by_type: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for r in results:
+        by_type[r["question_type"]].append(r)
+    distances = [r["centre_mm"] for r in grounding if r["parsed"]]
+
+    def mean(values: list[float]) -> float | None:
+        return float(np.mean(values)) if values else None
+
+    per_type = {}
+    for name, rows in sorted(by_type.items()):
+        entry: dict[str, Any] = {
+            "n": len(rows),
+            "parse_failure_rate": mean([not r["parsed"] for r in rows]),
+        }
+        if rows[0]["task"] == "grounding":
+            entry["acc_at_0.5"] = mean([r["hit"] for r in rows])
+            entry["mean_iou"] = mean([r["iou"] for r in rows])
+        else:
+            entry["accuracy"] = mean([r["correct"] for r in rows])
+        per_type[name] = entry
+    return {
+        "n": len(results),
+        "format_rate": mean([r["format_ok"] for r in results]),
+        "parse_failure_rate": mean([not r["parsed"] for r in results]),
+        "grounding": {
+            "n": len(grounding),
+            "acc_at_0.5": mean([r["hit"] for r in grounding]),
+            "mean_iou": mean([r["iou"] for r in grounding]),
+            "mean_centre_mm": mean(distances),
+            "median_centre_mm": float(np.median(distances)) if distances else None,
+            "parse_failure_rate": mean([not r["parsed"] for r in grounding]),
+        },
+        "vqa": {
+            "n": len(vqa),
+            "accuracy": mean([r["correct"] for r in vqa]),
+            "parse_failure_rate": mean([not r["parsed"] for r in vqa]),
+        },
+        "per_question_type": per_type,
+    }
+
+
+def write_results(
+    out_dir: str | Path, results: list[dict[str, Any]], metrics: dict[str, Any]
+) -> None:
+    """``metrics.json``, ``metrics.csv`` (one row per question type) and ``predictions.csv``."""
+    out = Path(out_dir)
+    with atomic_open(out / "metrics.json") as handle:
+        json.dump(metrics, handle, indent=2)
+        handle.write("\n")
+    buffer = io.StringIO()
+    fields = ["question_type", "n", "parse_failure_rate", "accuracy", "acc_at_0.5", "mean_iou"]
+    writer = csv.DictWriter(buffer, fieldnames=fields, restval="")
+    writer.writeheader()
+    for name, entry in metrics["per_question_type"].items():
+        writer.writerow({"question_type": name, **entry})
+    with atomic_open(out / "metrics.csv") as handle:
+        handle.write(buffer.getvalue())
+    buffer = io.StringIO()
+    fields = ["item_id", "question_type", "task", "format_ok", "parsed", "correct", "iou", "hit",
+              "centre_mm", "completion"]  # fmt: skip
+    writer = csv.DictWriter(buffer, fieldnames=fields, restval="")
+    writer.writeheader()
+    for r in results:
+        writer.writerow(r)
+    with atomic_open(out / "predictions.csv") as handle:
+        handle.write(buffer.getvalue())
+
+
+def run_evaluate(
+    config: dict[str, Any],
+    data_dir: str | Path,
+    model_dir: str | Path,
+    out_dir: str | Path,
+    split: str = "test",
+    limit: int | None = None,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Evaluate ``model_dir`` on ``split`` of ``data_dir``; write and return the metrics."""
+    from medrl.vlm.dataset import load_split
+    from medrl.vlm.train import _dtype, load_model, setup_torch
+
+    device = setup_torch(config, 0, Path(out_dir))
+    dataset = load_split(data_dir, split)
+    rows = [dataset[i] for i in range(len(dataset) if limit is None else min(limit, len(dataset)))]
+    model, processor = load_model(model_dir, _dtype(config, device))
+    model.to(device).eval()
+    evaluation = config.get("evaluate", {})
+    texts = generate(
+        model,
+        processor,
+        rows,
+        int(evaluation.get("max_new_tokens", 40)),
+        int(evaluation.get("batch_size", 16)),
+        progress,
+    )
+    results = [score_row(row, text) for row, text in zip(rows, texts, strict=True)]
+    metrics = summarise(results)
+    metrics.update(model=str(model_dir), split=split, data=str(data_dir))
+    write_results(out_dir, results, metrics)
+    return metrics

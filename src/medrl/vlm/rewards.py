@@ -1,0 +1,183 @@
+"""Reward functions with TRL's signature ``f(prompts, completions, **columns) -> list``.
+
+Each returns one value per completion: a float in [0, 1], or None for rows the reward does
+not apply to (TRL then leaves that reward out for the row). Whatever the model wrote, they
+never raise: an unreadable answer scores 0. Columns (see :mod:`medrl.vlm.tasks`):
+
+* ``answer``: the correct letter (VQA rows); ``options``: the option texts;
+* ``box_px``: the true box in original pixels (grounding rows); ``box_format``,
+  ``image_size``, ``model_size``: how to read the model's box (:class:`BoxFrame`);
+* ``target_mask``: run lengths of the named structure's pixels (:mod:`medrl.vlm.masks`).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from medrl.vlm.boxes import BoxFrame, box_centre, box_iou, clip_box, valid_box
+from medrl.vlm.masks import box_coverage, rle_to_mask
+from medrl.vlm.parsing import (
+    answer_content,
+    choice_letter,
+    completion_text,
+    has_think_answer_format,
+    parse_box,
+)
+
+__all__ = [
+    "MISS_FEEDBACK_MAX",
+    "choice_accuracy_reward",
+    "format_reward",
+    "iou_reward",
+    "predicted_box_px",
+    "semantic_reward",
+    "spatial_score",
+]
+
+MISS_FEEDBACK_MAX = 0.2
+"""Most a box that does not overlap the truth can score in :func:`iou_reward`."""
+
+
+def _column(columns: dict[str, Any], name: str, n: int) -> list[Any]:
+    values = columns.get(name)
+    if values is None:
+        return [None] * n
+    values = list(values)
+    return values if len(values) == n else [None] * n
+
+
+def _is_grounding(box_px: Any) -> bool:
+    return box_px is not None and len(box_px) == 4
+
+
+def format_reward(
+    prompts: Sequence[Any], completions: Sequence[Any], **columns: Any
+) -> list[float]:
+    """1 for ``<think>...</think><answer>...</answer>`` (nothing else around it), else 0."""
+    return [1.0 if has_think_answer_format(completion_text(c)) else 0.0 for c in completions]
+
+
+def choice_accuracy_reward(
+    prompts: Sequence[Any], completions: Sequence[Any], **columns: Any
+) -> list[float | None]:
+    """1 for exactly the right letter, 0.5 for the right letter with extra text, else 0.
+
+    The letter is read from ``<answer>...</answer>`` (or the whole text if there is none);
+    rows without options (grounding) get None.
+    """
+    n = len(completions)
+    answers = _column(columns, "answer", n)
+    options = _column(columns, "options", n)
+    rewards: list[float | None] = []
+    for completion, answer, opts in zip(completions, answers, options, strict=True):
+        if not opts:
+            rewards.append(None)
+            continue
+        text = completion_text(completion)
+        content = answer_content(text)
+        if content is None:
+            content = text.strip() or None
+        letter, exact = choice_letter(content, len(opts))
+        if letter is None or letter != str(answer).strip():
+            rewards.append(0.0)
+        else:
+            rewards.append(1.0 if exact else 0.5)
+    return rewards
+
+
+def predicted_box_px(completion: Any, frame: BoxFrame) -> np.ndarray | None:
+    """The completion's box in original pixels, clipped to the image; None if unusable.
+
+    Unusable: no ``<answer>`` with four numbers, degenerate, non-finite, or entirely outside
+    the image the model saw.
+    """
+    box = parse_box(answer_content(completion_text(completion)))
+    if box is None or not valid_box(box, frame.model_extent):
+        return None
+    box_px = clip_box(
+        frame.to_pixels(box), (float(frame.image_size[0]), float(frame.image_size[1]))
+    )
+    return box_px if valid_box(box_px) else None
+
+
+def spatial_score(
+    pred_px: Sequence[float], true_px: Sequence[float], image_size: Sequence[int]
+) -> float:
+    """IoU when the boxes overlap; otherwise ``0.2 * (1 - d / diagonal)``, d = centre distance."""
+    iou = box_iou(pred_px, true_px)
+    if iou > 0:
+        return iou
+    distance = float(np.linalg.norm(box_centre(pred_px) - box_centre(true_px)))
+    diagonal = math.hypot(float(image_size[0]), float(image_size[1]))
+    return MISS_FEEDBACK_MAX * max(0.0, 1.0 - distance / diagonal)
+
+
+def _frame(box_format: Any, image_size: Any, model_size: Any) -> BoxFrame | None:
+    try:
+        return BoxFrame(str(box_format), tuple(image_size), tuple(model_size))
+    except (TypeError, ValueError):
+        return None
+
+
+def iou_reward(
+    prompts: Sequence[Any], completions: Sequence[Any], **columns: Any
+) -> list[float | None]:
+    """Continuous IoU of the predicted and true boxes, graded by centre distance on a miss.
+
+    Rows without a true box (VQA) get None; a missing or malformed box scores 0.
+    """
+    n = len(completions)
+    rows = zip(
+        completions,
+        _column(columns, "box_px", n),
+        _column(columns, "box_format", n),
+        _column(columns, "image_size", n),
+        _column(columns, "model_size", n),
+        strict=True,
+    )
+    rewards: list[float | None] = []
+    for completion, true_px, box_format, image_size, model_size in rows:
+        if not _is_grounding(true_px):
+            rewards.append(None)
+            continue
+        frame = _frame(box_format, image_size, model_size)
+        pred = None if frame is None else predicted_box_px(completion, frame)
+        rewards.append(0.0 if pred is None else spatial_score(pred, true_px, frame.image_size))
+    return rewards
+
+
+def semantic_reward(
+    prompts: Sequence[Any], completions: Sequence[Any], **columns: Any
+) -> list[float | None]:
+    """Share of the predicted box covered by the named structure's pixels (``target_mask``).
+
+    A box on a neighbouring structure scores low even when it is close; rows without a
+    target mask (VQA) get None; a missing or malformed box scores 0.
+    """
+    n = len(completions)
+    rows = zip(
+        completions,
+        _column(columns, "target_mask", n),
+        _column(columns, "box_format", n),
+        _column(columns, "image_size", n),
+        _column(columns, "model_size", n),
+        strict=True,
+    )
+    rewards: list[float | None] = []
+    for completion, runs, box_format, image_size, model_size in rows:
+        if not runs:
+            rewards.append(None)
+            continue
+        frame = _frame(box_format, image_size, model_size)
+        pred = None if frame is None else predicted_box_px(completion, frame)
+        if pred is None:
+            rewards.append(0.0)
+            continue
+        width, height = frame.image_size
+        mask = rle_to_mask(runs, (height, width))
+        rewards.append(box_coverage(mask, pred))
+    return rewards

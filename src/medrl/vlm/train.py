@@ -1,0 +1,333 @@
+"""SFT warm start (TRL ``SFTTrainer``) then GRPO (TRL ``GRPOTrainer``), pinned to TRL 1.16.
+
+Every GRPO setting whose default moved between TRL releases (group size, beta, loss type,
+clipping, reward scaling, sampling) is passed explicitly from the preset. Runs write
+TensorBoard logs (loss, per-reward means and stds, sample completions) under ``RUN/logs`` and
+resume from the last checkpoint in ``RUN/checkpoints`` when started again.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+from medrl.errors import CheckpointError, InputError
+from medrl.vlm import rewards
+from medrl.vlm.dataset import load_split, read_meta
+from medrl.vlm.tiny_model import SIZES, build_model_dir, corpus_from_items
+
+REWARD_FUNCS = {
+    "format_reward": rewards.format_reward,
+    "choice_accuracy_reward": rewards.choice_accuracy_reward,
+    "iou_reward": rewards.iou_reward,
+    "semantic_reward": rewards.semantic_reward,
+}
+
+
+def setup_torch(config: dict[str, Any], seed: int, run: Path) -> str:
+    """Seed everything, set CPU threads, point TensorBoard at RUN/logs; return the device."""
+    import os
+
+    import torch
+
+    os.environ["TENSORBOARD_LOGGING_DIR"] = str(run / "logs")
+    from transformers import set_seed
+
+    torch.set_num_threads(int(config.get("threads", 2)))
+    set_seed(seed)
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def _dtype(config: dict[str, Any], device: str) -> Any:
+    import torch
+
+    name = config["model"].get("dtype", "float32")
+    if device == "cpu":
+        return torch.float32
+    return {"bfloat16": torch.bfloat16, "float16": torch.float16}.get(name, torch.float32)
+
+
+def load_model(model_dir: str | Path, dtype: Any = None) -> tuple[Any, Any]:
+    """(model, processor) from a folder or hub id in the local cache; never downloads."""
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    try:
+        processor = AutoProcessor.from_pretrained(str(model_dir))
+        model = AutoModelForImageTextToText.from_pretrained(str(model_dir), dtype=dtype)
+    except (OSError, ValueError) as exc:
+        raise CheckpointError(f"cannot load a vision-language model: {exc}", model_dir) from exc
+    return model, processor
+
+
+def _lora_config(config: dict[str, Any]) -> Any:
+    model_cfg = config["model"]
+    if not model_cfg.get("lora"):
+        return None
+    from peft import LoraConfig
+
+    return LoraConfig(
+        r=int(model_cfg.get("lora_r", 16)),
+        lora_alpha=int(model_cfg.get("lora_alpha", 32)),
+        lora_dropout=float(model_cfg.get("lora_dropout", 0.05)),
+        target_modules=list(model_cfg.get("lora_target_modules", ["q_proj", "v_proj"])),
+        task_type="CAUSAL_LM",
+    )
+
+
+def _last_checkpoint(folder: Path) -> str | None:
+    from transformers.trainer_utils import get_last_checkpoint
+
+    return get_last_checkpoint(str(folder)) if folder.is_dir() else None
+
+
+def _load_for_resume(
+    config: dict[str, Any], start: str | Path, checkpoint: str | None, dtype: Any
+) -> tuple[Any, Any]:
+    """The model to train: from the last checkpoint when resuming a full fine-tune.
+
+    ``Trainer(resume_from_checkpoint=...)`` restores Qwen2.5-VL weights with the saved key
+    names (``visual.*``), which transformers 5.23 does not map back (``model.visual.*``):
+    the weights would silently stay as they were. ``from_pretrained`` maps them, so the
+    model is loaded from the checkpoint and the trainer restores optimizer and schedule.
+    """
+    model, processor = load_model(start, dtype)
+    if checkpoint is not None and not config["model"].get("lora"):
+        model, _ = load_model(checkpoint, dtype)
+    return model, processor
+
+
+def _save_final(trainer: Any, processor: Any, out: Path) -> Path:
+    from medrl.utils.atomic import atomic_dir
+
+    model = trainer.model
+    if hasattr(model, "merge_and_unload"):
+        model = model.merge_and_unload()
+    with atomic_dir(out) as tmp:
+        model.save_pretrained(tmp)
+        processor.save_pretrained(tmp)
+    return out
+
+
+def _write_json(path: Path, data: dict[str, Any]) -> None:
+    from medrl.utils.atomic import atomic_open
+
+    with atomic_open(path) as handle:
+        json.dump(data, handle, indent=2)
+        handle.write("\n")
+
+
+def run_sft(
+    config: dict[str, Any], data_dir: str | Path, run_dir: str | Path, seed: int = 0
+) -> Path:
+    """Supervised warm start on the train split; returns ``RUN/model``."""
+    from trl import SFTConfig, SFTTrainer
+
+    run = Path(run_dir)
+    device = setup_torch(config, seed, run)
+    read_meta(data_dir)
+    train = load_split(data_dir, "train")
+    init = str(config["model"]["init"])
+    if init in SIZES:
+        init_dir = run / "init"
+        if not (init_dir / "config.json").is_file():
+            data = config.get("data", {})
+            build_model_dir(
+                init_dir,
+                corpus_from_items(train),
+                init,
+                seed,
+                int(data.get("min_pixels", 56 * 56)),
+                int(data.get("max_pixels", 28 * 28 * 1280)),
+            )
+        init = str(init_dir)
+    checkpoint = _last_checkpoint(run / "checkpoints")
+    model, processor = _load_for_resume(config, init, checkpoint, _dtype(config, device))
+    sft = config["sft"]
+    args = SFTConfig(
+        output_dir=str(run / "checkpoints"),
+        num_train_epochs=float(sft["epochs"]),
+        per_device_train_batch_size=int(sft["batch_size"]),
+        gradient_accumulation_steps=int(sft.get("gradient_accumulation_steps", 1)),
+        learning_rate=float(sft["learning_rate"]),
+        lr_scheduler_type="cosine",
+        warmup_steps=float(sft.get("warmup_ratio", 0.0)),  # a float < 1: share of steps
+        max_length=int(sft["max_length"]),
+        completion_only_loss=True,
+        logging_steps=int(sft.get("logging_steps", 5)),
+        save_strategy="epoch",
+        save_total_limit=1,
+        report_to=["tensorboard"],
+        seed=seed,
+        data_seed=seed,
+        use_cpu=device == "cpu",
+        bf16=device != "cpu" and config["model"].get("dtype") == "bfloat16",
+        gradient_checkpointing=bool(config["model"].get("gradient_checkpointing", False)),
+        dataloader_num_workers=0,
+        disable_tqdm=False,
+    )
+    columns = ["prompt", "completion", "image"]
+    train = train.remove_columns([c for c in train.column_names if c not in columns])
+    trainer = SFTTrainer(
+        model=model,
+        args=args,
+        train_dataset=train,
+        processing_class=processor,
+        peft_config=_lora_config(config),
+    )
+    start = time.perf_counter()
+    trainer.train(resume_from_checkpoint=checkpoint)
+    out = _save_final(trainer, processor, run / "model")
+    _write_json(
+        run / "sft_summary.json",
+        {"seed": seed, "seconds": time.perf_counter() - start, "steps": trainer.state.global_step,
+         "log_history": trainer.state.log_history},
+    )  # fmt: skip
+    return out
+
+
+class CompletionSamplesCallback:
+    """Writes a few prompt/completion/reward samples to TensorBoard text at each log."""
+
+    def __init__(self, log_dir: Path, every: int = 1, samples: int = 4) -> None:
+        self.log_dir = log_dir
+        self.every = every
+        self.samples = samples
+        self.trainer: Any = None
+        self._writer: Any = None
+
+    def attach(self, trainer: Any) -> None:
+        from transformers import TrainerCallback
+
+        callback = self
+
+        class _Hook(TrainerCallback):
+            def on_log(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+                callback.write(state.global_step)
+
+        trainer.add_callback(_Hook())
+        self.trainer = trainer
+
+    def write(self, step: int) -> None:
+        if self.trainer is None or step % self.every:
+            return
+        logs = getattr(self.trainer, "_logs", None) or {}
+        completions = list(logs.get("completion", []))[-self.samples :]
+        prompts = list(logs.get("prompt", []))[-self.samples :]
+        reward_logs = {k: list(v)[-self.samples :] for k, v in logs.get("rewards", {}).items()}
+        if not completions:
+            return
+        if self._writer is None:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self._writer = SummaryWriter(str(self.log_dir / "samples"))
+        rows = ["| prompt | completion | rewards |", "|---|---|---|"]
+        for i, completion in enumerate(completions):
+            prompt = str(prompts[i] if i < len(prompts) else "")[-160:]
+            scores = ", ".join(f"{k}={v[i]:.2f}" for k, v in reward_logs.items() if i < len(v))
+            cells = [prompt, str(completion), scores]
+            rows.append(
+                "| " + " | ".join(c.replace("|", "/").replace("\n", " ") for c in cells) + " |"
+            )
+        self._writer.add_text("grpo/completions", "\n".join(rows), step)
+        self._writer.flush()
+
+
+def grpo_args(config: dict[str, Any], run: Path, seed: int, device: str) -> Any:
+    """The ``GRPOConfig`` of a preset, with every drifting default set explicitly."""
+    from trl import GRPOConfig
+
+    grpo = config["grpo"]
+    weights = grpo["reward_weights"]
+    unknown = set(weights) - set(REWARD_FUNCS)
+    if unknown:
+        raise InputError(f"unknown rewards {sorted(unknown)}; known: {sorted(REWARD_FUNCS)}")
+    group = int(grpo["num_generations"])
+    extra: dict[str, Any] = {}
+    if grpo.get("use_vllm"):
+        extra = {"use_vllm": True, "vllm_mode": grpo.get("vllm_mode", "colocate")}
+    return GRPOConfig(
+        output_dir=str(run / "checkpoints"),
+        max_steps=int(grpo["max_steps"]),
+        learning_rate=float(grpo["learning_rate"]),
+        lr_scheduler_type="constant",
+        per_device_train_batch_size=int(grpo["prompts_per_step"]) * group,
+        gradient_accumulation_steps=1,
+        steps_per_generation=1,
+        num_generations=group,
+        beta=float(grpo["beta"]),
+        loss_type=str(grpo["loss_type"]),
+        epsilon=float(grpo["epsilon"]),
+        epsilon_high=float(grpo["epsilon_high"]),
+        scale_rewards=str(grpo["scale_rewards"]),
+        num_iterations=int(grpo["num_iterations"]),
+        importance_sampling_level="token",
+        multi_objective_aggregation="sum_then_normalize",
+        max_completion_length=int(grpo["max_completion_length"]),
+        temperature=float(grpo["temperature"]),
+        top_p=float(grpo["top_p"]),
+        top_k=int(grpo["top_k"]),
+        repetition_penalty=1.0,
+        mask_truncated_completions=bool(grpo["mask_truncated_completions"]),
+        reward_weights=[float(weights[name]) for name in weights],
+        disable_dropout=True,
+        shuffle_dataset=True,
+        log_completions=bool(grpo.get("log_completions", True)),
+        num_completions_to_print=2,
+        logging_steps=1,
+        save_steps=int(grpo.get("save_steps", 20)),
+        save_total_limit=1,
+        report_to=["tensorboard"],
+        seed=seed,
+        data_seed=seed,
+        use_cpu=device == "cpu",
+        bf16=device != "cpu" and config["model"].get("dtype") == "bfloat16",
+        gradient_checkpointing=bool(config["model"].get("gradient_checkpointing", False)),
+        remove_unused_columns=False,
+        dataloader_num_workers=0,
+        **extra,
+    )
+
+
+def run_grpo(
+    config: dict[str, Any],
+    data_dir: str | Path,
+    model_dir: str | Path,
+    run_dir: str | Path,
+    seed: int = 0,
+) -> Path:
+    """GRPO from ``model_dir`` (usually the SFT run's ``model``); returns ``RUN/model``."""
+    from trl import GRPOTrainer
+
+    run = Path(run_dir)
+    device = setup_torch(config, seed, run)
+    train = load_split(data_dir, "train")
+    train = train.remove_columns(["completion"])
+    checkpoint = _last_checkpoint(run / "checkpoints")
+    model, processor = _load_for_resume(config, model_dir, checkpoint, _dtype(config, device))
+    processor.tokenizer.padding_side = "left"
+    args = grpo_args(config, run, seed, device)
+    funcs = [REWARD_FUNCS[name] for name in config["grpo"]["reward_weights"]]
+    trainer = GRPOTrainer(
+        model=model,
+        reward_funcs=funcs,
+        args=args,
+        train_dataset=train,
+        processing_class=processor,
+        peft_config=_lora_config(config),
+    )
+    samples = CompletionSamplesCallback(run / "logs")
+    samples.attach(trainer)
+    start = time.perf_counter()
+    trainer.train(resume_from_checkpoint=checkpoint)
+    seconds = time.perf_counter() - start
+    out = _save_final(trainer, processor, run / "model")
+    steps = trainer.state.global_step
+    _write_json(
+        run / "grpo_summary.json",
+        {"seed": seed, "seconds": seconds, "steps": steps,
+         "steps_per_second": steps / seconds if seconds > 0 else None,
+         "log_history": trainer.state.log_history},
+    )  # fmt: skip
+    return out

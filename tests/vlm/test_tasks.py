@@ -1,0 +1,148 @@
+"""Items rendered from the real templates and atlas: reproducible, consistent, checked input."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from medrl.errors import InputError
+from medrl.vlm.atlas import cortical_label_names, landmark_phrase, region_id, region_names
+from medrl.vlm.boxes import BoxFrame, box_iou, pixel_to_ras
+from medrl.vlm.masks import rle_to_mask
+from medrl.vlm.rewards import choice_accuracy_reward, iou_reward, semantic_reward
+from medrl.vlm.tasks import QUESTION_TYPES, TaskConfig, generate_item, grounding_item
+
+pytest.importorskip("SimpleITK")
+
+
+@pytest.fixture(scope="module")
+def anatomy():
+    from medrl.errors import DataUnavailableError
+    from medrl.vlm.atlas import load_anatomy
+
+    try:
+        return load_anatomy("MNI152NLin6Asym")
+    except DataUnavailableError as exc:
+        pytest.skip(f"built-in data not fetched: {exc}")
+
+
+def test_label_names_and_lookup() -> None:
+    names = cortical_label_names()
+    assert len(names) == 48 and names[1] == "Frontal Pole" and names[48] == "Occipital Pole"
+    assert region_names()[102] == "left Insular Cortex"
+    assert region_id("Right insular cortex") == 2
+    with pytest.raises(InputError, match="unknown structure 'Insular Cortex'"):
+        region_id("Insular Cortex")  # no hemisphere
+    with pytest.raises(InputError, match="did you mean"):
+        region_id("left Insula Cortex")
+    assert landmark_phrase("R superior LMS") == "right superior lateral mesencephalic sulcus"
+
+
+def test_items_are_reproducible_and_differ_by_seed(anatomy) -> None:
+    config = TaskConfig()
+    first = generate_item(anatomy, config, seed=3, index=5)
+    again = generate_item(anatomy, config, seed=3, index=5)
+    other = generate_item(anatomy, config, seed=4, index=5)
+    assert first["answer"] == again["answer"] and first["prompt"] == again["prompt"]
+    assert np.array_equal(np.asarray(first["image"]), np.asarray(again["image"]))
+    assert not np.array_equal(np.asarray(first["image"]), np.asarray(other["image"]))
+
+
+def test_every_question_type_is_consistent(anatomy) -> None:
+    config = TaskConfig()
+    frame = config.frame
+    assert frame.model_size == (140, 112)  # the processor resizes 128 x 112 images
+    for question_type in QUESTION_TYPES:
+        cfg = TaskConfig(question_weights={question_type: 1.0})
+        for index in range(4):
+            item = generate_item(anatomy, cfg, seed=0, index=index)
+            assert item["question_type"] == question_type
+            assert item["image"].size == (128, 112) and item["image"].mode == "RGB"
+            target = item["completion"][0]["content"]
+            # the SFT target earns full reward from the rewards that apply to it
+            kwargs = {k: [item[k]] for k in item if k not in ("prompt", "completion", "image")}
+            if item["task"] == "grounding":
+                # the answer is in whole model units: exactly the rounding loss, no more
+                rounded = np.round(frame.to_model(item["box_px"]))
+                expected = box_iou(frame.to_pixels(rounded), item["box_px"])
+                assert iou_reward([None], [target], **kwargs)[0] == pytest.approx(expected)
+                assert expected > 0.75
+                mask = rle_to_mask(item["target_mask"], (112, 128))
+                # the target box is the structure's bounding box: it covers part of the box
+                assert 0 < semantic_reward([None], [target], **kwargs)[0] <= 1
+                assert mask.any()
+                if question_type == "ground_structure":
+                    rows, cols = np.nonzero(mask)
+                    assert item["box_px"] == [
+                        cols.min(),
+                        rows.min(),
+                        cols.max() + 1,
+                        rows.max() + 1,
+                    ]
+            else:
+                assert choice_accuracy_reward([None], [target], **kwargs) == [1.0]
+                assert item["answer"] in "ABCD"[: len(item["options"])]
+
+
+def test_structure_side_matches_world_coordinates(anatomy) -> None:
+    cfg = TaskConfig(question_weights={"ground_structure": 1.0})
+    for index in range(6):
+        item = generate_item(anatomy, cfg, seed=1, index=index)
+        box = np.asarray(item["box_px"])
+        centre = np.array([[(box[0] + box[2]) / 2, (box[1] + box[3]) / 2]])
+        x_ras = pixel_to_ras(centre, item["pixel_to_ras"])[0, 0]
+        side = item["structure"].split()[0]
+        # radiological display: the subject's right is on the image left
+        assert (x_ras > 0) == (side == "right"), (item["structure"], x_ras)
+
+
+def test_grounding_item_rejects_bad_requests(anatomy) -> None:
+    config = TaskConfig(augment=False)
+    rng = np.random.default_rng(0)
+    item = grounding_item(anatomy, "left Insular Cortex", "axial", 5.0, config, rng)
+    assert item["structure"] == "left Insular Cortex"
+    frame = BoxFrame(item["box_format"], tuple(item["image_size"]), tuple(item["model_size"]))
+    assert frame.box_format == "qwen2.5-vl"
+    with pytest.raises(InputError, match="unknown structure"):
+        grounding_item(anatomy, "left Hippocampus", "axial", 5.0, config, rng)
+    with pytest.raises(InputError, match="pixels in the axial slice"):
+        grounding_item(anatomy, "left Frontal Pole", "axial", 60.0, config, rng)  # above it
+    with pytest.raises(InputError, match="unknown plane"):
+        grounding_item(anatomy, "left Frontal Pole", "oblique", 0.0, config, rng)
+    with pytest.raises(InputError, match="unknown question types"):
+        TaskConfig(question_weights={"count_lesions": 1.0})
+
+
+def test_dataset_and_jsonl_round_trip(tmp_path) -> None:
+    pytest.importorskip("datasets")
+    from medrl.vlm.dataset import load_image, load_split, read_jsonl, write_dataset
+
+    out = write_dataset(tmp_path / "data", 6, 4, seed=2, config=TaskConfig(), progress=False)
+    meta = json.loads((out / "meta.json").read_text())
+    assert meta["templates"] == {"train": "MNI152NLin2009cAsym", "test": "MNI152NLin6Asym"}
+    train = load_split(out, "train")
+    test = load_split(out, "test")
+    assert len(train) == 6 and len(test) == 4
+    assert set(train["template"]) == {"MNI152NLin2009cAsym"}
+    assert set(test["template"]) == {"MNI152NLin6Asym"}
+    assert train[0]["prompt"][1]["role"] == "user" and isinstance(train[0]["image"], Image.Image)
+    items = read_jsonl(out / "jsonl" / "test.jsonl")
+    assert [i["answer"] for i in items] == test["answer"]
+    assert np.array_equal(np.asarray(items[0]["image"]), np.asarray(test[0]["image"]))
+    # bad images: wrong size, other modes are converted, unreadable files named
+    grey = tmp_path / "grey16.png"
+    Image.fromarray(np.full((112, 128), 4000, dtype=np.uint16)).save(grey)
+    assert load_image(grey, (128, 112)).mode == "RGB"
+    with pytest.raises(InputError, match="128x112 px, the item says 64x64"):
+        load_image(grey, (64, 64))
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(b"not a png")
+    with pytest.raises(InputError, match=r"broken\.png"):
+        load_image(broken)
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"prompt": []}\n')
+    with pytest.raises(InputError, match="line 1"):
+        read_jsonl(bad)
