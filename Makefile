@@ -32,7 +32,8 @@ lint: venv
 	$(VENV)/bin/ruff format --check src tests benchmarks
 
 bench: venv
-	$(PY) benchmarks/run_all.py
+	for b in bench_env bench_replay bench_train bench_inference bench_predict; do \
+		PYTHONPATH=. $(PY) -m benchmarks.$$b || exit 1; done
 
 clean:
 	rm -rf $(VENV) build *.egg-info

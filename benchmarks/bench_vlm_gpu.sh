@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The CPU benchmark's recipe at a larger size on one GPU (preset small-gpu: a Qwen2.5-VL of
-# ~50M parameters built from config; the GPU machine cannot download weights).
+# text 8 x 512 and vision 8 x 384, built from config; the GPU machine cannot download weights).
 #
 # The GPU machine has torch/transformers/peft/accelerate/pyarrow/pandas but no trl, datasets
 # or SimpleITK, so the data is rendered here and travels as JSONL + PNG with the wheels.
