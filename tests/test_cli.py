@@ -256,6 +256,22 @@ def test_train_resumes_a_run(data: dict[str, Path], tmp_path: Path, capsys) -> N
     assert header["training"]["steps"] == 4
 
 
+def test_restart_sets_the_earlier_runs_logs_aside(data: dict[str, Path], tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    assert _train(data, run_dir, "train.total_steps=20", "train.log_every=10") == 0
+    earlier = json.loads((run_dir / "history.json").read_text())
+    assert [int(r["step"]) for r in earlier] == [10, 20]
+    argv = ["--set", "train.total_steps=10", "--set", "train.log_every=10", "--restart"]
+    base = ["train", "--config", "smoke", "--set", f"train.datalist={data['datalist']}"]
+    assert main([*base, *argv, "--run-dir", str(run_dir), "--quiet"]) == 0
+    history = json.loads((run_dir / "history.json").read_text())
+    assert [int(r["step"]) for r in history] == [10]  # the new run's alone
+    (aside,) = (run_dir / "replaced").iterdir()
+    assert json.loads((aside / "history.json").read_text()) == earlier
+    assert list((aside / "tensorboard").iterdir())
+    assert len(list((run_dir / "tensorboard").iterdir())) == 1
+
+
 def test_model_yaml_records_the_train_command(data: dict[str, Path], tmp_path: Path) -> None:
     """The command in model.yaml must be the one main() ran, not the host process's argv."""
     run_dir = tmp_path / "run"

@@ -92,7 +92,9 @@ def datalist(tmp_path_factory) -> Path:
     return path
 
 
-def _torchrun(datalist: Path, run_dir: Path, *overrides: str) -> subprocess.CompletedProcess:
+def _torchrun(
+    datalist: Path, run_dir: Path, *overrides: str, expect_ok: bool = True
+) -> subprocess.CompletedProcess:
     sets = [item for value in overrides for item in ("--set", value)]
     command = [
         sys.executable,
@@ -117,7 +119,7 @@ def _torchrun(datalist: Path, run_dir: Path, *overrides: str) -> subprocess.Comp
     env = {k: v for k, v in os.environ.items() if k not in LAUNCH_VARS}
     env.update(PYTHONPATH=str(SRC), OMP_NUM_THREADS="1")
     done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=240)
-    assert done.returncode == 0, done.stderr[-3000:]
+    assert (done.returncode == 0) == expect_ok, done.stderr[-3000:]
     return done
 
 
@@ -174,3 +176,10 @@ def test_torchrun_two_processes_stay_in_sync_and_resume(datalist: Path, tmp_path
     )
     with pytest.raises(CheckpointError, match="2 process"):
         Trainer(config, run_dir).load_checkpoint()
+
+    # Only rank 1's checkpoint is unreadable: both ranks must stop with the error (rank 0
+    # must not be left waiting for rank 1 in the next collective call).
+    (run_dir / "checkpoints" / "latest-rank1" / "trainer_state.pt").write_bytes(b"garbage")
+    done = _torchrun(datalist, run_dir, "train.total_steps=100000", expect_ok=False)
+    assert "cannot resume from this checkpoint" in done.stderr
+    assert "another process could not resume" in done.stderr

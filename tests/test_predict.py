@@ -109,8 +109,11 @@ def test_predict_folder_skips_done_scans_and_records_failures(
     out = tmp_path / "out"
     argv = ["predict", "--model", str(model_dir), "--input-dir", str(archive), "--out", str(out)]
     assert main(argv) == 2  # one scan failed
-    err = capsys.readouterr().err
+    captured = capsys.readouterr()
+    err = captured.err
     assert "1 of 5 scans failed" in err and "predict" in err  # the summary and the progress bar
+    printed = sorted(Path(line).relative_to(out).as_posix() for line in captured.out.split())
+    assert len(printed) == 4 and all(p.endswith(".fcsv") for p in printed)  # the ones written
     summary = _summary(out)
     assert {k: v["status"] for k, v in summary.items()} == {
         "site1/scan.nii.gz": "ok",

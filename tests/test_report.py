@@ -125,6 +125,21 @@ def test_report_of_an_evaluation_folder_alone(run_dir: Path, tmp_path: Path) -> 
     assert len(_images(page)) == 2 + 3  # no training curves; one scan drawn
 
 
+def test_reevaluating_into_a_folder_drops_the_older_scans(run_dir: Path, tmp_path: Path) -> None:
+    evaluation = tmp_path / "evaluation"
+    shutil.copytree(run_dir / "evaluation", evaluation)
+    older = sorted(p.name for p in (evaluation / "cases").glob("*.json"))
+    assert len(older) == RIGID_TRIALS + 1
+    datalist = run_dir.parent / "datalist.json"
+    evaluate = ["evaluate", "--model", str(run_dir / "model"), "--datalist", str(datalist)]
+    assert main([*evaluate, "--rigid-trials", "1", "--out", str(evaluation)]) == 0
+    assert sorted(p.name for p in (evaluation / "cases").glob("*.json")) == ["test_rigid0.json"]
+    out = tmp_path / "page.html"
+    assert main(["report", str(evaluation), "--out", str(out)]) == 0
+    page = out.read_text(encoding="utf-8")
+    assert "test_rigid1" not in page and "nan mm" not in page
+
+
 def test_report_without_evaluation_is_a_clear_error(tmp_path: Path, capsys) -> None:
     assert main(["report", str(tmp_path)]) == 2
     err = capsys.readouterr().err

@@ -220,9 +220,19 @@ def count_status(rows: Iterable[dict[str, Any]]) -> dict[str, int]:
     return counts
 
 
-def finish(rows: Sequence[dict[str, Any]], out_dir: str | Path, total: int) -> Path:
-    """Write the summary, tell the user, and raise if any scan failed."""
+def finish(
+    rows: Sequence[dict[str, Any]], out_dir: str | Path, total: int, echo_outputs: bool = False
+) -> Path:
+    """Write the summary, tell the user, and raise if any scan failed.
+
+    ``echo_outputs`` prints the files written (one per line, stdout) first, also when some
+    scans failed.
+    """
     path = write_summary(rows, out_dir)
+    if echo_outputs:
+        for row in rows:
+            if row["status"] == OK:
+                print(row["output"])
     counts = count_status(rows)
     print(
         f"{counts[OK]} predicted, {counts[SKIPPED]} skipped (output exists), "
@@ -244,6 +254,7 @@ def predict_jobs(
     num_starts: int | None = None,
     overwrite: bool = False,
     progress: bool = True,
+    echo_outputs: bool = False,
 ) -> list[dict[str, Any]]:
     """Predict every job in this process; the summary is written even if interrupted.
 
@@ -267,7 +278,7 @@ def predict_jobs(
         bar.close()
         if rows and len(rows) < len(jobs):
             write_summary(rows, out_dir)  # interrupted: keep the record of what was done
-    finish(rows, out_dir, len(jobs))
+    finish(rows, out_dir, len(jobs), echo_outputs)
     return rows
 
 
@@ -316,12 +327,14 @@ def run_from_args(args: Any) -> int:
     if args.ray:
         from medrl.distributed.ray_predict import predict_with_ray
 
-        rows = predict_with_ray(
-            jobs, args.out, address=args.ray_address, workers=args.ray_workers, **options
+        predict_with_ray(
+            jobs,
+            args.out,
+            address=args.ray_address,
+            workers=args.ray_workers,
+            echo_outputs=True,
+            **options,
         )
     else:
-        rows = predict_jobs(jobs, args.out, **options)
-    for row in rows:
-        if row["status"] == OK:
-            print(row["output"])
+        predict_jobs(jobs, args.out, echo_outputs=True, **options)
     return 0

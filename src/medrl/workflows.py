@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -31,6 +32,8 @@ def train_model(
     run_dir = Path(run_dir)
     dist = init_distributed(config.train.device)
     try:
+        if restart and dist.is_main:
+            _set_aside_logs(run_dir)
         trainer = Trainer(config, run_dir, command=command, dist=dist)
         if not restart and trainer.load_checkpoint() and dist.is_main:
             print(f"resuming {run_dir} at step {trainer.step}", file=sys.stderr)
@@ -49,6 +52,23 @@ def train_model(
     finally:
         shutdown(dist)
     return model_dir
+
+
+# What a run writes as it trains (rank 0); a restart must not mix the old run's into the new.
+RUN_LOGS = ("tensorboard", "history.json", "evaluations.json")
+
+
+def _set_aside_logs(run_dir: Path) -> None:
+    """Move an earlier run's logs to ``RUN/replaced/<UTC time>/`` before a restart."""
+    found = [run_dir / name for name in RUN_LOGS if (run_dir / name).exists()]
+    if not found:
+        return
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    target = run_dir / "replaced" / stamp
+    target.mkdir(parents=True, exist_ok=True)
+    for path in found:
+        path.rename(target / path.name)
+    print(f"--restart: the earlier run's logs are now in {target}", file=sys.stderr)
 
 
 def _warn_if_oversubscribed(config: Config) -> None:

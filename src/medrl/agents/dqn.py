@@ -416,6 +416,40 @@ class Trainer:
             )
         if not found:
             return False
+        failure: CheckpointError | None = None
+        try:
+            state = self._read_checkpoint(folder, state_path)
+        except CheckpointError as exc:
+            failure = exc
+        # Every rank learns whether any failed, so none is left waiting in a collective call.
+        if self.dist.any(failure is not None):
+            raise failure or CheckpointError(
+                "another process could not resume from its checkpoint; use --restart",
+                self.run_dir,
+            )
+        self.step, self.updates = state["step"], state["updates"]
+        self.update_credit = state["update_credit"]
+        self.rng.bit_generator.state = state["rng"]
+        for rng, rng_state in zip(self.kernel.rngs, state["kernel_rngs"], strict=True):
+            rng.bit_generator.state = rng_state
+        for name, value in state["kernel"].items():
+            setattr(self.kernel, name, value)
+        for name, value in state["kernel_params"].items():
+            getattr(self.kernel.params, name).copy_(value)
+        self.assembler.load_state_dict(state["assembler"])
+        torch.set_rng_state(state["torch_rng"])
+        self.history = state["history"]
+        self.evaluations = state.get("evaluations", [])
+        if not self.dist.same_everywhere(self.step):
+            raise CheckpointError(
+                "the processes' checkpoints are from different steps (the run was stopped "
+                "while writing them); use --restart",
+                self.run_dir,
+            )
+        return True
+
+    def _read_checkpoint(self, folder: Path, state_path: Path) -> dict[str, Any]:
+        """Load this rank's checkpoint and check it fits the run (CheckpointError if not)."""
         try:
             state = torch.load(state_path, map_location=self.device, weights_only=False)
             world_size = int(state.get("world_size", 1))
@@ -444,26 +478,7 @@ class Trainer:
                 f"cannot resume from this checkpoint (corrupt or from another config): {exc}",
                 folder,
             ) from exc
-        self.step, self.updates = state["step"], state["updates"]
-        self.update_credit = state["update_credit"]
-        self.rng.bit_generator.state = state["rng"]
-        for rng, rng_state in zip(self.kernel.rngs, state["kernel_rngs"], strict=True):
-            rng.bit_generator.state = rng_state
-        for name, value in state["kernel"].items():
-            setattr(self.kernel, name, value)
-        for name, value in state["kernel_params"].items():
-            getattr(self.kernel.params, name).copy_(value)
-        self.assembler.load_state_dict(state["assembler"])
-        torch.set_rng_state(state["torch_rng"])
-        self.history = state["history"]
-        self.evaluations = state.get("evaluations", [])
-        if not self.dist.same_everywhere(self.step):
-            raise CheckpointError(
-                "the processes' checkpoints are from different steps (the run was stopped "
-                "while writing them); use --restart",
-                self.run_dir,
-            )
-        return True
+        return state
 
 
 def _mean_stats(window: list[dict[str, float]]) -> dict[str, float]:

@@ -65,6 +65,7 @@ def predict_with_ray(
     workers: int | None = None,
     cpus_per_worker: float = 1.0,
     gpus_per_worker: float = 0.0,
+    echo_outputs: bool = False,
 ) -> list[dict[str, Any]]:
     """Predict ``jobs`` on a Ray cluster (``address``; ``None``: the running one or a local
     one). ``workers`` model copies run at once (default: the cluster's CPUs divided by
@@ -79,7 +80,8 @@ def predict_with_ray(
     from medrl.agents.checkpoint import load_model
     from medrl.predict import default_model_dir
 
-    model_dir = Path(model_dir) if model_dir else default_model_dir()
+    # Absolute paths: Ray workers, on other nodes too, do not share the driver's directory.
+    model_dir = Path(model_dir).resolve() if model_dir else default_model_dir()
     load_model(model_dir, "cpu")
 
     rows: list[dict[str, Any]] = []
@@ -98,7 +100,13 @@ def predict_with_ray(
                 }
             )
         else:
-            todo.append({"scan": job.scan, "image": str(job.image), "output": str(job.output)})
+            todo.append(
+                {
+                    "scan": job.scan,
+                    "image": str(job.image.resolve()),
+                    "output": str(job.output.resolve()),
+                }
+            )
     started_here = False
     if todo:
         if not ray.is_initialized():
@@ -124,7 +132,7 @@ def predict_with_ray(
                 ray.shutdown()
     order = {job.scan: index for index, job in enumerate(jobs)}
     rows.sort(key=lambda row: order[row["scan"]])
-    finish(rows, out_dir, len(jobs))
+    finish(rows, out_dir, len(jobs), echo_outputs)
     return rows
 
 

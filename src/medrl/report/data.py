@@ -93,8 +93,10 @@ def load_report_data(run_dir: Path, evaluation_dir: Path | None = None) -> Repor
     folder = find_evaluation(run_dir, evaluation_dir)
     summary = _read_json(folder / "summary.json")
     cases_dir = folder / "cases"
-    records = [_read_json(path) for path in sorted(cases_dir.glob("*.json"))]
     order = list(summary.get("cases", []))
+    records = [_read_json(path) for path in sorted(cases_dir.glob("*.json"))]
+    if order:  # only this evaluation's scans: a reused output folder may hold older ones
+        records = [record for record in records if record.get("case") in order]
     records.sort(key=lambda record: _case_key(record.get("case", ""), order))
     tensorboard = run_dir / "tensorboard"
     if not tensorboard.is_dir() and folder != run_dir:
