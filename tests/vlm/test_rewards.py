@@ -15,6 +15,7 @@ from medrl.vlm.rewards import (
     format_reward,
     iou_reward,
     semantic_reward,
+    spatial_score,
 )
 
 
@@ -34,8 +35,11 @@ def test_format_reward_plain_and_conversational() -> None:
         None,
         12345,
         [{"role": "assistant"}],
+        "<think>x</think><answer>a</answer><answer>b</answer>",  # two answers
+        "<think>x</think><think>y</think><answer>a</answer>",  # two thinks
+        "<think>x<answer>a</answer></think><answer>b</answer>",  # answer inside think
     ]
-    assert format_reward([None] * 10, completions) == [1, 1, 1, 1, 0, 0, 0, 0, 0, 0]
+    assert format_reward([None] * 13, completions) == [1, 1, 1, 1] + [0] * 9
 
 
 def test_choice_accuracy_values() -> None:
@@ -73,6 +77,11 @@ def test_parse_box_forms_and_garbage() -> None:
     assert parse_box("[1, 2, 3]") is None
     assert parse_box("[6, 7, 7, 70, 7]") is None  # five numbers are not a box
     assert parse_box("[1, 2, 3, 4]. 5 mm wide").tolist() == [1, 2, 3, 4]
+    # a number before the bracket is not part of the box; four of five numbers never are
+    assert parse_box("Box 1 [10, 20, 30, 40]").tolist() == [10, 20, 30, 40]
+    assert parse_box("region 2: (10, 20), (30, 40)").tolist() == [10, 20, 30, 40]
+    assert parse_box("1 2 3 4 5") is None
+    assert parse_box("[0, 6, 7, 7, 70]") is None  # no run of four inside a list of five
     assert parse_box("nan nan nan nan") is None
     assert parse_box(None) is None
     assert choice_letter("B", 2) == ("B", True)
@@ -152,6 +161,38 @@ def test_iou_reward_hand_computed() -> None:
     miss = 0.2 * (1 - 60 * math.sqrt(2) / (100 * math.sqrt(2)))
     assert rewards == pytest.approx([1.0, 1 / 3, miss, 0.0, 0.5, 0.0, 0.0, 0.0, 0.0])
     assert box_iou([0, 0, 2, 2], [1, 1, 3, 3]) == pytest.approx(1 / 7)
+
+
+def test_spatial_score_is_continuous_as_a_box_slides_onto_the_truth() -> None:
+    # truth [40, 40, 60, 60] on a 128 x 112 image (diagonal 170.08), a 20 x 20 box shifted in x
+    diagonal = math.hypot(128, 112)
+    truth = [40, 40, 60, 60]
+
+    def shifted(dx: float) -> float:
+        return spatial_score([40 + dx, 40, 60 + dx, 60], truth, (128, 112))
+
+    def feedback(d: float) -> float:
+        return 0.2 * (1 - d / diagonal)
+
+    assert shifted(20) == pytest.approx(feedback(20))  # touching: 0.1765
+    # 1 px overlap: IoU 20/780 = 0.026 is below the feedback 0.1777 (before: 0.026, a drop)
+    assert shifted(19) == pytest.approx(feedback(19)) and feedback(19) == pytest.approx(
+        0.17766, abs=1e-5
+    )
+    # 5 px overlap: IoU 100/700 = 0.143 < feedback 0.1824 (before: 0.143)
+    assert shifted(15) == pytest.approx(feedback(15)) and feedback(15) == pytest.approx(
+        0.18236, abs=1e-5
+    )
+    assert shifted(13) == pytest.approx(140 / 660)  # 7 px overlap: IoU 0.212 > 0.1847
+    assert shifted(0) == 1.0
+    scores = [shifted(dx) for dx in np.arange(40, -0.01, -0.25)]
+    assert min(np.diff(scores)) >= 0  # monotone
+    assert np.abs(np.diff(scores)).max() < 0.03  # no jump (before: -0.15 at first overlap)
+    # the area ratio keeps a box of the wrong size from collecting the feedback by its centre
+    whole_image = spatial_score([0, 0, 128, 112], truth, (128, 112))
+    assert whole_image == pytest.approx(400 / (128 * 112))  # its IoU, 0.028 (not ~0.18)
+    dot = spatial_score([49, 49, 51, 51], truth, (128, 112))  # centred, 2 x 2
+    assert dot == pytest.approx(4 / 400)  # IoU = area ratio = 0.01, feedback 0.2 * 0.01
 
 
 def test_iou_reward_reads_each_convention() -> None:

@@ -146,3 +146,13 @@ def test_dataset_and_jsonl_round_trip(tmp_path) -> None:
     bad.write_text('{"prompt": []}\n')
     with pytest.raises(InputError, match="line 1"):
         read_jsonl(bad)
+
+
+def test_impossible_data_settings_name_the_setting(anatomy) -> None:
+    rare = TaskConfig(question_weights={"which_structure": 1.0}, min_structure_px=10**6)
+    with pytest.raises(InputError, match=r"data\.min_structure_px = 1000000"):
+        generate_item(anatomy, rare, seed=0, index=0, max_tries=2)
+    # a 1 m landmark box never fits a 128 x 112 image of 1.75 mm pixels
+    huge = TaskConfig(question_weights={"ground_landmark": 1.0}, landmark_box_mm=1000.0)
+    with pytest.raises(InputError, match=r"lower data\.landmark_box_mm"):
+        generate_item(anatomy, huge, seed=0, index=0, max_tries=2)

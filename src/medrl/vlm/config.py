@@ -16,6 +16,32 @@ if TYPE_CHECKING:
 
 PRESETS = ("tiny-cpu", "small-gpu", "qwen2.5-vl-3b")
 SECTIONS = ("model", "data", "sft", "grpo", "evaluate", "threads")
+# What a config file must hold (the commands read these without defaults); every other key
+# has a default. A file is checked as a whole: it is not merged over a preset.
+REQUIRED_KEYS: dict[str, tuple[str, ...]] = {
+    "model": ("init",),
+    "data": (),
+    "sft": ("epochs", "learning_rate", "batch_size", "max_length"),
+    "grpo": (
+        "max_steps",
+        "learning_rate",
+        "prompts_per_step",
+        "num_generations",
+        "beta",
+        "loss_type",
+        "epsilon",
+        "epsilon_high",
+        "scale_rewards",
+        "num_iterations",
+        "max_completion_length",
+        "temperature",
+        "top_p",
+        "top_k",
+        "mask_truncated_completions",
+        "reward_weights",
+    ),
+    "evaluate": (),
+}
 
 
 def preset_path(name: str) -> Path:
@@ -25,8 +51,12 @@ def preset_path(name: str) -> Path:
 def load_vlm_config(value: str | None, overrides: list[str] | None = None) -> dict[str, Any]:
     """A preset name (``tiny-cpu``, ``qwen2.5-vl-3b``) or YAML path, with ``a.b=value`` overrides.
 
+    A config file must have the sections and keys of :data:`REQUIRED_KEYS` (copy a preset
+    from ``src/medrl/configs/vlm/`` to start one); it is not merged over a preset.
+
     Raises:
-        InputError: unknown preset, unreadable YAML, unknown section or key in an override.
+        InputError: unknown preset, unreadable YAML, a missing or unknown section, a missing
+            required key, unknown section or key in an override.
     """
     value = value or "tiny-cpu"
     path = Path(value)
@@ -40,6 +70,7 @@ def load_vlm_config(value: str | None, overrides: list[str] | None = None) -> di
         raise InputError(f"cannot read vlm config: {exc}", path) from exc
     if not isinstance(config, dict) or set(config) - set(SECTIONS):
         raise InputError(f"a vlm config has the sections {SECTIONS}", path)
+    _check_required(config, path)
     config = copy.deepcopy(config)
     for item in overrides or []:
         if "=" not in item:
@@ -55,15 +86,44 @@ def load_vlm_config(value: str | None, overrides: list[str] | None = None) -> di
             raise InputError(f"unknown config key {key!r}")
         node[parts[-1]] = yaml.safe_load(raw)
     config["source"] = str(path)
+    config["overrides"] = list(overrides or [])
     return config
 
 
+def _check_required(config: dict[str, Any], path: Path) -> None:
+    missing_sections = [name for name in REQUIRED_KEYS if name not in config]
+    if missing_sections:
+        raise InputError(
+            f"vlm config lacks the sections {missing_sections}; a config file needs "
+            f"{list(REQUIRED_KEYS)} (copy a preset from src/medrl/configs/vlm/)",
+            path,
+        )
+    for name, keys in REQUIRED_KEYS.items():
+        section = config[name]
+        if section is None and not keys:
+            config[name] = {}
+            continue
+        if not isinstance(section, dict):
+            raise InputError(f"section {name!r} of a vlm config must be a mapping", path)
+        missing = [f"{name}.{key}" for key in keys if key not in section]
+        if missing:
+            raise InputError(f"vlm config lacks the keys {missing}", path)
+
+
 def task_config(config: dict[str, Any]) -> TaskConfig:
-    """The :class:`TaskConfig` of a config's ``data`` section (sizes excluded)."""
+    """The :class:`TaskConfig` of a config's ``data`` section (sizes excluded).
+
+    Raises:
+        InputError: naming the config file (and the ``--set`` overrides) for an unknown key or
+            value in the section: box format, image size or aspect ratio, question types.
+    """
     from medrl.vlm.tasks import TaskConfig
 
     data = {k: v for k, v in config.get("data", {}).items() if k not in ("num_train", "num_test")}
     try:
         return TaskConfig(**data)
-    except TypeError as exc:
-        raise InputError(f"bad data section: {exc}") from exc
+    except (TypeError, ValueError, InputError) as exc:
+        overrides = config.get("overrides") or []
+        where = f" (with --set {' '.join(overrides)})" if overrides else ""
+        problem = exc.problem if isinstance(exc, InputError) else str(exc)
+        raise InputError(f"bad data section{where}: {problem}", config.get("source")) from exc

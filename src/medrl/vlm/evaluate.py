@@ -184,12 +184,14 @@ def run_evaluate(
 ) -> dict[str, Any]:
     """Evaluate ``model_dir`` on ``split`` of ``data_dir``; write and return the metrics."""
     from medrl.vlm.dataset import load_split
-    from medrl.vlm.train import _dtype, load_model, setup_torch
+    from medrl.vlm.loading import check_processor_size, load_model
+    from medrl.vlm.train import _dtype, setup_torch
 
     device = setup_torch(config, 0, Path(out_dir))
     dataset = load_split(data_dir, split)
     rows = [dataset[i] for i in range(len(dataset) if limit is None else min(limit, len(dataset)))]
-    model, processor = load_model(model_dir, _dtype(config, device))
+    model, processor = load_model(model_dir, _dtype(config, device), config)
+    check_processor_size(processor, dataset, data_dir)
     model.to(device).eval()
     evaluation = config.get("evaluate", {})
     texts = generate(

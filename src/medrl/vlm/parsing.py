@@ -7,13 +7,18 @@ from typing import Any
 
 import numpy as np
 
-THINK_ANSWER = re.compile(r"^\s*<think>.*?</think>\s*<answer>.*?</answer>\s*$", re.DOTALL)
+# Text containing none of the four tags: a think or answer part holds no nested or second tag.
+_UNTAGGED = r"(?:(?!</?think>|</?answer>).)*"
+THINK_ANSWER = re.compile(
+    rf"^\s*<think>{_UNTAGGED}</think>\s*<answer>{_UNTAGGED}</answer>\s*$", re.DOTALL
+)
 _ANSWER = re.compile(r"<answer>(.*?)</answer>", re.DOTALL)
 _NUMBER = r"[-+]?\d+(?:\.\d+)?"
 _FOUR_NUMBERS = re.compile(
     rf"({_NUMBER})[\s,;()\[\]]+({_NUMBER})[\s,;()\[\]]+({_NUMBER})[\s,;()\[\]]+({_NUMBER})"
 )
 _MORE_NUMBERS = re.compile(rf"\s*[,;]?\s*{_NUMBER}")
+_NUMBER_BEFORE = re.compile(rf"{_NUMBER}\s*[,;]?\s*$")
 _LETTER = re.compile(r"(?<![A-Za-z])([A-Z])(?![A-Za-z])")
 
 
@@ -44,7 +49,10 @@ def completion_text(completion: Any) -> str:
 
 
 def has_think_answer_format(text: str) -> bool:
-    """True when the whole text is ``<think>...</think><answer>...</answer>``."""
+    """True when the whole text is one ``<think>...</think>`` then one ``<answer>...</answer>``.
+
+    Neither part may contain a think or answer tag, so a second answer is not this format.
+    """
     return bool(THINK_ANSWER.match(text))
 
 
@@ -73,21 +81,28 @@ def choice_letter(content: str | None, num_options: int = 4) -> tuple[str | None
 
 
 def parse_box(content: str | None) -> np.ndarray | None:
-    """The first four numbers written as a box (``[x1, y1, x2, y2]``, ``(x1,y1),(x2,y2)``).
+    """The first run of exactly four numbers written as a box (``[x1, y1, x2, y2]``,
+    ``(x1,y1),(x2,y2)``).
 
-    Returns None when there are not four numbers in a row, a fifth number follows them
-    (``[1, 2, 3, 4, 5]`` is not a box), they are not finite, or the box is degenerate
+    A run is part of a longer list when a number joins it at either end with only spaces, a
+    comma or a semicolon between (``[1, 2, 3, 4, 5]`` is not a box, nor any four of it); a
+    bracket ends a list, so in ``Box 1 [10, 20, 30, 40]`` the box is ``[10, 20, 30, 40]``.
+    Returns None when no such run exists, or the first one is not finite or degenerate
     (x2 <= x1 or y2 <= y1).
     """
     if content is None:
         return None
-    match = _FOUR_NUMBERS.search(content)
-    if match is None or _MORE_NUMBERS.match(content, match.end()):
-        return None
-    try:
-        box = np.array([float(v) for v in match.groups()], dtype=np.float64)
-    except ValueError:
-        return None
-    if not np.all(np.isfinite(box)) or box[2] <= box[0] or box[3] <= box[1]:
-        return None
-    return box
+    for number in re.finditer(_NUMBER, content):
+        match = _FOUR_NUMBERS.match(content, number.start())
+        if match is None or _NUMBER_BEFORE.search(content[: number.start()]):
+            continue
+        if _MORE_NUMBERS.match(content, match.end()):
+            continue
+        try:
+            box = np.array([float(v) for v in match.groups()], dtype=np.float64)
+        except ValueError:
+            return None
+        if not np.all(np.isfinite(box)) or box[2] <= box[0] or box[3] <= box[1]:
+            return None
+        return box
+    return None

@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from medrl.vlm.boxes import BoxFrame, box_centre, box_iou, clip_box, valid_box
+from medrl.vlm.boxes import BoxFrame, box_area, box_centre, box_iou, clip_box, valid_box
 from medrl.vlm.masks import box_coverage, rle_to_mask
 from medrl.vlm.parsing import (
     answer_content,
@@ -39,7 +39,7 @@ __all__ = [
 ]
 
 MISS_FEEDBACK_MAX = 0.2
-"""Most a box that does not overlap the truth can score in :func:`iou_reward`."""
+"""Most the distance feedback of :func:`spatial_score` can give (a box scores its IoU above it)."""
 
 
 def _column(columns: dict[str, Any], name: str, n: int) -> list[Any]:
@@ -107,13 +107,21 @@ def predicted_box_px(completion: Any, frame: BoxFrame) -> np.ndarray | None:
 def spatial_score(
     pred_px: Sequence[float], true_px: Sequence[float], image_size: Sequence[int]
 ) -> float:
-    """IoU when the boxes overlap; otherwise ``0.2 * (1 - d / diagonal)``, d = centre distance."""
+    """``max(IoU, feedback)``: continuous and monotone as a box slides onto the truth.
+
+    ``feedback = 0.2 * max(0, 1 - d / diagonal) * min(a, t) / max(a, t)``, d the distance
+    between the box centres, a and t the areas of the predicted and true boxes. It applies to
+    every box, overlapping or not, so the score does not drop at the first overlap; the area
+    ratio keeps a box of the wrong size (the whole image, a dot on the centre) from collecting
+    the feedback by its centre alone.
+    """
     iou = box_iou(pred_px, true_px)
-    if iou > 0:
-        return iou
     distance = float(np.linalg.norm(box_centre(pred_px) - box_centre(true_px)))
     diagonal = math.hypot(float(image_size[0]), float(image_size[1]))
-    return MISS_FEEDBACK_MAX * max(0.0, 1.0 - distance / diagonal)
+    areas = box_area(pred_px), box_area(true_px)
+    size_match = min(areas) / max(areas) if max(areas) > 0 else 0.0
+    feedback = MISS_FEEDBACK_MAX * max(0.0, 1.0 - distance / diagonal) * size_match
+    return max(iou, feedback)
 
 
 def _frame(box_format: Any, image_size: Any, model_size: Any) -> BoxFrame | None:
@@ -126,7 +134,9 @@ def _frame(box_format: Any, image_size: Any, model_size: Any) -> BoxFrame | None
 def iou_reward(
     prompts: Sequence[Any], completions: Sequence[Any], **columns: Any
 ) -> list[float | None]:
-    """Continuous IoU of the predicted and true boxes, graded by centre distance on a miss.
+    """IoU of the predicted and true boxes, or centre-distance feedback where it is higher.
+
+    See :func:`spatial_score`.
 
     Rows without a true box (VQA) get None; a missing or malformed box scores 0.
     """

@@ -77,7 +77,12 @@ class TaskConfig:
             raise InputError("question_weights must have a positive weight")
         if min(self.image_width, self.image_height) < 28 or self.pixel_mm <= 0:
             raise InputError("image_width/height must be >= 28 px and pixel_mm > 0")
-        BoxFrame.for_model(self.box_format, (self.image_width, self.image_height))
+        if not 0 < self.min_pixels <= self.max_pixels:
+            raise InputError("need 0 < min_pixels <= max_pixels")
+        try:
+            _ = self.frame
+        except ValueError as exc:  # unknown box format, extreme aspect ratio
+            raise InputError(str(exc)) from exc
 
     @property
     def frame(self) -> BoxFrame:
@@ -336,7 +341,12 @@ def generate_item(
     stream: int = 0,
     max_tries: int = 50,
 ) -> dict[str, Any]:
-    """Item ``index`` of stream ``stream`` seeded by ``seed``: same inputs, same item."""
+    """Item ``index`` of stream ``stream`` seeded by ``seed``: same inputs, same item.
+
+    Raises:
+        InputError: no item of the drawn question type in ``max_tries`` random slices (the
+            data settings make it impossible or rare); the message names the settings to change.
+    """
     rng = np.random.default_rng([seed, stream, index])
     types = list(config.question_weights)
     weights = np.array([config.question_weights[t] for t in types], dtype=np.float64)
@@ -351,4 +361,17 @@ def generate_item(
         if item is not None:
             item["item_id"] = f"{anatomy.template}-{seed}-{stream}-{index}"
             return item
-    raise RuntimeError(f"no {question_type} item found in {max_tries} random slices")
+    if question_type == "ground_landmark":
+        hint = (
+            "a landmark box must fit in the image: lower data.landmark_box_mm or enlarge "
+            "data.image_width/image_height/pixel_mm"
+        )
+    else:
+        hint = (
+            f"no structure had data.min_structure_px = {config.min_structure_px} pixels: lower "
+            "it or enlarge data.image_width/image_height/pixel_mm"
+        )
+    raise InputError(
+        f"no {question_type} item found in {max_tries} random slices; {hint}, or give "
+        f"{question_type} weight 0 in data.question_weights"
+    )

@@ -13,9 +13,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from medrl.errors import CheckpointError, InputError
+from medrl.errors import InputError
 from medrl.vlm import rewards
 from medrl.vlm.dataset import load_split, read_meta
+from medrl.vlm.loading import check_processor_size, load_processor, load_weights
 from medrl.vlm.tiny_model import SIZES, build_model_dir, corpus_from_items
 
 REWARD_FUNCS = {
@@ -49,18 +50,6 @@ def _dtype(config: dict[str, Any], device: str) -> Any:
     return {"bfloat16": torch.bfloat16, "float16": torch.float16}.get(name, torch.float32)
 
 
-def load_model(model_dir: str | Path, dtype: Any = None) -> tuple[Any, Any]:
-    """(model, processor) from a folder or hub id in the local cache; never downloads."""
-    from transformers import AutoModelForImageTextToText, AutoProcessor
-
-    try:
-        processor = AutoProcessor.from_pretrained(str(model_dir))
-        model = AutoModelForImageTextToText.from_pretrained(str(model_dir), dtype=dtype)
-    except (OSError, ValueError) as exc:
-        raise CheckpointError(f"cannot load a vision-language model: {exc}", model_dir) from exc
-    return model, processor
-
-
 def _lora_config(config: dict[str, Any]) -> Any:
     model_cfg = config["model"]
     if not model_cfg.get("lora"):
@@ -91,10 +80,17 @@ def _load_for_resume(
     names (``visual.*``), which transformers 5.23 does not map back (``model.visual.*``):
     the weights would silently stay as they were. ``from_pretrained`` maps them, so the
     model is loaded from the checkpoint and the trainer restores optimizer and schedule.
+    TRL 1.16's ``GRPOTrainer`` builds the KL reference model (beta > 0) from
+    ``model.config._name_or_path``, so that is set back to the start model: the reference
+    stays the model GRPO started from, not the checkpoint. The processor always comes from
+    the start model, resizing as the config's ``data`` section says.
     """
-    model, processor = load_model(start, dtype)
+    processor = load_processor(start, config)
     if checkpoint is not None and not config["model"].get("lora"):
-        model, _ = load_model(checkpoint, dtype)
+        model = load_weights(checkpoint, dtype)
+        model.config._name_or_path = str(start)
+    else:
+        model = load_weights(start, dtype)
     return model, processor
 
 
@@ -144,6 +140,7 @@ def run_sft(
         init = str(init_dir)
     checkpoint = _last_checkpoint(run / "checkpoints")
     model, processor = _load_for_resume(config, init, checkpoint, _dtype(config, device))
+    check_processor_size(processor, train, data_dir)
     sft = config["sft"]
     args = SFTConfig(
         output_dir=str(run / "checkpoints"),
@@ -306,6 +303,7 @@ def run_grpo(
     train = train.remove_columns(["completion"])
     checkpoint = _last_checkpoint(run / "checkpoints")
     model, processor = _load_for_resume(config, model_dir, checkpoint, _dtype(config, device))
+    check_processor_size(processor, train, data_dir)
     processor.tokenizer.padding_side = "left"
     args = grpo_args(config, run, seed, device)
     funcs = [REWARD_FUNCS[name] for name in config["grpo"]["reward_weights"]]
