@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import statistics
+import tempfile
 import time
 from collections.abc import Callable
 
@@ -34,3 +35,21 @@ def median_seconds(fn: Callable[[], object], repeats: int = 5, warmup: int = 1) 
 
 def set_threads(threads: int) -> None:
     torch.set_num_threads(threads)
+
+
+def collect_and_learn_seconds(config: Config, repeats: int) -> tuple[float, float]:
+    """Median seconds of one batched env step (``collect``) and of one update (``learn``)
+    on the built-in training scans, after 40 steps that fill the replay."""
+    from medrl.agents.dqn import Trainer
+
+    config = config.with_overrides(["agent.learning_starts=0"])
+    scans, targets, names = builtin_training_scans(config)
+    with tempfile.TemporaryDirectory() as run_dir:
+        trainer = Trainer(
+            config, run_dir, scans=scans, targets=targets, names=names, descriptions=names
+        )
+        for _ in range(40):
+            trainer.collect()
+        collect = median_seconds(trainer.collect, repeats=repeats)
+        learn = median_seconds(trainer.learn, repeats=repeats)
+    return collect, learn

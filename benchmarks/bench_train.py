@@ -6,12 +6,10 @@ python benchmarks/bench_train.py [--threads 2]
 from __future__ import annotations
 
 import argparse
-import tempfile
 from importlib import resources
 from pathlib import Path
 
-from benchmarks._common import builtin_training_scans, median_seconds, set_threads
-from medrl.agents.dqn import Trainer
+from benchmarks._common import collect_and_learn_seconds, set_threads
 from medrl.config import load_config
 
 
@@ -23,15 +21,7 @@ def main() -> None:
     set_threads(args.threads)
     preset = Path(str(resources.files("medrl") / "configs" / "afids.yaml"))
     config = load_config(preset, [f"train.device={args.device}", "agent.learning_starts=0"])
-    scans, targets, names = builtin_training_scans(config)
-    with tempfile.TemporaryDirectory() as run_dir:
-        trainer = Trainer(
-            config, run_dir, scans=scans, targets=targets, names=names, descriptions=names
-        )
-        for _ in range(40):
-            trainer.collect()
-        collect = median_seconds(trainer.collect, repeats=20)
-        learn = median_seconds(trainer.learn, repeats=20)
+    collect, learn = collect_and_learn_seconds(config, repeats=20)
     n = config.train.num_envs
     print("| measure | value |")
     print("|---|---:|")

@@ -11,14 +11,12 @@ python -m benchmarks.bench_validation [--threads 2] [--device cpu]
 from __future__ import annotations
 
 import argparse
-import tempfile
 import time
 from importlib import resources
 from pathlib import Path
 
-from benchmarks._common import builtin_training_scans, median_seconds, set_threads
+from benchmarks._common import collect_and_learn_seconds, median_seconds, set_threads
 from medrl.agents.checkpoint import load_model
-from medrl.agents.dqn import Trainer
 from medrl.agents.validation import Validator
 from medrl.config import Config, load_config
 from medrl.predict import default_model_dir
@@ -56,16 +54,7 @@ def main() -> None:
 
 
 def _training_step_seconds(config: Config) -> float:
-    config = config.with_overrides(["agent.learning_starts=0"])
-    scans, targets, names = builtin_training_scans(config)
-    with tempfile.TemporaryDirectory() as run_dir:
-        trainer = Trainer(
-            config, run_dir, scans=scans, targets=targets, names=names, descriptions=names
-        )
-        for _ in range(40):
-            trainer.collect()
-        collect = median_seconds(trainer.collect, repeats=10)
-        learn = median_seconds(trainer.learn, repeats=10)
+    collect, learn = collect_and_learn_seconds(config, repeats=10)
     return collect + config.agent.updates_per_step * learn
 
 

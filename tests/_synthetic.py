@@ -180,3 +180,18 @@ def ramp_volume(
     return Volume(
         array.astype(np.float32), empty.spacing_mm, empty.origin_lps, empty.direction_lps, "ramp"
     )
+
+
+def write_untrained_model(folder: Path) -> Path:
+    """An untrained smoke-preset model for the blob landmarks (seeded), saved in ``folder``."""
+    import torch
+
+    import medrl
+    from medrl.agents.checkpoint import build_network, save_model_files
+    from medrl.config import load_config
+
+    torch.manual_seed(0)
+    config = load_config(Path(medrl.__file__).parent / "configs" / "smoke.yaml")
+    network = build_network(config, len(BLOB_NAMES))
+    save_model_files(folder, network, config, BLOB_NAMES, ("a", "b", "c"), {})
+    return folder

@@ -13,11 +13,10 @@ import torch
 import yaml
 
 import medrl
-from _synthetic import BLOB_NAMES, blob_volume
-from medrl.agents.checkpoint import build_network, load_model, save_model_files
+from _synthetic import BLOB_NAMES, blob_volume, write_untrained_model
+from medrl.agents.checkpoint import load_model
 from medrl.agents.search import search
 from medrl.cli import main
-from medrl.config import load_config
 from medrl.evaluation import move_case, random_rigid
 from medrl.io.images import Volume, read_image, write_image
 from medrl.io.landmarks import Landmarks, read_landmarks, write_landmarks
@@ -57,12 +56,7 @@ def data(tmp_path_factory) -> dict[str, Path]:
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory) -> Path:
     """An untrained model folder (enough for the error paths)."""
-    torch.manual_seed(0)
-    config = load_config(SMOKE)
-    folder = tmp_path_factory.mktemp("model")
-    network = build_network(config, len(BLOB_NAMES))
-    save_model_files(folder, network, config, BLOB_NAMES, ("a", "b", "c"), {})
-    return folder
+    return write_untrained_model(tmp_path_factory.mktemp("model"))
 
 
 @pytest.fixture

@@ -11,10 +11,8 @@ import pytest
 import torch
 
 import medrl
-from _synthetic import BLOB_NAMES, blob_volume, write_dicom_series
-from medrl.agents.checkpoint import build_network, save_model_files
+from _synthetic import BLOB_NAMES, blob_volume, write_dicom_series, write_untrained_model
 from medrl.cli import main
-from medrl.config import load_config
 from medrl.errors import InputError
 from medrl.io.images import write_image
 from medrl.io.landmarks import read_landmarks
@@ -28,12 +26,7 @@ SMOKE = Path(medrl.__file__).parent / "configs" / "smoke.yaml"
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory) -> Path:
     """An untrained model (the pipeline, not the accuracy, is under test here)."""
-    torch.manual_seed(0)
-    config = load_config(SMOKE)
-    folder = tmp_path_factory.mktemp("model")
-    network = build_network(config, len(BLOB_NAMES))
-    save_model_files(folder, network, config, BLOB_NAMES, ("a", "b", "c"), {})
-    return folder
+    return write_untrained_model(tmp_path_factory.mktemp("model"))
 
 
 @pytest.fixture(scope="module")

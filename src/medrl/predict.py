@@ -179,14 +179,7 @@ class ScanPredictor:
 
     def run(self, job: ScanJob, overwrite: bool = False) -> dict[str, Any]:
         """One summary row: ``ok``, ``skipped`` (output exists) or ``failed`` (with reason)."""
-        row: dict[str, Any] = {
-            "scan": job.scan,
-            "image": str(job.image),
-            "output": str(job.output),
-            "seconds": 0.0,
-            "landmarks": "",
-            "error": "",
-        }
+        row = summary_row(job)
         if job.output.is_file() and not overwrite:
             return {**row, "status": SKIPPED}
         started = time.perf_counter()
@@ -203,6 +196,21 @@ class ScanPredictor:
 
 
 # ---------------------------------------------------------------------- summary
+def summary_row(job: ScanJob, status: str = "") -> dict[str, Any]:
+    """A summary row of ``job`` before it runs (no time, landmarks or error yet)."""
+    row: dict[str, Any] = {
+        "scan": job.scan,
+        "image": str(job.image),
+        "output": str(job.output),
+        "seconds": 0.0,
+        "landmarks": "",
+        "error": "",
+    }
+    if status:
+        row["status"] = status
+    return row
+
+
 def write_summary(rows: Sequence[dict[str, Any]], out_dir: str | Path) -> Path:
     """``OUT/summary.csv`` (atomic): one row per scan with status, seconds and error."""
     path = Path(out_dir) / SUMMARY_NAME

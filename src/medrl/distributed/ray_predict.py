@@ -22,6 +22,7 @@ from medrl.predict import (
     ScanPredictor,
     _check_unique,
     finish,
+    summary_row,
 )
 
 
@@ -88,17 +89,7 @@ def predict_with_ray(
     todo: list[dict[str, str]] = []
     for job in jobs:
         if job.output.is_file() and not overwrite:
-            rows.append(
-                {
-                    "scan": job.scan,
-                    "image": str(job.image),
-                    "output": str(job.output),
-                    "status": SKIPPED,
-                    "seconds": 0.0,
-                    "landmarks": "",
-                    "error": "",
-                }
-            )
+            rows.append(summary_row(job, SKIPPED))
         else:
             todo.append(
                 {

@@ -13,7 +13,7 @@ never raise: an unreadable answer scores 0. Columns (see :mod:`medrl.vlm.tasks`)
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -131,6 +131,33 @@ def _frame(box_format: Any, image_size: Any, model_size: Any) -> BoxFrame | None
         return None
 
 
+def _boxed_rows(
+    completions: Sequence[Any],
+    columns: dict[str, Any],
+    target_column: str,
+    applies: Callable[[Any], bool],
+) -> Iterator[tuple[Any, Any, np.ndarray | None]]:
+    """Per completion: its row's ``target_column`` value, the row's box frame and the
+    predicted box in original pixels (None when the frame or the answer is unreadable).
+    Rows where ``applies(target)`` is false yield ``(target, None, None)`` unparsed."""
+    n = len(completions)
+    rows = zip(
+        completions,
+        _column(columns, target_column, n),
+        _column(columns, "box_format", n),
+        _column(columns, "image_size", n),
+        _column(columns, "model_size", n),
+        strict=True,
+    )
+    for completion, target, box_format, image_size, model_size in rows:
+        if not applies(target):
+            yield target, None, None
+            continue
+        frame = _frame(box_format, image_size, model_size)
+        pred = None if frame is None else predicted_box_px(completion, frame)
+        yield target, frame, pred
+
+
 def iou_reward(
     prompts: Sequence[Any], completions: Sequence[Any], **columns: Any
 ) -> list[float | None]:
@@ -140,23 +167,12 @@ def iou_reward(
 
     Rows without a true box (VQA) get None; a missing or malformed box scores 0.
     """
-    n = len(completions)
-    rows = zip(
-        completions,
-        _column(columns, "box_px", n),
-        _column(columns, "box_format", n),
-        _column(columns, "image_size", n),
-        _column(columns, "model_size", n),
-        strict=True,
-    )
     rewards: list[float | None] = []
-    for completion, true_px, box_format, image_size, model_size in rows:
+    for true_px, frame, pred in _boxed_rows(completions, columns, "box_px", _is_grounding):
         if not _is_grounding(true_px):
             rewards.append(None)
-            continue
-        frame = _frame(box_format, image_size, model_size)
-        pred = None if frame is None else predicted_box_px(completion, frame)
-        rewards.append(0.0 if pred is None else spatial_score(pred, true_px, frame.image_size))
+        else:
+            rewards.append(0.0 if pred is None else spatial_score(pred, true_px, frame.image_size))
     return rewards
 
 
@@ -168,22 +184,11 @@ def semantic_reward(
     A box on a neighbouring structure scores low even when it is close; rows without a
     target mask (VQA) get None; a missing or malformed box scores 0.
     """
-    n = len(completions)
-    rows = zip(
-        completions,
-        _column(columns, "target_mask", n),
-        _column(columns, "box_format", n),
-        _column(columns, "image_size", n),
-        _column(columns, "model_size", n),
-        strict=True,
-    )
     rewards: list[float | None] = []
-    for completion, runs, box_format, image_size, model_size in rows:
+    for runs, frame, pred in _boxed_rows(completions, columns, "target_mask", bool):
         if not runs:
             rewards.append(None)
             continue
-        frame = _frame(box_format, image_size, model_size)
-        pred = None if frame is None else predicted_box_px(completion, frame)
         if pred is None:
             rewards.append(0.0)
             continue

@@ -41,6 +41,21 @@ def setup_torch(config: dict[str, Any], seed: int, run: Path) -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
+def _trainer_arguments(config: dict[str, Any], seed: int, device: str) -> dict[str, Any]:
+    """The settings SFT and GRPO share: seeds, device, precision, logging, one checkpoint."""
+    model = config["model"]
+    return {
+        "save_total_limit": 1,
+        "report_to": ["tensorboard"],
+        "seed": seed,
+        "data_seed": seed,
+        "use_cpu": device == "cpu",
+        "bf16": device != "cpu" and model.get("dtype") == "bfloat16",
+        "gradient_checkpointing": bool(model.get("gradient_checkpointing", False)),
+        "dataloader_num_workers": 0,
+    }
+
+
 def _dtype(config: dict[str, Any], device: str) -> Any:
     import torch
 
@@ -154,14 +169,7 @@ def run_sft(
         completion_only_loss=True,
         logging_steps=int(sft.get("logging_steps", 5)),
         save_strategy="epoch",
-        save_total_limit=1,
-        report_to=["tensorboard"],
-        seed=seed,
-        data_seed=seed,
-        use_cpu=device == "cpu",
-        bf16=device != "cpu" and config["model"].get("dtype") == "bfloat16",
-        gradient_checkpointing=bool(config["model"].get("gradient_checkpointing", False)),
-        dataloader_num_workers=0,
+        **_trainer_arguments(config, seed, device),
         disable_tqdm=False,
     )
     columns = ["prompt", "completion", "image"]
@@ -274,15 +282,8 @@ def grpo_args(config: dict[str, Any], run: Path, seed: int, device: str) -> Any:
         num_completions_to_print=2,
         logging_steps=1,
         save_steps=int(grpo.get("save_steps", 20)),
-        save_total_limit=1,
-        report_to=["tensorboard"],
-        seed=seed,
-        data_seed=seed,
-        use_cpu=device == "cpu",
-        bf16=device != "cpu" and config["model"].get("dtype") == "bfloat16",
-        gradient_checkpointing=bool(config["model"].get("gradient_checkpointing", False)),
+        **_trainer_arguments(config, seed, device),
         remove_unused_columns=False,
-        dataloader_num_workers=0,
         **extra,
     )
 
