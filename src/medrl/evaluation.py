@@ -129,10 +129,10 @@ def evaluate(
             volume, moved = move_case(case.volume, case_truth, rigid)
             scan = {**origin, "rigid": rigid_to_dict(rigid)}
             jobs.append((f"{case.case_id}_rigid{trial}", volume, moved, scan))
-    stale = [out_dir / CASES_DIR / f"{case_id}.json" for case_id, _, _, _ in jobs]
-    if (out_dir / CASES_DIR).is_dir():  # records of an earlier evaluation into this folder
+    current = {f"{case_id}.json" for case_id, _, _, _ in jobs}
+    if (out_dir / CASES_DIR).is_dir():  # drop records of an earlier evaluation into this folder
         for path in (out_dir / CASES_DIR).glob("*.json"):
-            if path not in stale:
+            if path.name not in current:
                 path.unlink()
     for index, (case_id, volume, case_truth, scan) in enumerate(jobs):
         if progress:
