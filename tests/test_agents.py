@@ -27,7 +27,7 @@ from medrl.agents.search import search
 from medrl.config import AgentConfig, Config, EnvConfig, load_config
 from medrl.envs.landmark import Poses
 from medrl.envs.pyramid import build_pyramid
-from medrl.errors import CheckpointError
+from medrl.errors import CheckpointError, InputError
 
 # Tiny tensors: torch's thread pool costs far more than it saves here (15x on 2 busy cores).
 torch.set_num_threads(1)
@@ -492,3 +492,34 @@ def test_search_with_a_blob_seeking_agent_finds_the_blob() -> None:
     result = search(model, volume)
     error = float(np.linalg.norm(result.landmarks.points_ras[0] - blob))
     assert error < 2.0, f"found {result.landmarks.points_ras[0]}, blob at {blob}"
+
+
+def test_init_from_starts_a_run_from_a_model_folder(model_dir: Path, tmp_path: Path, case: Case):
+    config = _trainer_config(f"train.init_from={model_dir}", "train.total_steps=2")
+    trainer = _trainer(config, tmp_path / "run", case)
+    shipped = load_model(model_dir).network.state_dict()
+    for name, value in trainer.network.state_dict().items():
+        assert torch.equal(value, shipped[name]), name
+        assert torch.equal(trainer.target.state_dict()[name], shipped[name]), name
+    fresh = _trainer(_trainer_config("train.total_steps=2"), tmp_path / "fresh", case)
+    assert any(not torch.equal(v, shipped[k]) for k, v in fresh.network.state_dict().items())
+
+
+def test_init_from_another_model_is_a_checkpoint_error(
+    model_dir: Path, tmp_path: Path, case: Case
+) -> None:
+    _, scan, blobs = case
+    config = _trainer_config(f"train.init_from={model_dir}")
+    with pytest.raises(CheckpointError, match="landmarks"):
+        Trainer(config, tmp_path / "a", scans=[scan], targets=[blobs], names=("x", "y", "z"))
+    wider = _trainer_config(f"train.init_from={model_dir}", "agent.hidden=48")
+    with pytest.raises(CheckpointError, match="network differs"):
+        _trainer(wider, tmp_path / "b", case)
+    with pytest.raises(CheckpointError, match="does not exist"):
+        _trainer(_trainer_config(f"train.init_from={tmp_path / 'nope'}"), tmp_path / "c", case)
+
+
+def test_float_settings_accept_exponents_without_a_dot() -> None:
+    assert _trainer_config("agent.lr=1e-4").agent.lr == pytest.approx(1e-4)
+    with pytest.raises(InputError, match=r"agent\.lr must be float"):
+        _trainer_config("agent.lr=fast")

@@ -7,6 +7,7 @@ Overrides use dotted keys, for example ``agent.lr=3e-4`` or ``train.total_steps=
 from __future__ import annotations
 
 import dataclasses
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -158,6 +159,10 @@ class TrainConfig:
     """A datalist file, or ``builtin:afids`` for the built-in templates."""
     landmarks: tuple[str, ...] = ()
     """Landmark names to learn (empty: all names of the first training case)."""
+    init_from: str = ""
+    """A model folder (``medrl train`` output or ``default`` for the shipped model) whose
+    weights start a new run: fine-tuning. Its landmarks and network must match this run's.
+    Ignored when the run resumes from its own checkpoint."""
 
 
 @dataclass(frozen=True)
@@ -239,6 +244,9 @@ def _build(cls: type, data: Any, source: str, where: str = "") -> Any:
         raise InputError(f"bad config section {where or 'root'}: {exc}", source) from exc
 
 
+_PLAIN_NUMBER = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?")
+
+
 def _convert(tp: Any, value: Any, source: str, where: str) -> Any:
     origin = typing.get_origin(tp)
     if dataclasses.is_dataclass(tp):
@@ -252,6 +260,8 @@ def _convert(tp: Any, value: Any, source: str, where: str) -> Any:
         return value
     if tp is float and isinstance(value, int | float) and not isinstance(value, bool):
         return float(value)
+    if tp is float and isinstance(value, str) and _PLAIN_NUMBER.fullmatch(value.strip()):
+        return float(value)  # YAML 1.1 reads 1e-4 (no dot) as a string
     if tp in (int, float, str, bool) and not isinstance(value, tp):
         raise InputError(f"{where} must be {tp.__name__}, got {value!r}", source)
     return value

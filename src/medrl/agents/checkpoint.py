@@ -113,3 +113,30 @@ def load_model(folder: str | Path, device: torch.device | str = "cpu") -> Landma
         ) from exc
     network.to(device).eval()
     return LandmarkModel(network, config, names, descriptions, header.get("training", {}))
+
+
+def init_network_from(network: QNetwork, folder: str | Path, names: tuple[str, ...]) -> None:
+    """Copy a model folder's weights into ``network`` (fine-tuning); ``default``: shipped model.
+
+    The model must know the same landmarks, in the same order, and describe the same network
+    (channels, patch, levels, history); anything else is a CheckpointError naming the folder.
+    """
+    if str(folder) == "default":
+        from medrl.predict import default_model_dir
+
+        folder = default_model_dir()
+    model = load_model(folder)
+    if tuple(model.names) != tuple(names):
+        raise CheckpointError(
+            f"train.init_from: the model's landmarks {list(model.names)[:4]}... differ from "
+            f"this run's {list(names)[:4]}... (names and order must match)",
+            folder,
+        )
+    try:
+        network.load_state_dict(model.network.state_dict())
+    except RuntimeError as exc:
+        raise CheckpointError(
+            f"train.init_from: the model's network differs from this run's (compare agent.* "
+            f"and env.* with its model.yaml): {exc}",
+            folder,
+        ) from exc

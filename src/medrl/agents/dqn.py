@@ -29,7 +29,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from medrl.agents.checkpoint import build_network, save_model_files
+from medrl.agents.checkpoint import build_network, init_network_from, save_model_files
 from medrl.agents.losses import all_actions_loss, check_all_actions_supported, sampled_loss
 from medrl.agents.replay import NStepAssembler, PoseReplay, split_poses
 from medrl.config import Config, save_config
@@ -100,6 +100,8 @@ class Trainer:
             scans, targets, config.env, config.augment, train.num_envs, self.device, env_seed
         )
         self.network = build_network(config, len(self.names)).to(self.device)
+        if train.init_from:
+            init_network_from(self.network, train.init_from, self.names)
         dist.broadcast_parameters(self.network)
         self.target = copy.deepcopy(self.network).eval()
         self.optimizer = torch.optim.Adam(
