@@ -17,7 +17,7 @@ from _synthetic import BLOB_NAMES, blob_volume, write_untrained_model
 from medrl.agents.checkpoint import load_model
 from medrl.agents.search import search
 from medrl.cli import main
-from medrl.evaluation import move_case, random_rigid
+from medrl.evaluation import deform_case, move_case, random_rigid
 from medrl.io.images import Volume, read_image, write_image
 from medrl.io.landmarks import Landmarks, read_landmarks, write_landmarks
 
@@ -212,24 +212,53 @@ def test_train_datalist_file_missing(tmp_path: Path, capsys) -> None:
 
 
 # ------------------------------------------------------------------------ evaluation
+def _assert_blob_peaks_at(volume: Volume, points_ras: np.ndarray) -> None:
+    """Each blob's intensity centroid (within 6 mm) lies within 0.3 mm of its landmark."""
+    k, j, i = np.indices(volume.array.shape)
+    index = np.stack([i, j, k], axis=-1).reshape(-1, 3).astype(np.float64)
+    ras = volume.index_to_world(index)
+    values = volume.array.reshape(-1).astype(np.float64)
+    for point in points_ras:
+        near = np.linalg.norm(ras - point, axis=1) < 6.0
+        centroid = (ras[near] * values[near, None]).sum(0) / values[near].sum()
+        assert np.linalg.norm(centroid - point) < 0.3
+
+
 def test_rigid_move_of_a_case_moves_its_landmarks_with_the_image() -> None:
     """evaluate's rigid moves: each blob peak of the moved scan is at its moved landmark."""
     volume, blobs = blob_volume(noise=0.0, sigma_mm=3.0)
     landmarks = Landmarks(BLOB_NAMES, blobs)
-    k, j, i = np.indices(volume.array.shape)
-    index = np.stack([i, j, k], axis=-1).reshape(-1, 3).astype(np.float64)
     for seed in range(2):
         rigid = random_rigid(seed, 15.0, 20.0)
         moved_volume, moved = move_case(volume, landmarks, rigid)
         assert moved.names == BLOB_NAMES
         shift = np.linalg.norm(moved.points_ras - blobs, axis=1)
         assert shift.min() > 2.0  # the move is not trivial
-        ras = moved_volume.index_to_world(index)
-        values = moved_volume.array.reshape(-1).astype(np.float64)
-        for point in moved.points_ras:
-            near = np.linalg.norm(ras - point, axis=1) < 6.0
-            centroid = (ras[near] * values[near, None]).sum(0) / values[near].sum()
-            assert np.linalg.norm(centroid - point) < 0.3
+        _assert_blob_peaks_at(moved_volume, moved.points_ras)
+
+
+def test_elastic_warp_of_a_case_moves_its_landmarks_with_the_image() -> None:
+    """evaluate --elastic-mm: a non-affine warp, and each blob peak is at its moved landmark."""
+    volume, blobs = blob_volume(noise=0.0, sigma_mm=3.0)
+    landmarks = Landmarks(BLOB_NAMES, blobs)
+    warped, moved = deform_case(volume, landmarks, elastic_mm=6.0, seed=3)
+    shifts = moved.points_ras - blobs
+    assert np.linalg.norm(shifts, axis=1).min() > 0.5  # every blob moved ...
+    assert np.linalg.norm(shifts - shifts.mean(0), axis=1).max() > 0.5  # ... and not rigidly
+    _assert_blob_peaks_at(warped, moved.points_ras)
+    same, unmoved = deform_case(volume, landmarks, elastic_mm=0.0, seed=3)
+    np.testing.assert_allclose(unmoved.points_ras, blobs, atol=1e-4)
+    np.testing.assert_allclose(same.array, volume.array, atol=1e-2)
+
+
+@pytest.mark.parametrize(
+    "args", [["--elastic-mm", "-1"], ["--elastic-mm", "3", "--rigid-trials", "0"]]
+)
+def test_evaluate_rejects_bad_elastic_settings(tmp_path: Path, args: list[str], capsys) -> None:
+    out = tmp_path / "evaluation"
+    assert main(["evaluate", *args, "--out", str(out)]) == 2
+    assert "--elastic-mm" in capsys.readouterr().err
+    assert not out.exists()
 
 
 def _train(data: dict[str, Path], run_dir: Path, *overrides: str) -> int:

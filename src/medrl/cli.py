@@ -7,7 +7,7 @@ import shlex
 import sys
 from pathlib import Path
 
-from medrl.errors import MedrlError
+from medrl.errors import InputError, MedrlError
 
 DEMO_CONFIG = "afids"
 
@@ -57,6 +57,10 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from medrl.evaluation import evaluate, print_tables
     from medrl.predict import default_model_dir
 
+    if not 0.0 <= args.elastic_mm <= 10.0:
+        raise InputError(f"--elastic-mm must be between 0 and 10 mm, not {args.elastic_mm}")
+    if args.elastic_mm > 0 and args.rigid_trials < 1:
+        raise InputError("--elastic-mm warps the moved scans: it needs --rigid-trials 1 or more")
     model = load_model(args.model or default_model_dir(), args.device)
     datalist = args.datalist or model.config.train.datalist
     test_cases = load_split(datalist, args.split)
@@ -73,6 +77,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         include_unmoved=args.include_unmoved,
         device=args.device,
         num_starts=args.starts,
+        elastic_mm=args.elastic_mm,
     )
     print_tables(tables)
     print(f"\ntables written to {args.out}", file=sys.stderr)
@@ -160,6 +165,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     evaluate.add_argument("--max-rotation-deg", type=float, default=15.0)
     evaluate.add_argument("--max-translation-mm", type=float, default=20.0)
+    evaluate.add_argument(
+        "--elastic-mm",
+        type=float,
+        default=0.0,
+        help="also warp each moved scan by a smooth non-affine field of this amplitude (mm)",
+    )
     evaluate.add_argument("--include-unmoved", action="store_true")
     evaluate.add_argument("--seed", type=int, default=1000)
     _add_search_options(evaluate)

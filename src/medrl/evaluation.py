@@ -3,7 +3,8 @@
 The built-in templates share MNI space, so an unmoved test image only measures memorised
 coordinates. Each test scan is therefore also evaluated under random rigid transforms
 (``rigid_trials`` of them): the image content is resampled through the transform and the
-true landmarks are moved with it.
+true landmarks are moved with it. With ``elastic_mm`` > 0 every moved scan is first warped
+by a smooth non-affine field (:func:`deform_case`), which no affine registration can follow.
 """
 
 from __future__ import annotations
@@ -17,10 +18,18 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 import torch
+from scipy import ndimage
 
 from medrl.agents.checkpoint import LandmarkModel
 from medrl.agents.search import SearchResult, level_paths, search
 from medrl.baselines.registration import propagate_landmarks
+from medrl.config import AugmentConfig
+from medrl.data.augment import (
+    inverse_transform_points,
+    sample_params,
+    stack_params,
+    transform_points,
+)
 from medrl.data.datalist import Case
 from medrl.io.images import Volume
 from medrl.io.landmarks import Landmarks, write_landmarks
@@ -45,6 +54,12 @@ class RigidTransform:
     rotation_axis: np.ndarray
     rotation_deg: float
     translation_mm: np.ndarray  # RAS
+
+    def rotation_ras(self) -> np.ndarray:
+        """The 3x3 rotation matrix (Rodrigues) in RAS."""
+        axis, angle = self.rotation_axis, np.deg2rad(self.rotation_deg)
+        k = np.array([[0, -axis[2], axis[1]], [axis[2], 0, -axis[0]], [-axis[1], axis[0], 0]])
+        return np.eye(3) + np.sin(angle) * k + (1 - np.cos(angle)) * (k @ k)
 
 
 def random_rigid(seed: int, max_rotation_deg: float, max_translation_mm: float) -> RigidTransform:
@@ -74,9 +89,7 @@ def move_case(
     centre_index = (np.asarray(volume.shape_xyz, dtype=np.float64) - 1) / 2
     centre_ras = volume.index_to_world(centre_index[None], "RAS")[0]
     # Rotation matrix in RAS, then in LPS (F R F with F = diag(-1, -1, 1)).
-    axis, angle = rigid.rotation_axis, np.deg2rad(rigid.rotation_deg)
-    k = np.array([[0, -axis[2], axis[1]], [axis[2], 0, -axis[0]], [-axis[1], axis[0], 0]])
-    rotation_ras = np.eye(3) + np.sin(angle) * k + (1 - np.cos(angle)) * (k @ k)
+    rotation_ras = rigid.rotation_ras()
     rotation_lps = np.diag(flip) @ rotation_ras @ np.diag(flip)
     # SimpleITK resampling wants output point -> input point, i.e. the inverse motion.
     inverse = sitk.AffineTransform(3)
@@ -95,6 +108,46 @@ def move_case(
     )
 
 
+def deform_case(
+    volume: Volume, landmarks: Landmarks, elastic_mm: float, seed: int
+) -> tuple[Volume, Landmarks]:
+    """Warp the anatomy by a smooth non-affine field; landmarks move with it exactly.
+
+    The field is the training augmentation's elastic displacement alone (``elastic_mm``
+    amplitude, no affine part, no intensity change): ``I'(x) = I(x + d(x))``, resampled
+    (linear) on the scan's own grid, and a landmark ``l`` moves to the ``y`` with
+    ``y + d(y) = l``. It stands in for anatomy that no affine map can match, as in another
+    subject's brain.
+    """
+    spatial = AugmentConfig(
+        rotation_deg=0.0, scale=0.0, anisotropic_scale=0.0, translation_mm=0.0,
+        elastic_mm=elastic_mm, gamma=0.0, contrast=0.0, bias_field=0.0, noise_std=0.0,
+    )  # fmt: skip
+    centre_index = (np.asarray(volume.shape_xyz, dtype=np.float64) - 1) / 2
+    centre_ras = volume.index_to_world(centre_index[None], "RAS")[0]
+    params = stack_params([sample_params(spatial, seed, centre_ras)])
+    nz, ny, nx = volume.array.shape
+    index = np.stack(np.meshgrid(np.arange(nx), np.arange(ny), np.arange(nz), indexing="ij"), -1)
+    index = index.transpose(2, 1, 0, 3).reshape(-1, 3)  # (z, y, x) order, (i, j, k) columns
+    grid_ras = torch.as_tensor(volume.index_to_world(index, "RAS"), dtype=torch.float32)
+    sampled_ras = transform_points(params, grid_ras[None])[0].numpy()
+    sample_index = volume.world_to_index(sampled_ras.astype(np.float64), "RAS")
+    coordinates = sample_index[:, ::-1].T.reshape(3, nz, ny, nx)  # (z, y, x) axes
+    warped = ndimage.map_coordinates(
+        volume.array, coordinates, order=1, mode="constant", cval=float(volume.array.min())
+    )
+    points = torch.tensor(landmarks.points_ras, dtype=torch.float32)[None]
+    moved = inverse_transform_points(params, points)[0].numpy().astype(np.float64)
+    deformed = Volume(
+        warped.astype(np.float32),
+        volume.spacing_mm,
+        volume.origin_lps,
+        volume.direction_lps,
+        source=f"{volume.source} (elastically deformed)",
+    )
+    return deformed, Landmarks(landmarks.names, moved, landmarks.descriptions)
+
+
 def evaluate(
     model: LandmarkModel,
     test_cases: list[Case],
@@ -108,8 +161,13 @@ def evaluate(
     device: str = "cpu",
     progress: bool = True,
     num_starts: int | None = None,
+    elastic_mm: float = 0.0,
 ) -> dict:
-    """Run agent and baseline on every test case (moved ``rigid_trials`` times); write tables."""
+    """Run agent and baseline on every test case (moved ``rigid_trials`` times); write tables.
+
+    ``elastic_mm`` > 0 warps each moved scan first (:func:`deform_case`, seeded like the
+    rigid move) and names the scans ``<case>_elastic<trial>`` instead of ``_rigid<trial>``.
+    """
     out_dir = Path(out_dir)
     truth: dict[str, Landmarks] = {}
     results: dict[str, dict[str, Landmarks]] = {AGENT: {}, BASELINE: {}}
@@ -126,9 +184,13 @@ def evaluate(
             jobs.append((case.case_id, case.volume, case_truth, {**origin, "rigid": None}))
         for trial in range(rigid_trials):
             rigid = random_rigid(seed + trial, max_rotation_deg, max_translation_mm)
-            volume, moved = move_case(case.volume, case_truth, rigid)
-            scan = {**origin, "rigid": rigid_to_dict(rigid)}
-            jobs.append((f"{case.case_id}_rigid{trial}", volume, moved, scan))
+            volume, moved, kind = case.volume, case_truth, "rigid"
+            if elastic_mm > 0:
+                volume, moved = deform_case(volume, moved, elastic_mm, seed + trial)
+                kind = "elastic"
+            volume, moved = move_case(volume, moved, rigid)
+            scan = {**origin, "rigid": rigid_to_dict(rigid), "elastic_mm": elastic_mm}
+            jobs.append((f"{case.case_id}_{kind}{trial}", volume, moved, scan))
     current = {f"{case_id}.json" for case_id, _, _, _ in jobs}
     if (out_dir / CASES_DIR).is_dir():  # drop records of an earlier evaluation into this folder
         for path in (out_dir / CASES_DIR).glob("*.json"):
@@ -169,6 +231,7 @@ def evaluate(
         "rigid_trials": rigid_trials,
         "max_rotation_deg": max_rotation_deg,
         "max_translation_mm": max_translation_mm,
+        "elastic_mm": elastic_mm,
         "seed": seed,
     }
     with atomic_open(out_dir / "summary.json") as handle:
