@@ -242,3 +242,21 @@ def test_scalars_of_a_resumed_run_and_the_evaluation_curve(tmp_path: Path) -> No
     png = training_curves(scalars)
     assert png is not None and Image.open(io.BytesIO(png)).size[0] > 300
     assert training_curves({}) is None
+
+
+def test_report_rebuilds_a_warped_and_moved_scan_as_evaluate_made_it(tmp_path: Path) -> None:
+    from medrl.evaluation import deform_case, move_case, random_rigid, rigid_to_dict
+    from medrl.report.slices import rebuild_scan
+
+    volume, blobs = blob_volume(noise=0.0, sigma_mm=3.0)
+    path = tmp_path / "blobs.nii.gz"
+    write_image(volume, path)
+    landmarks = Landmarks(BLOB_NAMES, blobs)
+    rigid = random_rigid(4, 15.0, 20.0)
+    warped, _ = deform_case(volume, landmarks, elastic_mm=5.0, seed=7)
+    expected, _ = move_case(warped, landmarks, rigid)
+    scan = {"image": str(path), "elastic": {"elastic_mm": 5.0, "seed": 7}}
+    rebuilt = rebuild_scan({"scan": {**scan, "rigid": rigid_to_dict(rigid)}}, {})
+    np.testing.assert_allclose(rebuilt.volume.array, expected.array, atol=1e-2)
+    rigid_only, _ = move_case(volume, landmarks, rigid)
+    assert np.abs(rigid_only.array - expected.array).max() > 50  # the warp is visible

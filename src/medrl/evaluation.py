@@ -184,12 +184,13 @@ def evaluate(
             jobs.append((case.case_id, case.volume, case_truth, {**origin, "rigid": None}))
         for trial in range(rigid_trials):
             rigid = random_rigid(seed + trial, max_rotation_deg, max_translation_mm)
-            volume, moved, kind = case.volume, case_truth, "rigid"
+            volume, moved, kind, warp = case.volume, case_truth, "rigid", None
             if elastic_mm > 0:
-                volume, moved = deform_case(volume, moved, elastic_mm, seed + trial)
+                warp = {"elastic_mm": elastic_mm, "seed": seed + trial}
+                volume, moved = deform_case(volume, moved, **warp)
                 kind = "elastic"
             volume, moved = move_case(volume, moved, rigid)
-            scan = {**origin, "rigid": rigid_to_dict(rigid), "elastic_mm": elastic_mm}
+            scan = {**origin, "elastic": warp, "rigid": rigid_to_dict(rigid)}
             jobs.append((f"{case.case_id}_{kind}{trial}", volume, moved, scan))
     current = {f"{case_id}.json" for case_id, _, _, _ in jobs}
     if (out_dir / CASES_DIR).is_dir():  # drop records of an earlier evaluation into this folder

@@ -139,6 +139,8 @@ def _scan_section(
         if rigid
         else "unmoved"
     )
+    if record["scan"].get("elastic"):
+        moved = f"warped by a {record['scan']['elastic']['elastic_mm']:g} mm elastic field, {moved}"
     parts.append(f'<p class="note">image {_esc(record["scan"]["image"])} ({moved})</p>')
     try:
         scan = rebuild_scan(record, cache)

@@ -52,8 +52,8 @@ class ScanImage:
 
 
 def rebuild_scan(record: dict[str, Any], cache: dict[str, Volume]) -> ScanImage:
-    """The evaluated image of a case record: its source image, rigidly moved as evaluate did."""
-    from medrl.evaluation import move_case, rigid_from_dict
+    """The evaluated image of a case record: its source image, warped and moved as evaluate did."""
+    from medrl.evaluation import deform_case, move_case, rigid_from_dict
 
     scan = record["scan"]
     image = str(scan["image"])
@@ -61,8 +61,10 @@ def rebuild_scan(record: dict[str, Any], cache: dict[str, Volume]) -> ScanImage:
         cache.clear()  # keep one source image in memory
         cache[image] = read_image(image)
     volume = cache[image]
+    anchor = Landmarks(("anchor",), np.zeros((1, 3)))
+    if scan.get("elastic"):
+        volume, _ = deform_case(volume, anchor, **scan["elastic"])
     if scan.get("rigid"):
-        anchor = Landmarks(("anchor",), np.zeros((1, 3)))
         volume, _ = move_case(volume, anchor, rigid_from_dict(scan["rigid"]))
     return ScanImage.from_volume(volume)
 
