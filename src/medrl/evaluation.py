@@ -77,6 +77,11 @@ def random_rigid(seed: int, max_rotation_deg: float, max_translation_mm: float) 
     )
 
 
+def _grid_centre_ras(volume: Volume) -> np.ndarray:
+    centre_index = (np.asarray(volume.shape_xyz, dtype=np.float64) - 1) / 2
+    return volume.index_to_world(centre_index[None], "RAS")[0]
+
+
 def move_case(
     volume: Volume, landmarks: Landmarks, rigid: RigidTransform
 ) -> tuple[Volume, Landmarks]:
@@ -86,8 +91,7 @@ def move_case(
     scan centre c and shifted by t (world RAS), resampled (linear) on the original grid.
     """
     flip = np.array([-1.0, -1.0, 1.0])
-    centre_index = (np.asarray(volume.shape_xyz, dtype=np.float64) - 1) / 2
-    centre_ras = volume.index_to_world(centre_index[None], "RAS")[0]
+    centre_ras = _grid_centre_ras(volume)
     # Rotation matrix in RAS, then in LPS (F R F with F = diag(-1, -1, 1)).
     rotation_ras = rigid.rotation_ras()
     rotation_lps = np.diag(flip) @ rotation_ras @ np.diag(flip)
@@ -123,8 +127,7 @@ def deform_case(
         rotation_deg=0.0, scale=0.0, anisotropic_scale=0.0, translation_mm=0.0,
         elastic_mm=elastic_mm, gamma=0.0, contrast=0.0, bias_field=0.0, noise_std=0.0,
     )  # fmt: skip
-    centre_index = (np.asarray(volume.shape_xyz, dtype=np.float64) - 1) / 2
-    centre_ras = volume.index_to_world(centre_index[None], "RAS")[0]
+    centre_ras = _grid_centre_ras(volume)
     params = stack_params([sample_params(spatial, seed, centre_ras)])
     nz, ny, nx = volume.array.shape
     index = np.stack(np.meshgrid(np.arange(nx), np.arange(ny), np.arange(nz), indexing="ij"), -1)
