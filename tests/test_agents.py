@@ -523,3 +523,14 @@ def test_float_settings_accept_exponents_without_a_dot() -> None:
     assert _trainer_config("agent.lr=1e-4").agent.lr == pytest.approx(1e-4)
     with pytest.raises(InputError, match=r"agent\.lr must be float"):
         _trainer_config("agent.lr=fast")
+
+
+def test_a_resumed_run_takes_the_learning_rate_set_now(tmp_path: Path, case: Case) -> None:
+    """Resuming with another agent.lr (annealing by hand) must use it, not the checkpoint's."""
+    first = _trainer(_trainer_config(), tmp_path / "run", case)
+    first.run(progress=False, stop_after=12)
+    assert first.updates > 0
+    resumed = _trainer(_trainer_config("agent.lr=1e-5"), tmp_path / "run", case)
+    assert resumed.load_checkpoint()
+    assert [g["lr"] for g in resumed.optimizer.param_groups] == [pytest.approx(1e-5)]
+    assert resumed.optimizer.state  # the Adam moments did come from the checkpoint

@@ -472,6 +472,8 @@ class Trainer:
             self.network.load_state_dict(state["network"])
             self.target.load_state_dict(state["target"])
             self.optimizer.load_state_dict(state["optimizer"])
+            for group in self.optimizer.param_groups:  # a resumed run takes agent.lr as set now
+                group["lr"] = self.config.agent.lr
             self.replay.load(folder / "replay.npz")
         except CheckpointError:
             raise
