@@ -191,6 +191,9 @@ def _run_facts(data: ReportData) -> str:
                 f"(seed {summary['seed']})",
             )
         )
+    if summary.get("elastic_mm"):
+        warp = f"{summary['elastic_mm']:g} mm elastic field on every moved scan (same seeds)"
+        facts.append(("non-affine warp", warp))
     rows = "".join(f'<tr><th>{_esc(k)}</th><td class="text">{_esc(v)}</td></tr>' for k, v in facts)
     return f"<table>{rows}</table>"
 
