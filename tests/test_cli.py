@@ -366,3 +366,14 @@ def test_train_predict_evaluate_end_to_end(data: dict[str, Path], tmp_path: Path
         assert np.isfinite(float(row["mean_mm"]))
     # Both methods ran on the moved test scan; predictions were kept.
     assert (evaluation / "predictions" / "test_rigid0.fcsv").is_file()
+
+    # The same with a non-affine warp of the moved scan: other truth, the warp on record.
+    warped = tmp_path / "evaluation_elastic"
+    assert main([*argv, "--rigid-trials", "1", "--elastic-mm", "3", "--out", str(warped)]) == 0
+    record = json.loads((warped / "cases" / "test_elastic0.json").read_text())
+    assert record["scan"]["elastic"] == {"elastic_mm": 3.0, "seed": 1000}
+    rigid_record = json.loads((evaluation / "cases" / "test_rigid0.json").read_text())
+    assert record["scan"]["rigid"] == rigid_record["scan"]["rigid"]
+    shift = np.subtract(record["truth_ras"], rigid_record["truth_ras"])
+    assert np.linalg.norm(shift, axis=1).min() > 0.1
+    assert json.loads((warped / "summary.json").read_text())["elastic_mm"] == 3.0
