@@ -6,12 +6,20 @@ import statistics
 import tempfile
 import time
 from collections.abc import Callable
+from importlib import resources
+from pathlib import Path
 
 import torch
 
-from medrl.config import Config
+from medrl.config import Config, load_config
 from medrl.data.sources import landmark_table, load_split
 from medrl.envs.pyramid import ScanPyramid, build_pyramid
+
+
+def afids_preset(device: str, *overrides: str) -> Config:
+    """The shipped ``afids`` preset (what `make demo` trains) on ``device``, with overrides."""
+    preset = Path(str(resources.files("medrl") / "configs" / "afids.yaml"))
+    return load_config(preset, [f"train.device={device}", *overrides])
 
 
 def builtin_training_scans(config: Config) -> tuple[list[ScanPyramid], list, tuple[str, ...]]:

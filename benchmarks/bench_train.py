@@ -6,11 +6,8 @@ python benchmarks/bench_train.py [--threads 2]
 from __future__ import annotations
 
 import argparse
-from importlib import resources
-from pathlib import Path
 
-from benchmarks._common import collect_and_learn_seconds, set_threads
-from medrl.config import load_config
+from benchmarks._common import afids_preset, collect_and_learn_seconds, set_threads
 
 
 def main() -> None:
@@ -19,8 +16,7 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     args = parser.parse_args()
     set_threads(args.threads)
-    preset = Path(str(resources.files("medrl") / "configs" / "afids.yaml"))
-    config = load_config(preset, [f"train.device={args.device}", "agent.learning_starts=0"])
+    config = afids_preset(args.device, "agent.learning_starts=0")
     collect, learn = collect_and_learn_seconds(config, repeats=20)
     n = config.train.num_envs
     print("| measure | value |")

@@ -12,13 +12,11 @@ from __future__ import annotations
 
 import argparse
 import time
-from importlib import resources
-from pathlib import Path
 
-from benchmarks._common import collect_and_learn_seconds, median_seconds, set_threads
+from benchmarks._common import afids_preset, collect_and_learn_seconds, median_seconds, set_threads
 from medrl.agents.checkpoint import load_model
 from medrl.agents.validation import Validator
-from medrl.config import Config, load_config
+from medrl.config import Config
 from medrl.predict import default_model_dir
 
 
@@ -28,8 +26,7 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     args = parser.parse_args()
     set_threads(args.threads)
-    preset = Path(str(resources.files("medrl") / "configs" / "afids.yaml"))
-    config = load_config(preset, [f"train.device={args.device}"])
+    config = afids_preset(args.device)
     model = load_model(default_model_dir(), args.device)
     started = time.perf_counter()
     validator = Validator.from_config(config, model.names, args.device)
