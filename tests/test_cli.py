@@ -17,6 +17,7 @@ from _synthetic import BLOB_NAMES, blob_volume, write_untrained_model
 from medrl.agents.checkpoint import load_model
 from medrl.agents.search import search
 from medrl.cli import main
+from medrl.errors import InputError
 from medrl.evaluation import deform_case, move_case, random_rigid
 from medrl.io.images import Volume, read_image, write_image
 from medrl.io.landmarks import Landmarks, read_landmarks, write_landmarks
@@ -246,6 +247,8 @@ def test_elastic_warp_of_a_case_moves_its_landmarks_with_the_image() -> None:
     assert np.linalg.norm(shifts, axis=1).min() > 0.5  # every blob moved ...
     assert np.linalg.norm(shifts - shifts.mean(0), axis=1).max() > 0.5  # ... and not rigidly
     _assert_blob_peaks_at(warped, moved.points_ras)
+    with pytest.raises(InputError, match="not invertible"):
+        deform_case(volume, landmarks, elastic_mm=60.0, seed=0)
     same, unmoved = deform_case(volume, landmarks, elastic_mm=0.0, seed=3)
     np.testing.assert_allclose(unmoved.points_ras, blobs, atol=1e-4)
     np.testing.assert_allclose(same.array, volume.array, atol=1e-2)

@@ -31,6 +31,7 @@ from medrl.data.augment import (
     transform_points,
 )
 from medrl.data.datalist import Case
+from medrl.errors import InputError
 from medrl.io.images import Volume
 from medrl.io.landmarks import Landmarks, write_landmarks
 from medrl.metrics.localization import (
@@ -140,7 +141,14 @@ def deform_case(
         volume.array, coordinates, order=1, mode="constant", cval=float(volume.array.min())
     )
     points = torch.tensor(landmarks.points_ras, dtype=torch.float32)[None]
-    moved = inverse_transform_points(params, points)[0].numpy().astype(np.float64)
+    try:
+        moved = inverse_transform_points(params, points)[0].numpy().astype(np.float64)
+    except RuntimeError as exc:  # the field folds over itself: no landmark positions exist
+        raise InputError(
+            f"an elastic warp of {elastic_mm:g} mm (seed {seed}) is not invertible; "
+            "use a smaller amplitude",
+            volume.source,
+        ) from exc
     deformed = Volume(
         warped.astype(np.float32),
         volume.spacing_mm,
