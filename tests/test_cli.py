@@ -270,6 +270,63 @@ def _train(data: dict[str, Path], run_dir: Path, *overrides: str) -> int:
     return main([*argv, "--run-dir", str(run_dir), "--quiet"])
 
 
+@pytest.fixture(scope="module")
+def trained_model(data: dict[str, Path], tmp_path_factory) -> Path:
+    """A model trained (1 step) on ``data``'s datalist: its atlas is the case ``train``."""
+    run_dir = tmp_path_factory.mktemp("trained") / "run"
+    assert _train(data, run_dir, "train.total_steps=1") == 0
+    return run_dir / "model"
+
+
+def _labelled_datalist(path: Path, cases: list[tuple[str, Path, str]]) -> Path:
+    """A JSON datalist of (id, image, split) cases, each with the .fcsv next to its image."""
+    rows = [
+        {"id": case_id, "image": str(image), "landmarks": str(image)[:-7] + ".fcsv", "split": split}
+        for case_id, image, split in cases
+    ]
+    path.write_text(json.dumps({"cases": rows}))
+    return path
+
+
+def test_evaluate_a_datalist_of_test_scans_only(
+    trained_model: Path, data: dict[str, Path], tmp_path: Path
+) -> None:
+    """The baseline's atlas is the model's training case unless --atlas names another."""
+    scans = _labelled_datalist(tmp_path / "mine.json", [("s01", data["test"], "test")])
+    argv = ["evaluate", "--model", str(trained_model), "--datalist", str(scans)]
+    out = tmp_path / "evaluation"
+    assert main([*argv, "--rigid-trials", "0", "--out", str(out)]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["atlas"] == "train"  # the first train case of the model's datalist
+    assert (out / "predictions" / "s01.fcsv").is_file()
+
+    atlas = _labelled_datalist(
+        tmp_path / "atlas.json", [("my_atlas", data["test"], "train"), ("t", data["train"], "test")]
+    )
+    out = tmp_path / "evaluation_atlas"
+    assert main([*argv, "--atlas", str(atlas), "--rigid-trials", "0", "--out", str(out)]) == 0
+    assert json.loads((out / "summary.json").read_text())["atlas"] == "my_atlas"
+
+
+def test_evaluate_when_the_models_training_datalist_is_not_here(
+    trained_model: Path, data: dict[str, Path], tmp_path: Path, capsys
+) -> None:
+    moved = tmp_path / "model"
+    shutil.copytree(trained_model, moved)
+    header = yaml.safe_load((moved / "model.yaml").read_text())
+    header["config"]["train"]["datalist"] = "elsewhere/cases.json"  # relative to another cwd
+    (moved / "model.yaml").write_text(yaml.safe_dump(header, sort_keys=False))
+    scans = _labelled_datalist(tmp_path / "mine.json", [("s01", data["test"], "test")])
+    argv = ["evaluate", "--model", str(moved), "--datalist", str(scans), "--rigid-trials", "0"]
+    out = tmp_path / "evaluation"
+    assert main([*argv, "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "elsewhere/cases.json" in err and "pass --atlas" in err
+    assert _empty(out)
+    assert main([*argv, "--atlas", str(data["datalist"]), "--out", str(out)]) == 0
+    assert json.loads((out / "summary.json").read_text())["atlas"] == "train"
+
+
 def test_train_resumes_a_run(data: dict[str, Path], tmp_path: Path, capsys) -> None:
     run_dir = tmp_path / "run"
     assert _train(data, run_dir, "train.total_steps=2") == 0

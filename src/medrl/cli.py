@@ -64,7 +64,19 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     model = load_model(args.model or default_model_dir(), args.device)
     datalist = args.datalist or model.config.train.datalist
     test_cases = load_split(datalist, args.split)
-    atlas = load_split(datalist, "train")[0]
+    # The affine baseline's atlas: the first 'train' case of --atlas, else of the datalist the
+    # model was trained on (its template), so a datalist of test scans alone can be evaluated.
+    atlas_source = args.atlas or model.config.train.datalist
+    try:
+        atlas = load_split(atlas_source, "train")[0]
+    except InputError as exc:
+        if args.atlas:
+            raise
+        raise InputError(
+            f"cannot load the affine baseline's atlas from the model's training datalist "
+            f"{atlas_source!r} ({exc}); pass --atlas DATALIST, a datalist whose first 'train' "
+            "case is the atlas"
+        ) from exc
     tables = evaluate(
         model,
         test_cases,
@@ -156,6 +168,12 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--model", help="model folder (default: the shipped model)")
     evaluate.add_argument("--datalist", help="datalist file or builtin:afids (default: model's)")
     evaluate.add_argument("--split", default="test")
+    evaluate.add_argument(
+        "--atlas",
+        metavar="DATALIST",
+        help="datalist whose first 'train' case is the affine baseline's atlas "
+        "(default: the model's training datalist)",
+    )
     evaluate.add_argument("--out", default="runs/evaluation")
     evaluate.add_argument(
         "--rigid-trials",
