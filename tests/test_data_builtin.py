@@ -1,8 +1,8 @@
 """Tests for medrl.data.builtin: pinned-wheel fetch into the cache, embedded AFIDs, datalist.
 
 Fetch tests use small fake wheels (zip files with the pinned member names holding tiny NIfTI
-images) and a monkeypatched sha256 table, so they are fast and need no network. One test uses
-the real wheels when they are present in /tmp/wheels.
+images) and a monkeypatched sha256 table, so they are fast and need no network. One test checks
+the real pinned files, fetched once per session by the ``builtin_data`` fixture (conftest.py).
 """
 
 from __future__ import annotations
@@ -34,7 +34,6 @@ from medrl.data.builtin import (
 from medrl.errors import DataUnavailableError, InputError
 from medrl.io.images import read_image
 
-REAL_WHEEL_DIR = Path("/tmp/wheels")
 REAL_TABLE = dict(builtin.PINNED_WHEELS)
 # Members of the fake wheels that are NOT in the table (must never be extracted).
 EXTRA_MEMBERS = {
@@ -327,21 +326,19 @@ def test_afids_datalist_before_and_after_fetch(fake: dict) -> None:
         assert spec.landmarks.name.startswith(f"tpl-{spec.case_id.rsplit('_', 1)[0]}_")
 
 
-@pytest.mark.skipif(
-    not all((REAL_WHEEL_DIR / w.filename).is_file() for w in REAL_TABLE.values()),
-    reason="real pinned wheels not in /tmp/wheels",
-)
-def test_real_wheels(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_real_data(builtin_data: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The real pinned files: exactly those listed, their sha256, landmarks inside the images."""
     monkeypatch.setattr(builtin, "PINNED_WHEELS", REAL_TABLE)
 
     def no_pip(requirement: str, dest_dir: Path) -> None:
-        raise AssertionError("must not call pip when the wheels are in wheel_dir")
+        raise AssertionError("must not download again: the files are cached and intact")
 
     monkeypatch.setattr(builtin, "_pip_download", no_pip)
-    folder = fetch_afids(cache=tmp_path, quiet=True, wheel_dir=REAL_WHEEL_DIR)
+    folder = builtin_data
+    cache = folder.parent.parent
     assert {p.name for p in folder.iterdir()} == _listed_basenames(REAL_TABLE) | {MANIFEST_NAME}
-    assert fetch_afids(cache=tmp_path, quiet=True, verify=True) == folder
-    for spec in afids_datalist(cache=tmp_path):
+    assert fetch_afids(cache=cache, quiet=True, verify=True) == folder  # re-hashes every file
+    for spec in afids_datalist(cache=cache):
         volume = read_image(spec.image)
         template = spec.case_id.rsplit("_", 1)[0]
         landmarks = afids_landmarks(template)

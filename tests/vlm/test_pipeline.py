@@ -44,7 +44,7 @@ def test_bad_config_values_are_named() -> None:
         load_vlm_config("tiny-cpu", ["grpo.betta=0.1"])
 
 
-def test_data_sft_grpo_evaluate_end_to_end(tmp_path, capsys) -> None:
+def test_data_sft_grpo_evaluate_end_to_end(tmp_path, capsys, builtin_data) -> None:
     from medrl.cli import main
 
     data = tmp_path / "data"

@@ -19,14 +19,11 @@ pytest.importorskip("SimpleITK")
 
 
 @pytest.fixture(scope="module")
-def anatomy():
-    from medrl.errors import DataUnavailableError
+def anatomy(builtin_data):
+    """MNI152NLin6Asym and its atlas, from the built-in data (fetched by tests/conftest.py)."""
     from medrl.vlm.atlas import load_anatomy
 
-    try:
-        return load_anatomy("MNI152NLin6Asym")
-    except DataUnavailableError as exc:
-        pytest.skip(f"built-in data not fetched: {exc}")
+    return load_anatomy("MNI152NLin6Asym")
 
 
 def test_label_names_and_lookup() -> None:
@@ -116,7 +113,7 @@ def test_grounding_item_rejects_bad_requests(anatomy) -> None:
         TaskConfig(question_weights={"count_lesions": 1.0})
 
 
-def test_dataset_and_jsonl_round_trip(tmp_path) -> None:
+def test_dataset_and_jsonl_round_trip(tmp_path, builtin_data) -> None:
     pytest.importorskip("datasets")
     from medrl.vlm.dataset import load_image, load_split, read_jsonl, write_dataset
 
