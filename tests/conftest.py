@@ -44,9 +44,13 @@ def builtin_data(request: pytest.FixtureRequest) -> Path:
     try:
         folder = fetch_afids(quiet=True)
     except DataUnavailableError as exc:
+        problem = str(exc)
+    else:
+        problem = None
+    if problem is not None:  # outside the except block: one message, no chained traceback
         pytest.fail(
             "the tests need the built-in AFIDs templates and they could not be fetched "
-            f"(needs the package index once, or MEDRL_WHEELS / MEDRL_CACHE): {exc}",
+            f"(needs the package index once, or MEDRL_WHEELS / MEDRL_CACHE): {problem}",
             pytrace=False,
         )
     with _uncaptured(request):
