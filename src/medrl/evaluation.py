@@ -23,15 +23,14 @@ from scipy import ndimage
 from medrl.agents.checkpoint import LandmarkModel
 from medrl.agents.search import SearchResult, level_paths, search
 from medrl.baselines.registration import propagate_landmarks
-from medrl.config import AugmentConfig
-from medrl.data.augment import (
-    inverse_transform_points,
-    sample_params,
-    stack_params,
-    transform_points,
-)
+from medrl.data.augment import inverse_transform_points
 from medrl.data.datalist import Case
 from medrl.errors import InputError
+from medrl.geometry.warp_labels import (
+    elastic_sample_points_ras,
+    grid_centre_ras,
+    rigid_resample_transform,
+)
 from medrl.io.images import Volume
 from medrl.io.landmarks import Landmarks, write_landmarks
 from medrl.metrics.localization import (
@@ -78,11 +77,6 @@ def random_rigid(seed: int, max_rotation_deg: float, max_translation_mm: float) 
     )
 
 
-def _grid_centre_ras(volume: Volume) -> np.ndarray:
-    centre_index = (np.asarray(volume.shape_xyz, dtype=np.float64) - 1) / 2
-    return volume.index_to_world(centre_index[None], "RAS")[0]
-
-
 def move_case(
     volume: Volume, landmarks: Landmarks, rigid: RigidTransform
 ) -> tuple[Volume, Landmarks]:
@@ -91,16 +85,10 @@ def move_case(
     The moved image is ``I'(x) = I(R^-1 (x - c - t) + c)``: the head rotated by R about the
     scan centre c and shifted by t (world RAS), resampled (linear) on the original grid.
     """
-    flip = np.array([-1.0, -1.0, 1.0])
-    centre_ras = _grid_centre_ras(volume)
-    # Rotation matrix in RAS, then in LPS (F R F with F = diag(-1, -1, 1)).
+    centre_ras = grid_centre_ras(volume)
     rotation_ras = rigid.rotation_ras()
-    rotation_lps = np.diag(flip) @ rotation_ras @ np.diag(flip)
     # SimpleITK resampling wants output point -> input point, i.e. the inverse motion.
-    inverse = sitk.AffineTransform(3)
-    inverse.SetMatrix(rotation_lps.T.flatten().tolist())
-    inverse.SetCenter((centre_ras * flip).tolist())
-    inverse.SetTranslation((-(rotation_lps.T @ (rigid.translation_mm * flip))).tolist())
+    inverse = rigid_resample_transform(volume, rigid)
     image = volume.to_sitk()
     moved = sitk.Resample(
         image, image, inverse, sitk.sitkLinear, float(np.min(volume.array)), sitk.sitkFloat32
@@ -124,17 +112,8 @@ def deform_case(
     ``y + d(y) = l``. It stands in for anatomy that no affine map can match, as in another
     subject's brain.
     """
-    spatial = AugmentConfig(
-        rotation_deg=0.0, scale=0.0, anisotropic_scale=0.0, translation_mm=0.0,
-        elastic_mm=elastic_mm, gamma=0.0, contrast=0.0, bias_field=0.0, noise_std=0.0,
-    )  # fmt: skip
-    centre_ras = _grid_centre_ras(volume)
-    params = stack_params([sample_params(spatial, seed, centre_ras)])
+    params, sampled_ras = elastic_sample_points_ras(volume, elastic_mm, seed)
     nz, ny, nx = volume.array.shape
-    index = np.stack(np.meshgrid(np.arange(nx), np.arange(ny), np.arange(nz), indexing="ij"), -1)
-    index = index.transpose(2, 1, 0, 3).reshape(-1, 3)  # (z, y, x) order, (i, j, k) columns
-    grid_ras = torch.as_tensor(volume.index_to_world(index, "RAS"), dtype=torch.float32)
-    sampled_ras = transform_points(params, grid_ras[None])[0].numpy()
     sample_index = volume.world_to_index(sampled_ras.astype(np.float64), "RAS")
     coordinates = sample_index[:, ::-1].T.reshape(3, nz, ny, nx)  # (z, y, x) axes
     warped = ndimage.map_coordinates(
