@@ -33,6 +33,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from medrl.data.cit168 import cit168_label_map_path, cit168_names_path
 from medrl.data.datalist import CaseSpec
 from medrl.errors import DataUnavailableError, InputError
 from medrl.io.landmarks import Landmarks, read_landmarks
@@ -527,32 +528,42 @@ def afids_landmarks(template: str, rater: str | None = None) -> Landmarks:
 
 
 def afids_datalist(cache: str | Path | None = None) -> list[CaseSpec]:
-    """Return the built-in AFIDs cases (fetched images + embedded landmarks).
+    """Return the built-in AFIDs cases (fetched images + embedded landmarks and label map).
 
     Train: ``MNI152NLin2009cAsym_T1w`` and ``MNI152NLin2009cAsym_T2w``; test:
-    ``MNI152NLin6Asym_T1w``.
+    ``MNI152NLin6Asym_T1w``. Every case also gets the embedded CIT168 atlas of 32 subcortical
+    nuclei (:mod:`medrl.data.cit168`) as its label map, with its names. The atlas was made on
+    MNI152NLin2009cAsym; on MNI152NLin6Asym it is carried over by MNI coordinates (both
+    templates share MNI space but differ by a few mm), so its boxes there are approximate.
 
     Raises:
         DataUnavailableError: the images have not been fetched (run ``medrl data fetch afids``).
     """
     folder = _complete_cache_or_raise(cache)
+    labels, label_names = cit168_label_map_path(), cit168_names_path()
     return [
         CaseSpec(
             case_id="MNI152NLin2009cAsym_T1w",
             image=folder / MNI2009C_T1W,
             landmarks=afids_landmarks_path("MNI152NLin2009cAsym"),
             split="train",
+            labels=labels,
+            label_names=label_names,
         ),
         CaseSpec(
             case_id="MNI152NLin2009cAsym_T2w",
             image=folder / MNI2009C_T2W,
             landmarks=afids_landmarks_path("MNI152NLin2009cAsym"),
             split="train",
+            labels=labels,
+            label_names=label_names,
         ),
         CaseSpec(
             case_id="MNI152NLin6Asym_T1w",
             image=folder / MNI6_T1W,
             landmarks=afids_landmarks_path("MNI152NLin6Asym"),
             split="test",
+            labels=labels,
+            label_names=label_names,
         ),
     ]

@@ -1,27 +1,33 @@
-"""Datalists: the user's own cases (image + optional landmarks + split) in JSON or CSV.
+"""Datalists: the user's own cases (image + optional landmarks, label map + split) in JSON or CSV.
 
 JSON::
 
     {"cases": [{"id": "sub-01", "image": "images/sub-01.nii.gz",
                 "landmarks": "landmarks/sub-01.fcsv", "split": "train",
-                "coordinate_system": "RAS"}]}
+                "coordinate_system": "RAS",
+                "labels": "labels/sub-01_dseg.nii.gz", "label_names": "labels/names.tsv"}]}
 
-``landmarks`` and ``coordinate_system`` are optional, ``split`` defaults to ``"train"``.
+``landmarks``, ``coordinate_system``, ``labels`` and ``label_names`` are optional, ``split``
+defaults to ``"train"``. ``labels`` is an integer label map (0 = background) of structures in
+the image; ``label_names`` names its values, as JSON ``{"1": "L Putamen", ...}`` or as a TSV file
+of ``value<TAB>name`` lines (see :func:`read_label_names`). A label map needs a names file,
+unless it is medrl's embedded CIT168 atlas (:mod:`medrl.data.cit168`).
 
 CSV, with a header row::
 
-    id,image,landmarks,split,coordinate_system
-    sub-01,images/sub-01.nii.gz,landmarks/sub-01.fcsv,train,RAS
+    id,image,landmarks,split,coordinate_system,labels,label_names
+    sub-01,images/sub-01.nii.gz,landmarks/sub-01.fcsv,train,RAS,labels/sub-01.nii.gz,names.tsv
 
-(``landmarks``, ``split`` and ``coordinate_system`` columns are optional; empty cells mean
-"none" / the default). Relative paths are relative to the datalist file's folder. Returned paths
-are absolute and normalised (lexically, symlinks are kept).
+(only ``id`` and ``image`` columns are required; empty cells mean "none" / the default).
+Relative paths are relative to the datalist file's folder. Returned paths are absolute and
+normalised (lexically, symlinks are kept).
 """
 
 from __future__ import annotations
 
 import csv
 import io
+import itertools
 import json
 import math
 import os
@@ -30,6 +36,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
+from medrl.data.cit168 import cit168_names, is_cit168_label_map
 from medrl.errors import InputError
 from medrl.io.images import Volume, read_image, resample_isotropic
 from medrl.io.landmarks import Landmarks, check_landmarks_inside, read_landmarks
@@ -41,13 +50,15 @@ __all__ = [
     "Case",
     "CaseSpec",
     "load_case",
+    "load_label_map",
     "read_datalist",
+    "read_label_names",
     "write_datalist",
 ]
 
 SPLITS = ("train", "val", "test")
 COORDINATE_SYSTEMS = ("RAS", "LPS")
-_FIELDS = ("id", "image", "landmarks", "split", "coordinate_system")
+_FIELDS = ("id", "image", "landmarks", "split", "coordinate_system", "labels", "label_names")
 _REQUIRED_FIELDS = ("id", "image")
 _SUFFIXES = (".json", ".csv")
 
@@ -61,16 +72,21 @@ class CaseSpec:
     landmarks: Path | None
     split: str
     landmarks_coordinate_system: str | None = None  # "RAS"/"LPS" for files that do not say
+    labels: Path | None = None  # an integer label map of structures (0 = background)
+    label_names: Path | None = None  # JSON {"1": name, ...} or TSV value<TAB>name
 
 
 @dataclass(frozen=True, eq=False)
 class Case:
-    """A loaded case: the image volume and (if any) its landmarks in world RAS mm."""
+    """A loaded case: the image volume, (if any) its landmarks in world RAS mm, and (if any)
+    its label map (on its own grid) with the name of each label value."""
 
     case_id: str
     volume: Volume
     landmarks: Landmarks | None
     split: str
+    labels: Volume | None = None
+    label_names: dict[int, str] | None = None
 
 
 # --------------------------------------------------------------------------------------
@@ -133,17 +149,27 @@ def _spec_from_record(
     base_dir = datalist.parent
     image = _resolve(values["image"], base_dir)
     landmarks = None if values["landmarks"] is None else _resolve(values["landmarks"], base_dir)
+    labels = None if values["labels"] is None else _resolve(values["labels"], base_dir)
+    names = None if values["label_names"] is None else _resolve(values["label_names"], base_dir)
+    if names is not None and labels is None:
+        raise InputError(f"{where}: 'label_names' given without 'labels'", datalist)
     if check_files:
         if not image.exists():
             raise InputError(f"{where}: image {image} does not exist", datalist)
         if landmarks is not None and not landmarks.is_file():
             raise InputError(f"{where}: landmarks file {landmarks} does not exist", datalist)
+        if labels is not None and not labels.exists():
+            raise InputError(f"{where}: label map {labels} does not exist", datalist)
+        if names is not None and not names.is_file():
+            raise InputError(f"{where}: label names file {names} does not exist", datalist)
     return CaseSpec(
         case_id=case_id,
         image=image,
         landmarks=landmarks,
         split=split,
         landmarks_coordinate_system=system,
+        labels=labels,
+        label_names=names,
     )
 
 
@@ -185,7 +211,7 @@ def _records_from_csv(text: str, datalist: Path) -> list[tuple[str, Mapping[str,
     if unknown:
         raise InputError(
             f"line {header_line}: unknown column(s) {', '.join(map(repr, unknown))} in the header; "
-            f"expected {','.join(_FIELDS[:4])}[,coordinate_system]",
+            f"expected {','.join(_FIELDS[:4])}[,coordinate_system][,labels][,label_names]",
             datalist,
         )
     duplicated = sorted({name for name in columns if columns.count(name) > 1})
@@ -312,12 +338,18 @@ def write_datalist(cases: Iterable[CaseSpec], path: str | Path) -> None:
             raise InputError(
                 f"case {spec.case_id!r}: unknown coordinate system {system!r}", datalist
             )
+        if spec.label_names is not None and spec.labels is None:
+            raise InputError(f"case {spec.case_id!r}: label_names given without labels", datalist)
         record = {"id": spec.case_id, "image": _relative_if_possible(Path(spec.image), base_dir)}
         if spec.landmarks is not None:
             record["landmarks"] = _relative_if_possible(Path(spec.landmarks), base_dir)
         record["split"] = spec.split
         if system is not None:
             record["coordinate_system"] = system.upper()
+        if spec.labels is not None:
+            record["labels"] = _relative_if_possible(Path(spec.labels), base_dir)
+        if spec.label_names is not None:
+            record["label_names"] = _relative_if_possible(Path(spec.label_names), base_dir)
         records.append(record)
 
     if suffix == ".json":
@@ -326,8 +358,7 @@ def write_datalist(cases: Iterable[CaseSpec], path: str | Path) -> None:
             handle.write("\n")
         return
     columns = list(_FIELDS[:4])
-    if any("coordinate_system" in record for record in records):
-        columns.append("coordinate_system")
+    columns += [name for name in _FIELDS[4:] if any(name in record for record in records)]
     with atomic_open(datalist, "w", encoding="utf-8", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=columns, restval="", lineterminator="\n")
         writer.writeheader()
@@ -335,17 +366,191 @@ def write_datalist(cases: Iterable[CaseSpec], path: str | Path) -> None:
 
 
 # --------------------------------------------------------------------------------------
+# label maps
+
+_NAMES_SUFFIXES = (".json", ".tsv", ".txt")
+
+
+def _label_value(text: str, where: str, path: Path) -> int:
+    try:
+        value = int(text.strip())
+    except ValueError:
+        raise InputError(f"{where}: label value {text!r} is not an integer", path) from None
+    if value < 0:
+        raise InputError(f"{where}: label value {value} is negative", path)
+    return value
+
+
+def _names_from_json(text: str, path: Path) -> list[tuple[str, str, Any]]:
+    try:
+        document = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise InputError(
+            f"not valid JSON (line {exc.lineno}, column {exc.colno}: {exc.msg})", path
+        ) from None
+    if not isinstance(document, dict):
+        raise InputError('expected a JSON object {"1": "structure name", ...}', path)
+    return [(f"key {key!r}", key, name) for key, name in document.items()]
+
+
+def _names_from_tsv(text: str, path: Path) -> list[tuple[str, str, Any]]:
+    entries: list[tuple[str, str, Any]] = []
+    for number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip() or line.lstrip().startswith("#"):
+            continue
+        fields = line.split("\t")
+        if len(fields) != 2:
+            raise InputError(
+                f"line {number}: expected 'value<TAB>name', got {len(fields)} tab-separated "
+                "field(s)",
+                path,
+            )
+        if not entries and fields[0].strip().lower() == "value":
+            continue  # a header row
+        entries.append((f"line {number}", fields[0], fields[1]))
+    return entries
+
+
+def read_label_names(path: str | Path) -> dict[int, str]:
+    """Read the names of a label map's values: label value -> structure name.
+
+    ``.json``: an object ``{"1": "L Putamen", "2": "R Putamen", ...}``. ``.tsv`` / ``.txt``:
+    ``value<TAB>name`` lines (blank lines, ``#`` comments and a ``value<TAB>name`` header are
+    skipped). Names are stripped; value 0 is the background and is ignored if named.
+
+    Raises:
+        InputError: missing or unreadable file, unknown suffix, malformed content, a value that
+            is not a non-negative integer, an empty or duplicate name, a duplicate value, or no
+            names at all. The message names the file (and the line or key).
+    """
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix not in _NAMES_SUFFIXES:
+        raise InputError(
+            f"unknown label names format {path.suffix or '(no suffix)'!r}; use .json "
+            '({"1": "name", ...}) or .tsv (value<TAB>name lines)',
+            path,
+        )
+    if not path.is_file():
+        raise InputError("label names file does not exist", path)
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise InputError(f"cannot read label names: {exc}", path) from None
+    entries = _names_from_json(text, path) if suffix == ".json" else _names_from_tsv(text, path)
+    names: dict[int, str] = {}
+    first_seen: dict[str, str] = {}
+    for where, raw_value, raw_name in entries:
+        value = _label_value(str(raw_value), where, path)
+        if not isinstance(raw_name, str) or not raw_name.strip():
+            raise InputError(f"{where}: label {value} has no name (a non-empty string)", path)
+        name = raw_name.strip()
+        if value == 0:
+            continue
+        if value in names:
+            raise InputError(f"{where}: label value {value} is named twice", path)
+        if name in first_seen:
+            raise InputError(
+                f"{where}: duplicate structure name {name!r} (also at {first_seen[name]})", path
+            )
+        names[value] = name
+        first_seen[name] = where
+    if not names:
+        raise InputError("the file names no label values", path)
+    return dict(sorted(names.items()))
+
+
+def _check_overlap(labels: Volume, image: Volume, path: Path) -> None:
+    """InputError unless the world box of the label map's structures overlaps ``image``."""
+    k, j, i = np.nonzero(labels.array)
+    low = np.array([i.min(), j.min(), k.min()], dtype=np.float64) - 0.5
+    high = np.array([i.max(), j.max(), k.max()], dtype=np.float64) + 0.5
+    corners = np.array(list(itertools.product(*zip(low, high, strict=True))))
+    corners_ras = labels.index_to_world(corners, "RAS")
+    in_image = image.world_to_index(corners_ras, "RAS")
+    size = np.asarray(image.shape_xyz, dtype=np.float64)
+    if np.all(in_image.max(axis=0) > -0.5) and np.all(in_image.min(axis=0) < size - 0.5):
+        return
+    box_low, box_high = corners_ras.min(axis=0), corners_ras.max(axis=0)
+    image_name = f" {image.source}" if image.source else ""
+    raise InputError(
+        "the label map's structures (world RAS box "
+        f"{np.round(box_low, 1).tolist()} .. {np.round(box_high, 1).tolist()} mm) lie outside "
+        f"the image{image_name}: do the label map and the image belong together?",
+        path,
+    )
+
+
+def load_label_map(
+    labels_path: str | Path, image: Volume, names_path: str | Path | None = None
+) -> tuple[Volume, dict[int, str]]:
+    """Read a label map and its names and check them against each other and ``image``.
+
+    Without ``names_path`` the label map must be medrl's embedded CIT168 atlas (by content),
+    whose names are known. The label map keeps its own grid.
+
+    Raises:
+        InputError: unreadable or empty label map, non-integer or negative values, no overlap
+            with ``image``, a malformed names file, a label value in the map without a name, or
+            no names file for a label map that is not the CIT168 atlas. The message names the
+            file at fault.
+    """
+    labels_path = Path(labels_path)
+    if not labels_path.exists():
+        raise InputError("label map not found", labels_path)
+    try:
+        labels = read_image(labels_path)
+    except InputError as exc:
+        raise InputError(f"cannot use as a label map: {exc.problem}", labels_path) from None
+    array = labels.array
+    rounded = np.rint(array)
+    if not np.array_equal(array, rounded):
+        bad = float(array[array != rounded].flat[0])
+        raise InputError(
+            f"label map has non-integer values (e.g. {bad:g}); a label map holds integer "
+            "structure labels (was it resampled with linear interpolation?)",
+            labels_path,
+        )
+    if float(array.min()) < 0:
+        raise InputError(f"label map has negative values (e.g. {array.min():g})", labels_path)
+    _check_overlap(labels, image, labels_path)
+    if names_path is not None:
+        names = read_label_names(names_path)
+        where = Path(names_path)
+    elif is_cit168_label_map(labels_path):
+        names, where = cit168_names(), labels_path
+    else:
+        raise InputError(
+            "a label map needs a label names file ('label_names' in the datalist: JSON "
+            '{"1": "name", ...} or TSV value<TAB>name lines)',
+            labels_path,
+        )
+    present = [int(v) for v in np.unique(rounded) if v != 0]
+    unnamed = [v for v in present if v not in names]
+    if unnamed:
+        shown = ", ".join(map(str, unnamed[:10])) + (" ..." if len(unnamed) > 10 else "")
+        raise InputError(
+            f"{len(unnamed)} label value(s) of the label map {labels_path} have no name: {shown}",
+            where,
+        )
+    return labels, names
+
+
+# --------------------------------------------------------------------------------------
 # loading
 
 
 def load_case(spec: CaseSpec, spacing_mm: float | None = None) -> Case:
-    """Read a case's image (resampled to isotropic ``spacing_mm`` if given) and landmarks.
+    """Read a case's image (resampled to isotropic ``spacing_mm`` if given), landmarks and
+    label map.
 
-    Landmarks are read with the spec's coordinate system and must lie inside the image.
+    Landmarks are read with the spec's coordinate system and must lie inside the image. The
+    label map (if any) keeps its own grid; see :func:`load_label_map` for its checks.
 
     Raises:
-        InputError: unreadable image or landmarks, landmarks outside the image, or a
-            non-positive ``spacing_mm``.
+        InputError: unreadable image, landmarks or label map, landmarks outside the image, a
+            label map that does not fit the image or its names, or a non-positive
+            ``spacing_mm``.
     """
     if spacing_mm is not None and not (math.isfinite(spacing_mm) and spacing_mm > 0):
         raise InputError(f"spacing must be a positive number of mm, got {spacing_mm!r}")
@@ -358,4 +563,16 @@ def load_case(spec: CaseSpec, spacing_mm: float | None = None) -> Case:
             spec.landmarks, coordinate_system=spec.landmarks_coordinate_system
         )
         check_landmarks_inside(landmarks, volume, spec.landmarks)
-    return Case(case_id=spec.case_id, volume=volume, landmarks=landmarks, split=spec.split)
+    labels = label_names = None
+    if spec.labels is not None:
+        labels, label_names = load_label_map(spec.labels, volume, spec.label_names)
+    elif spec.label_names is not None:
+        raise InputError("label names given without a label map", spec.label_names)
+    return Case(
+        case_id=spec.case_id,
+        volume=volume,
+        landmarks=landmarks,
+        split=spec.split,
+        labels=labels,
+        label_names=label_names,
+    )
