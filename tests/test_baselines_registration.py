@@ -18,10 +18,12 @@ from medrl.baselines.registration import (
     _working_image,
     affine_registration,
     map_points_lps,
+    propagate_labels,
     propagate_landmarks,
     propagate_landmarks_with_result,
     register_affine,
 )
+from medrl.geometry.boxes import box_iou, boxes_from_label_map, centre_distance_mm
 from medrl.io.images import Volume
 from medrl.io.landmarks import Landmarks
 from medrl.metrics.localization import landmark_errors_mm
@@ -253,3 +255,60 @@ def test_working_image_block_averages_without_moving_anything() -> None:
     coarse = sitk.Image(10, 10, 10, sitk.sitkFloat32)
     coarse.SetSpacing((2.0, 2.0, 2.0))
     assert _working_image(Volume.from_sitk(coarse + 1.0), 2.0).GetSize() == (10, 10, 10)
+
+
+# ---------------------------------------------------------------------------- label maps
+SPHERE_NAMES = {index + 1: f"sphere{index}" for index in range(len(SPHERES))}
+REGION_NAMES = {10 + index: f"region{index}" for index in range(len(REGIONS))}
+
+
+def phantom_labels(points_lps: np.ndarray) -> np.ndarray:
+    """Label of each (N, 3) LPS point: 10 + r inside region r, 1 + s inside sphere s, else 0."""
+    labels = np.zeros(len(points_lps))
+    for index, ((cx, cy, cz), (rx, ry, rz), *_) in enumerate(REGIONS):
+        ratio = ((points_lps - (cx, cy, cz)) / (rx, ry, rz)) ** 2
+        labels[ratio.sum(axis=1) < 1.0] = 10 + index
+    for index, (centre, radius_mm, *_) in enumerate(SPHERES):
+        labels[np.linalg.norm(points_lps - centre, axis=1) < radius_mm] = 1 + index
+    return labels
+
+
+def label_map_of(volume: Volume, transform: sitk.AffineTransform | None = None) -> Volume:
+    """The phantom's labels on ``volume``'s grid, seen through ``transform`` (grid -> phantom)."""
+    k, j, i = np.meshgrid(*(np.arange(n) for n in volume.array.shape), indexing="ij")
+    points_lps = volume.index_to_world(np.stack([i, j, k], -1).reshape(-1, 3), "LPS")
+    if transform is not None:
+        points_lps = apply_affine(transform, points_lps)
+    array = phantom_labels(points_lps).reshape(volume.array.shape)
+    return Volume(array, volume.spacing_mm, volume.origin_lps, volume.direction_lps, "labels")
+
+
+def test_propagated_labels_recover_known_transform(
+    propagated, atlas: Volume, target: Volume
+) -> None:
+    _, result = propagated
+    atlas_labels = label_map_of(atlas)
+    warped = propagate_labels(atlas, atlas_labels, target, transform=result.transform)
+    assert warped.shape_xyz == target.shape_xyz
+    np.testing.assert_array_equal(warped.direction_lps, target.direction_lps)
+    assert set(np.unique(warped.array)) == set(np.unique(atlas_labels.array))  # nearest only
+    names = {**SPHERE_NAMES, **REGION_NAMES}
+    expected = label_map_of(target, true_transform())
+    _, found_boxes = boxes_from_label_map(warped, names, list(names.values()))
+    _, true_boxes = boxes_from_label_map(expected, names, list(names.values()))
+    assert centre_distance_mm(found_boxes, true_boxes).max() < 2.0
+    assert box_iou(found_boxes, true_boxes).min() > 0.5
+    assert box_iou(found_boxes[-3:], true_boxes[-3:]).min() > 0.8  # the large regions
+    # Unregistered (the atlas labels simply put on the target grid) the boxes are far off.
+    _, unmoved = boxes_from_label_map(atlas_labels, names, list(names.values()))
+    assert centre_distance_mm(unmoved, true_boxes).mean() > 5.0
+
+
+def test_propagate_labels_through_a_given_transform(atlas: Volume) -> None:
+    atlas_labels = label_map_of(atlas)
+    same = propagate_labels(atlas, atlas_labels, atlas, transform=sitk.AffineTransform(3))
+    np.testing.assert_array_equal(same.array, atlas_labels.array)
+    shift = sitk.TranslationTransform(3, (4.0, 0.0, 0.0))  # target point -> atlas point + 4 mm L
+    shifted = propagate_labels(atlas, atlas_labels, atlas, transform=shift)
+    np.testing.assert_array_equal(shifted.array[:, :, :-2], atlas_labels.array[:, :, 2:])
+    assert not shifted.array[:, :, -2:].any()  # beyond the atlas: background

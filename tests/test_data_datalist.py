@@ -245,3 +245,173 @@ def test_load_case_landmark_outside_image(files: dict[str, Path], tmp_path: Path
 def test_load_case_rejects_bad_spacing(files: dict[str, Path]) -> None:
     with pytest.raises(InputError, match="spacing"):
         load_case(CaseSpec("a", files["a"], None, "train"), spacing_mm=0.0)
+
+
+# --------------------------------------------------------------------------------------
+# label maps and label names
+
+
+def _write_labels(path: Path, array_zyx: np.ndarray, origin_lps=(0.0, 0.0, 0.0)) -> Path:
+    """A label map on a 2 mm identity grid (like the ``files`` images by default)."""
+    array = np.asarray(array_zyx)
+    image = sitk.GetImageFromArray(array.astype(np.uint8 if array.dtype.kind in "iub" else "f4"))
+    image.SetSpacing((2.0, 2.0, 2.0))
+    image.SetOrigin(origin_lps)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sitk.WriteImage(image, str(path))
+    return path
+
+
+def _two_structures() -> np.ndarray:
+    array = np.zeros((10, 10, 10), np.uint8)
+    array[2:4, 2:5, 3:6] = 1
+    array[6:8, 6:8, 6:8] = 2
+    return array
+
+
+@pytest.fixture
+def label_files(files: dict[str, Path], tmp_path: Path) -> dict[str, Path]:
+    folder = tmp_path / "data" / "labels"
+    folder.mkdir(parents=True)
+    (folder / "names.tsv").write_text("# structures\nvalue\tname\n1\tleft thing\n2\tright thing \n")
+    (folder / "names.json").write_text(json.dumps({"0": "background", "2": "b", "1": "a"}))
+    return {
+        **files,
+        "labels": _write_labels(folder / "a_dseg.nii.gz", _two_structures()),
+        "tsv": folder / "names.tsv",
+        "json": folder / "names.json",
+    }
+
+
+@pytest.mark.parametrize("suffix", [".json", ".csv"])
+def test_label_fields_round_trip(label_files: dict[str, Path], tmp_path: Path, suffix: str) -> None:
+    f = label_files
+    cases = [
+        CaseSpec("a", f["a"], f["a_fcsv"], "train", None, f["labels"], f["tsv"]),
+        CaseSpec("b", f["b"], None, "test", "LPS", f["labels"]),
+        CaseSpec("c", f["a"], None, "val"),
+    ]
+    path = tmp_path / "lists" / f"datalist{suffix}"
+    write_datalist(cases, path)
+    assert read_datalist(path) == cases
+    text = path.read_text()
+    assert "../data/labels/a_dseg.nii.gz" in text and "../data/labels/names.tsv" in text
+    if suffix == ".csv":
+        assert (
+            text.splitlines()[0] == "id,image,landmarks,split,coordinate_system,labels,label_names"
+        )
+    else:
+        records = json.loads(text)["cases"]
+        assert records[1]["labels"] == "../data/labels/a_dseg.nii.gz"
+        assert "label_names" not in records[1] and "labels" not in records[2]
+
+
+def test_load_case_with_labels(label_files: dict[str, Path]) -> None:
+    f = label_files
+    case = load_case(CaseSpec("a", f["a"], None, "train", labels=f["labels"], label_names=f["tsv"]))
+    assert case.labels is not None and case.labels.shape_xyz == (10, 10, 10)
+    assert case.label_names == {1: "left thing", 2: "right thing"}  # stripped
+    np.testing.assert_array_equal(case.labels.array, _two_structures())
+    json_case = load_case(
+        CaseSpec("a", f["a"], None, "train", labels=f["labels"], label_names=f["json"]),
+        spacing_mm=3.0,  # the image is resampled, the label map keeps its grid
+    )
+    assert json_case.label_names == {1: "a", 2: "b"}  # value 0 (background) is ignored
+    assert json_case.volume.spacing_mm[0] == 3.0 and json_case.labels is not None
+    assert json_case.labels.spacing_mm[0] == 2.0
+    plain = load_case(CaseSpec("a", f["a"], None, "train"))
+    assert plain.labels is None and plain.label_names is None
+
+
+def test_cit168_label_map_needs_no_names(label_files: dict[str, Path], tmp_path: Path) -> None:
+    from medrl.data.cit168 import cit168_label_map_path, cit168_names
+
+    # A copy of the embedded atlas is recognised by content; the test image (LPS 0..18 mm)
+    # overlaps its world box.
+    copy = tmp_path / "atlas.nii.gz"
+    copy.write_bytes(cit168_label_map_path().read_bytes())
+    case = load_case(CaseSpec("a", label_files["a"], None, "train", labels=copy))
+    assert case.label_names == cit168_names()
+
+
+def _expect(spec: CaseSpec, message: str, path: Path) -> None:
+    with pytest.raises(InputError, match=message) as info:
+        load_case(spec)
+    assert info.value.path == str(path)
+
+
+def test_label_map_errors_name_the_file(label_files: dict[str, Path], tmp_path: Path) -> None:
+    f = label_files
+    image, tsv, good = f["a"], f["tsv"], f["labels"]
+
+    def spec(labels: Path, names: Path | None = tsv) -> CaseSpec:
+        return CaseSpec("a", image, None, "train", labels=labels, label_names=names)
+
+    fractional = _write_labels(tmp_path / "frac.nii.gz", _two_structures() * 0.5)
+    _expect(spec(fractional), "non-integer values", fractional)
+    negative = _write_labels(tmp_path / "neg.nii.gz", _two_structures().astype(float) - 1.0)
+    _expect(spec(negative), "negative values", negative)
+    far = _write_labels(tmp_path / "far.nii.gz", _two_structures(), origin_lps=(300.0, 0.0, 0.0))
+    _expect(spec(far), "lie outside the image", far)
+    # Only the structures need to overlap: here the grid starts outside the image but its
+    # structures (voxels 3..7 along x: centres at LPS -8 .. 0 mm) reach into it (LPS >= -1).
+    edge = _write_labels(tmp_path / "edge.nii.gz", _two_structures(), origin_lps=(-14.0, 0, 0))
+    assert load_case(spec(edge)).labels is not None
+    empty = _write_labels(tmp_path / "empty.nii.gz", np.zeros((4, 4, 4), np.uint8))
+    _expect(spec(empty), "cannot use as a label map", empty)
+    text = tmp_path / "text.nii.gz"
+    text.write_text("not an image")
+    _expect(spec(text), "cannot use as a label map", text)
+    _expect(spec(tmp_path / "gone.nii.gz"), "not found", tmp_path / "gone.nii.gz")
+    _expect(spec(good, None), "needs a label names file", good)
+
+    one_name = tmp_path / "one.tsv"
+    one_name.write_text("1\tonly\n")
+    _expect(spec(good, one_name), "have no name: 2", one_name)
+    for name, content, message in [
+        ("list.json", "[1, 2]", "expected a JSON object"),
+        ("bad.json", '{"1": ', "not valid JSON"),
+        ("key.json", '{"one": "a"}', "key 'one': label value 'one' is not an integer"),
+        ("blank.json", '{"1": " "}', "label 1 has no name"),
+        ("cols.tsv", "1\ta\n2 b\n", "line 2: expected 'value<TAB>name'"),
+        ("neg.tsv", "-1\ta\n", "negative"),
+        (
+            "dupname.tsv",
+            "1\ta\n2\ta\n",
+            "line 2: duplicate structure name 'a' \\(also at line 1\\)",
+        ),
+        ("dupvalue.tsv", "1\ta\n1\tb\n", "label value 1 is named twice"),
+        ("none.tsv", "# nothing\n", "names no label values"),
+        ("names.yaml", "1: a\n", "unknown label names format"),
+    ]:
+        names = tmp_path / name
+        names.write_text(content)
+        _expect(spec(good, names), message, names)
+
+
+def test_datalist_label_field_errors(label_files: dict[str, Path], tmp_path: Path) -> None:
+    folder = tmp_path / "data"
+    cases = [
+        ("orphan.json", {"id": "a", "image": IMAGE, "label_names": "labels/names.tsv"}, "without"),
+        ("nolabels.json", {"id": "a", "image": IMAGE, "labels": "labels/x.nii.gz"}, "x.nii.gz"),
+        (
+            "nonames.json",
+            {"id": "a", "image": IMAGE, "labels": "labels/a_dseg.nii.gz", "label_names": "n.tsv"},
+            "label names file .*n.tsv does not exist",
+        ),
+    ]
+    for name, record, message in cases:
+        path = folder / name
+        path.write_text(json.dumps({"cases": [record]}))
+        with pytest.raises(InputError, match=message) as info:
+            read_datalist(path)
+        assert info.value.path == str(path)
+    csv_path = folder / "labels.csv"
+    csv_path.write_text(f"id,image,labels,label_names\na,{IMAGE},labels/a_dseg.nii.gz,\n")
+    (spec,) = read_datalist(csv_path)
+    assert spec.labels == label_files["labels"] and spec.label_names is None
+    with pytest.raises(InputError, match="without labels"):
+        write_datalist(
+            [CaseSpec("a", label_files["a"], None, "train", label_names=csv_path)],
+            folder / "w.json",
+        )

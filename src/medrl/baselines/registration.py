@@ -13,7 +13,8 @@ standard SimpleITK one:
 
 Frames: SimpleITK works in LPS mm. :func:`register_affine` returns the ITK-convention
 transform that maps *fixed* physical points to *moving* physical points (LPS);
-:func:`propagate_landmarks` converts the RAS landmarks at the edges.
+:func:`propagate_landmarks` converts the RAS landmarks at the edges, and :func:`propagate_labels`
+resamples an atlas label map onto the target grid through the same transform.
 """
 
 from __future__ import annotations
@@ -308,3 +309,39 @@ def propagate_landmarks(
     """
     landmarks, _ = propagate_landmarks_with_result(atlas, atlas_landmarks, target, seed)
     return landmarks
+
+
+def propagate_labels(
+    atlas: Volume,
+    atlas_labels: Volume,
+    target: Volume,
+    seed: int = 0,
+    transform: sitk.Transform | None = None,
+    *,
+    num_threads: int = DEFAULT_NUM_THREADS,
+) -> Volume:
+    """Map an atlas label map onto ``target``'s grid by affine registration of atlas to target.
+
+    The registration is the one :func:`propagate_landmarks` uses (fixed=target, moving=atlas),
+    so its transform maps target points to atlas points: exactly what resampling the atlas
+    labels onto the target grid needs (nearest neighbour; 0 where the atlas labels do not
+    reach). Pass ``transform`` (e.g. ``affine_registration(target, atlas, seed).transform``)
+    to reuse a registration already computed, so that landmarks and labels share it; ``seed``
+    and ``num_threads`` are then unused. Boxes of the result come from
+    :func:`medrl.geometry.boxes.boxes_from_label_map`.
+    """
+    if transform is None:
+        transform = affine_registration(target, atlas, seed, num_threads=num_threads).transform
+    reference = sitk.Image(list(target.shape_xyz), sitk.sitkUInt8)
+    reference.SetSpacing(tuple(float(v) for v in target.spacing_mm))
+    reference.SetOrigin(tuple(float(v) for v in target.origin_lps))
+    reference.SetDirection(tuple(float(v) for v in target.direction_lps.reshape(-1)))
+    warped = sitk.Resample(
+        atlas_labels.to_sitk(),
+        reference,
+        transform,
+        sitk.sitkNearestNeighbor,
+        0.0,
+        sitk.sitkFloat32,
+    )
+    return Volume.from_sitk(warped, source=f"{atlas_labels.source} (propagated to {target.source})")
