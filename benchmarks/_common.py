@@ -12,8 +12,9 @@ from pathlib import Path
 import torch
 
 from medrl.config import Config, load_config
-from medrl.data.sources import landmark_table, load_split
+from medrl.data.sources import load_split
 from medrl.envs.pyramid import ScanPyramid, build_pyramid
+from medrl.tasks.landmark import landmark_table
 
 
 def afids_preset(device: str, *overrides: str) -> Config:
@@ -25,7 +26,8 @@ def afids_preset(device: str, *overrides: str) -> Config:
 def builtin_training_scans(config: Config) -> tuple[list[ScanPyramid], list, tuple[str, ...]]:
     """The MNI152NLin2009cAsym scans as the environment sees them (run `medrl data fetch afids`)."""
     cases = load_split("builtin:afids", "train")
-    names, _, targets = landmark_table(cases)
+    table = landmark_table(cases)
+    names, targets = table.names, table.poses
     spacings = [lv.spacing_mm for lv in config.env.levels]
     return [build_pyramid(c.volume, spacings) for c in cases], targets, names
 

@@ -195,3 +195,35 @@ def write_untrained_model(folder: Path) -> Path:
     network = build_network(config, len(BLOB_NAMES))
     save_model_files(folder, network, config, BLOB_NAMES, ("a", "b", "c"), {})
     return folder
+
+
+#: Cuboid structures of the box phantom: centre offset from CENTRE_RAS and half size (mm, RAS).
+CUBOIDS_RAS = (
+    (np.array([12.0, 8.0, -9.0]), np.array([7.0, 5.0, 4.0])),
+    (np.array([-11.0, -9.0, 10.0]), np.array([4.0, 6.0, 3.0])),
+    (np.array([3.0, -14.0, -12.0]), np.array([3.0, 3.0, 5.0])),
+)
+CUBOID_NAMES = {1: "cuboid_a", 2: "cuboid_b", 3: "cuboid_c"}
+
+
+def cuboid_volume(
+    shape_zyx: tuple[int, int, int] = (48, 48, 48),
+    spacing_mm: tuple[float, float, float] = (1.5, 1.5, 1.5),
+    centre_ras: np.ndarray = CENTRE_RAS,
+    noise: float = 5.0,
+    seed: int = 0,
+) -> tuple[Volume, Volume]:
+    """An axis-aligned volume of bright cuboids (1000, 800, 600) on a faint head-sized ball,
+    and its label map on the same grid (labels 1, 2, 3: ``CUBOID_NAMES``)."""
+    empty, ras = _grid_volume(shape_zyx, spacing_mm, np.eye(3), centre_ras)
+    relative = ras - np.asarray(centre_ras)
+    array = np.where(np.linalg.norm(relative, axis=-1) < 30.0, 200.0, 0.0)
+    labels = np.zeros(shape_zyx, np.uint8)
+    for index, (offset, half) in enumerate(CUBOIDS_RAS):
+        inside = np.all(np.abs(relative - offset) <= half, axis=-1)
+        array = np.where(inside, 1000.0 - 200.0 * index, array)
+        labels[inside] = index + 1
+    array = array + np.random.default_rng(seed).normal(0.0, noise, shape_zyx)
+    geometry = (empty.spacing_mm, empty.origin_lps, empty.direction_lps)
+    image = Volume(array.astype(np.float32), *geometry, "cuboids")
+    return image, Volume(labels, *geometry, "cuboid labels")

@@ -25,9 +25,9 @@ from medrl.agents.networks import QNetwork
 from medrl.agents.replay import NStepAssembler, PoseReplay, split_poses
 from medrl.agents.search import search
 from medrl.config import AgentConfig, Config, EnvConfig, load_config
-from medrl.envs.landmark import Poses
 from medrl.envs.pyramid import build_pyramid
 from medrl.errors import CheckpointError, InputError
+from medrl.tasks.base import Poses
 
 # Tiny tensors: torch's thread pool costs far more than it saves here (15x on 2 busy cores).
 torch.set_num_threads(1)
@@ -54,16 +54,17 @@ def _transitions(count: int, frames: int, history: int, seed: int = 0) -> dict[s
     rng = np.random.default_rng(seed)
     return {
         "scan": rng.integers(0, 3, count).astype(np.int16),
-        "landmark": rng.integers(0, 30, count).astype(np.int16),
+        "target": rng.integers(0, 30, count).astype(np.int16),
         "level": rng.integers(0, 3, count).astype(np.int8),
         "episode_seed": rng.integers(0, 2**62, count),
-        "frames_ras": rng.normal(0, 50, (count, frames, 3)).astype(np.float32),
+        "frames": rng.normal(0, 50, (count, frames, 3)).astype(np.float32),
+        "goal": rng.normal(0, 50, (count, 3)).astype(np.float32),
         "actions": rng.integers(-1, 6, (count, history)).astype(np.int8),
         "step": rng.integers(0, 40, count).astype(np.int32),
         "action": rng.integers(0, 6, count).astype(np.int8),
         "reward": rng.uniform(-1, 1, count).astype(np.float32),
         "discount": rng.uniform(0, 1, count).astype(np.float32),
-        "next_frames_ras": rng.normal(0, 50, (count, frames, 3)).astype(np.float32),
+        "next_frames": rng.normal(0, 50, (count, frames, 3)).astype(np.float32),
         "next_actions": rng.integers(-1, 6, (count, history)).astype(np.int8),
         "next_step": rng.integers(0, 40, count).astype(np.int32),
     }
@@ -109,8 +110,9 @@ def test_replay_add_sample_save_load_round_trip(tmp_path: Path) -> None:
         np.testing.assert_array_equal(a[name], b[name])
     # split_poses turns a sample into (state, next state) poses.
     state, following = split_poses(a, "cpu")
-    np.testing.assert_array_equal(state.frames_ras.numpy(), a["frames_ras"])
-    np.testing.assert_array_equal(following.frames_ras.numpy(), a["next_frames_ras"])
+    np.testing.assert_array_equal(state.frames.numpy(), a["frames"])
+    np.testing.assert_array_equal(following.frames.numpy(), a["next_frames"])
+    np.testing.assert_array_equal(following.goal.numpy(), a["goal"])
     np.testing.assert_array_equal(following.step, a["next_step"])
     assert state.actions.dtype == torch.long and following.actions.shape == (8, 4)
 
@@ -123,12 +125,13 @@ def _poses(step: int, num_envs: int = 2) -> Poses:
     frames[:, 0, 1] = torch.arange(num_envs, dtype=torch.float32)
     return Poses(
         scan=torch.zeros(num_envs, dtype=torch.long),
-        landmark=torch.zeros(num_envs, dtype=torch.long),
+        target=torch.zeros(num_envs, dtype=torch.long),
         level=torch.zeros(num_envs, dtype=torch.long),
-        frames_ras=frames,
+        frames=frames,
         actions=torch.full((num_envs, 2), -1, dtype=torch.long),
         episode_seed=np.arange(num_envs, dtype=np.int64) + 100,
         step=np.full(num_envs, step, dtype=np.int64),
+        goal=torch.zeros((num_envs, 3)),
     )
 
 
@@ -155,7 +158,7 @@ def test_nstep_returns_and_discounts() -> None:
     rows = {}
     for out in emitted[2:]:
         for k in range(len(out["step"])):
-            env = int(out["frames_ras"][k, 0, 1])
+            env = int(out["frames"][k, 0, 1])
             rows[(env, int(out["step"][k]))] = {name: out[name][k] for name in out}
 
     def check(env, start, reward, discount, next_step, action=None):
@@ -163,7 +166,7 @@ def test_nstep_returns_and_discounts() -> None:
         assert row["reward"] == pytest.approx(reward), (env, start)
         assert row["discount"] == pytest.approx(discount), (env, start)
         assert int(row["next_step"]) == next_step, (env, start)
-        assert row["next_frames_ras"][0, 0] == next_step
+        assert row["next_frames"][0, 0] == next_step
         if action is not None:
             assert int(row["action"]) == action
 
@@ -203,7 +206,7 @@ def _observation(batch: int, patch: int, frames: int, history: int, landmarks: i
     actions[:, 3] = 1.0
     return {
         "patch": torch.rand(batch, frames, patch, patch, patch, generator=gen),
-        "landmark": torch.randint(0, landmarks, (batch,), generator=gen),
+        "target": torch.randint(0, landmarks, (batch,), generator=gen),
         "level": torch.randint(0, levels, (batch,), generator=gen),
         "actions": actions,
     }
@@ -213,7 +216,7 @@ def _observation(batch: int, patch: int, frames: int, history: int, landmarks: i
 def test_qnetwork_output_shape(patch: int) -> None:
     torch.manual_seed(0)
     config = AgentConfig(channels=(4, 8, 8), hidden=32)
-    network = QNetwork(config, patch, frames=2, num_landmarks=5, num_levels=3, action_history=4)
+    network = QNetwork(config, patch, frames=2, num_targets=5, num_levels=3, action_history=4)
     q = network(_observation(7, patch, 2, 4, 5, 3))
     assert q.shape == (7, 6) and q.dtype == torch.float32
     assert torch.isfinite(q).all()
@@ -227,12 +230,12 @@ def test_dueling_head_has_mean_zero_advantage() -> None:
     obs = _observation(6, 9, 1, 4, 3, 2)
     q = network(obs).detach()
     # Q = V + A - mean(A): the mean over actions is V, whatever A is.
-    landmark_value = values[0][torch.arange(6), obs["landmark"]]
+    landmark_value = values[0][torch.arange(6), obs["target"]]
     torch.testing.assert_close(q.mean(dim=1), landmark_value, atol=1e-6, rtol=0)
     assert network.forward_all(obs).shape == (6, 3, 6)
     assert float(q.std(dim=1).min()) > 0  # the advantages are not all zero
     # The head is conditioned on the landmark.
-    other = dict(obs, landmark=(obs["landmark"] + 1) % 3)
+    other = dict(obs, target=(obs["target"] + 1) % 3)
     assert not torch.allclose(network(other), q)
 
 
@@ -312,7 +315,7 @@ def test_resumed_training_is_identical_to_uninterrupted(
     for name, array in straight.replay.data.items():
         np.testing.assert_array_equal(resumed.replay.data[name], array, err_msg=name)
     np.testing.assert_array_equal(resumed.kernel.episode_seed, straight.kernel.episode_seed)
-    assert torch.equal(resumed.kernel.frames_ras, straight.kernel.frames_ras)
+    assert torch.equal(resumed.kernel.frames, straight.kernel.frames)
 
 
 def test_load_checkpoint_without_checkpoint_and_with_other_landmarks(
@@ -331,7 +334,7 @@ def test_load_checkpoint_without_checkpoint_and_with_other_landmarks(
         names=("x", "y", "z"),
         descriptions=DESCRIPTIONS,
     )
-    with pytest.raises(CheckpointError, match="other landmarks"):
+    with pytest.raises(CheckpointError, match="other targets"):
         other.load_checkpoint()
 
 
@@ -432,7 +435,7 @@ def test_load_model_corrupt_weights(model_dir: Path, tmp_path: Path, damage: str
 def test_load_model_weights_from_another_network(model_dir: Path, tmp_path: Path) -> None:
     folder = _copy(model_dir, tmp_path)
     header = yaml.safe_load((folder / "model.yaml").read_text())
-    header["landmarks"]["names"].append("extra")  # one more landmark embedding row
+    header["targets"]["names"].append("extra")  # one more landmark embedding row
     (folder / "model.yaml").write_text(yaml.safe_dump(header, sort_keys=False))
     with pytest.raises(CheckpointError, match="do not match") as info:
         load_model(folder)
@@ -510,7 +513,7 @@ def test_init_from_another_model_is_a_checkpoint_error(
 ) -> None:
     _, scan, blobs = case
     config = _trainer_config(f"train.init_from={model_dir}")
-    with pytest.raises(CheckpointError, match="landmarks"):
+    with pytest.raises(CheckpointError, match="targets"):
         Trainer(config, tmp_path / "a", scans=[scan], targets=[blobs], names=("x", "y", "z"))
     wider = _trainer_config(f"train.init_from={model_dir}", "agent.hidden=48")
     with pytest.raises(CheckpointError, match="network differs"):

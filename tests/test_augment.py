@@ -17,7 +17,7 @@ from medrl.data.augment import (
     transform_points,
 )
 from medrl.envs.pyramid import ScanPyramid, build_pyramid
-from medrl.envs.sampler import render_patches
+from medrl.envs.sampler import cube_offsets, render_patches
 
 # Tiny tensors: torch's thread pool costs far more than it saves here (15x on 2 busy cores).
 torch.set_num_threads(1)
@@ -146,8 +146,7 @@ def _render(scan: ScanPyramid, positions: torch.Tensor, params, patch_size: int 
         torch.zeros(n, dtype=torch.long),
         positions,
         params,
-        patch_size,
-        torch.tensor([2.0]),
+        cube_offsets(torch.full((n,), 2.0), patch_size),
     )
 
 

@@ -20,7 +20,7 @@ from medrl.data.cit168 import (
     is_cit168_label_map,
 )
 from medrl.data.datalist import load_case, read_label_names
-from medrl.errors import DataUnavailableError, InputError
+from medrl.errors import InputError
 from medrl.geometry.boxes import boxes_from_label_map
 
 
@@ -95,14 +95,10 @@ def test_attribution_lists_the_embedded_files() -> None:
         assert hashlib.sha256((folder / name).read_bytes()).hexdigest() == sha
 
 
-def test_builtin_cases_carry_the_atlas() -> None:
-    """Uses the cached templates when they are there (``medrl data fetch afids``)."""
-    from medrl.data.builtin import _complete_cache_or_raise, afids_datalist
+def test_builtin_cases_carry_the_atlas(builtin_data) -> None:
+    """The built-in cases (templates fetched by the session fixture) carry the atlas."""
+    from medrl.data.builtin import afids_datalist
 
-    try:
-        _complete_cache_or_raise(None)
-    except DataUnavailableError:
-        pytest.skip("built-in AFIDs templates not cached")
     specs = afids_datalist()
     assert all(spec.labels == cit168_label_map_path() for spec in specs)
     for spec in specs:

@@ -138,7 +138,9 @@ def _assert_in_sync(states: list[dict]) -> None:
         for name in ("exp_avg", "exp_avg_sq"):
             assert torch.equal(second["optimizer"]["state"][key][name], slot[name]), name
     # ... while the ranks ran different episodes (their own seeds and scans).
-    assert not np.array_equal(first["kernel"]["episode_seed"], second["kernel"]["episode_seed"])
+    assert not np.array_equal(
+        first["kernel"]["slots"]["episode_seed"], second["kernel"]["slots"]["episode_seed"]
+    )
 
 
 @pytest.mark.slow

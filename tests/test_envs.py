@@ -16,7 +16,7 @@ from medrl.data.augment import batch_params, transform_points
 from medrl.envs.gym import LandmarkEnv, LandmarkVectorEnv
 from medrl.envs.landmark import ACTION_NAMES, action_vectors
 from medrl.envs.pyramid import build_pyramid
-from medrl.envs.sampler import render_patches
+from medrl.envs.sampler import cube_offsets, render_patches
 from medrl.io.images import Volume
 
 LEVELS = (
@@ -49,9 +49,9 @@ def _place(env: LandmarkEnv, position_ras: np.ndarray) -> None:
     """Put the single env's agent at ``position_ras`` with a fresh history (white-box)."""
     kernel = env.kernel
     point = torch.as_tensor(position_ras, dtype=torch.float32)
-    kernel.frames_ras[0] = point
-    kernel.recent_ras[0] = float("nan")
-    kernel.recent_ras[0, -1] = point
+    kernel.frames[0] = point
+    kernel.recent[0] = float("nan")
+    kernel.recent[0, -1] = point
     kernel.steps[0] = 0
 
 
@@ -100,8 +100,7 @@ def test_render_patches_samples_a_linear_ramp_in_the_ras_frame(ramp, level: int)
         torch.full((6,), level, dtype=torch.long),
         torch.as_tensor(positions, dtype=torch.float32),
         identity,
-        patch_size,
-        torch.tensor([1.2, 3.0]),
+        cube_offsets(torch.full((6,), spacing), patch_size),
         noise=torch.randn(6, patch_size**3),  # scaled by noise_std = 0 without augmentation
     ).numpy()
     assert patches.shape == (6, patch_size, patch_size, patch_size)
@@ -140,8 +139,7 @@ def test_render_patches_goes_through_the_augmentation_transform(ramp) -> None:
         torch.zeros(4, dtype=torch.long),
         positions,
         params,
-        3,
-        torch.tensor([1.2, 3.0]),
+        cube_offsets(torch.full((4,), 1.2), 3),
     ).numpy()
     offsets = np.arange(3) - 1
     kk, jj, ii = np.meshgrid(offsets, offsets, offsets, indexing="ij")
@@ -165,8 +163,7 @@ def test_render_patches_is_zero_outside_the_scan(ramp) -> None:
         torch.zeros(1, dtype=torch.long),
         far,
         identity,
-        5,
-        torch.tensor([1.2, 3.0]),
+        cube_offsets(torch.full((1,), 1.2), 5),
     )
     assert float(patch.abs().max()) == 0.0
 
@@ -253,7 +250,7 @@ def test_vector_env_matches_single_envs_step_by_step(case) -> None:
         obs, info = env.reset(seed=seed + i)
         for key in obs:
             np.testing.assert_allclose(obs_v[key][i], obs[key], atol=1e-5, err_msg=key)
-        np.testing.assert_allclose(info_v["position_ras"][i], info["position_ras"], atol=1e-5)
+        np.testing.assert_allclose(info_v["pose"][i], info["pose"], atol=1e-5)
     rng = np.random.default_rng(0)
     ended = np.zeros(count, dtype=bool)
     autoresets = np.zeros(count, dtype=int)
@@ -270,9 +267,7 @@ def test_vector_env_matches_single_envs_step_by_step(case) -> None:
             np.testing.assert_allclose(rew_v[i], rew, atol=1e-5, err_msg=where)
             assert bool(term_v[i]) == term, where
             assert bool(trunc_v[i]) == trunc, where
-            np.testing.assert_allclose(
-                info_v["position_ras"][i], info["position_ras"], atol=1e-5, err_msg=where
-            )
+            np.testing.assert_allclose(info_v["pose"][i], info["pose"], atol=1e-5, err_msg=where)
             if ended[i]:  # next-step autoreset: reward 0, not done
                 assert rew_v[i] == 0.0 and not term_v[i] and not trunc_v[i], where
         ended = np.asarray(term_v) | np.asarray(trunc_v)
@@ -293,7 +288,7 @@ def test_vector_env_info_after_autoreset_describes_the_new_episode(case) -> None
         (_, _, term_v, trunc_v, info_v), rows = _step_all(vector, singles, actions, ended)
         for i in np.flatnonzero(ended):
             info = rows[i][4]
-            assert info_v["distance_mm"][i] == pytest.approx(info["distance_mm"], abs=1e-4)
+            assert info_v["distance"][i] == pytest.approx(info["distance"], abs=1e-4)
             checked += 1
         ended = np.asarray(term_v) | np.asarray(trunc_v)
     assert checked > 0
@@ -301,7 +296,7 @@ def test_vector_env_info_after_autoreset_describes_the_new_episode(case) -> None
 
 # ------------------------------------------------------------------------- rewards
 def _reset_fixed(env: LandmarkEnv, seed: int = 3, level: int = 0):
-    return env.reset(seed=seed, options={"scan": 0, "landmark": 1, "level": level})
+    return env.reset(seed=seed, options={"scan": 0, "target": 1, "level": level})
 
 
 def test_reset_options_and_start_radius(case) -> None:
@@ -310,11 +305,11 @@ def test_reset_options_and_start_radius(case) -> None:
     for seed in range(12):
         level = seed % 2
         obs, info = _reset_fixed(env, seed, level)
-        assert int(obs["landmark"]) == 1 and int(obs["level"]) == level
+        assert int(obs["target"]) == 1 and int(obs["level"]) == level
         # Without augmentation the target is the landmark itself.
-        np.testing.assert_allclose(env.kernel.target_ras[0].numpy(), blobs[1], atol=1e-3)
-        assert info["distance_mm"] <= LEVELS[level].start_radius_mm + 1e-4
-        assert bool(scan.contains_ras(torch.as_tensor(info["position_ras"][None]))[0])
+        np.testing.assert_allclose(env.kernel.goal[0].numpy(), blobs[1], atol=1e-3)
+        assert info["distance"] <= LEVELS[level].start_radius_mm + 1e-4
+        assert bool(scan.contains_ras(torch.as_tensor(info["pose"][None]))[0])
 
 
 @pytest.mark.parametrize("clip", [100.0, 0.5])
@@ -327,15 +322,15 @@ def test_reward_is_the_clipped_decrease_of_distance(case, clip: float) -> None:
     for action in range(6):
         _reset_fixed(env)
         _place(env, start)
-        target = env.kernel.target_ras[0].numpy().astype(np.float64)
+        target = env.kernel.goal[0].numpy().astype(np.float64)
         _, reward, terminated, truncated, info = env.step(action)
         moved = start + 4.0 * VECTORS[action]
-        np.testing.assert_allclose(info["position_ras"], moved, atol=1e-4)
+        np.testing.assert_allclose(info["pose"], moved, atol=1e-4)
         decrease = np.linalg.norm(start - target) - np.linalg.norm(moved - target)
         assert reward == pytest.approx(np.clip(decrease, -clip, clip), abs=1e-4), ACTION_NAMES[
             action
         ]
-        assert info["distance_mm"] == pytest.approx(np.linalg.norm(moved - target), abs=1e-4)
+        assert info["distance"] == pytest.approx(np.linalg.norm(moved - target), abs=1e-4)
         assert not terminated and not truncated
         rewards.append(reward)
     # The move with the largest component towards the target is rewarded.
@@ -350,12 +345,12 @@ def test_reaching_the_target_terminates(case) -> None:
     _, scan, blobs = case
     env = LandmarkEnv([scan], [blobs], ENV, NO_AUG)
     _reset_fixed(env)
-    target = env.kernel.target_ras[0].numpy().astype(np.float64)
+    target = env.kernel.goal[0].numpy().astype(np.float64)
     _place(env, target + np.array([4.0, 0.0, 0.0]))
     _, reward, terminated, truncated, info = env.step(1)  # -R: onto the target
     assert terminated and not truncated
     assert reward == pytest.approx(ENV.reward_clip_mm)
-    assert info["distance_mm"] < ENV.success_radius_mm
+    assert info["distance"] < ENV.success_radius_mm
 
 
 def test_moves_out_of_the_image_are_refused_and_penalised(case) -> None:
@@ -375,10 +370,10 @@ def test_moves_out_of_the_image_are_refused_and_penalised(case) -> None:
     _, reward, terminated, _, info = env.step(outward)
     assert reward == pytest.approx(-0.7)
     assert not info["inside"] and not terminated
-    np.testing.assert_allclose(info["position_ras"], edge, atol=1e-4)  # refused: no move
+    np.testing.assert_allclose(info["pose"], edge, atol=1e-4)  # refused: no move
     _, reward, _, _, info = env.step(inward)
     assert info["inside"] and reward != pytest.approx(-0.7)
-    np.testing.assert_allclose(info["position_ras"], proposed[inward], atol=1e-4)
+    np.testing.assert_allclose(info["pose"], proposed[inward], atol=1e-4)
 
 
 # --------------------------------------------------------------------- oscillation

@@ -10,6 +10,7 @@ from pathlib import Path
 from medrl.errors import InputError, MedrlError
 
 DEMO_CONFIG = "afids"
+TASK_NAMES = ("landmark", "box")  # medrl.tasks.TASKS, without importing torch for --help
 
 
 def _configs_dir() -> Path:
@@ -45,7 +46,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     from medrl.config import load_config
     from medrl.workflows import train_model
 
-    config = load_config(_config_path(args.config), args.set)
+    task = [f"task.kind={args.task}"] if args.task else []
+    config = load_config(_config_path(args.config), [*task, *args.set])
     command = "medrl " + " ".join(shlex.quote(a) for a in args.argv)
     print(train_model(config, args.run_dir, args.restart, not args.quiet, command))
     return 0
@@ -55,13 +57,15 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from medrl.agents.checkpoint import load_model
     from medrl.data.sources import load_split
     from medrl.evaluation import evaluate, print_tables
+    from medrl.evaluation_boxes import evaluate_boxes, print_box_tables
     from medrl.predict import default_model_dir
 
     if not 0.0 <= args.elastic_mm <= 10.0:
         raise InputError(f"--elastic-mm must be between 0 and 10 mm, not {args.elastic_mm}")
     if args.elastic_mm > 0 and args.rigid_trials < 1:
         raise InputError("--elastic-mm warps the moved scans: it needs --rigid-trials 1 or more")
-    model = load_model(args.model or default_model_dir(), args.device)
+    model_dir = args.model or default_model_dir(args.task or "landmark")
+    model = load_model(model_dir, args.device, args.task)
     datalist = args.datalist or model.config.train.datalist
     test_cases = load_split(datalist, args.split)
     # The affine baseline's atlas: the first 'train' case of --atlas, else of the datalist the
@@ -77,7 +81,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
             f"{atlas_source!r} ({exc}); pass --atlas DATALIST, a datalist whose first 'train' "
             "case is the atlas"
         ) from exc
-    tables = evaluate(
+    run = evaluate_boxes if model.kind == "box" else evaluate
+    tables = run(
         model,
         test_cases,
         atlas,
@@ -91,7 +96,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         num_starts=args.starts,
         elastic_mm=args.elastic_mm,
     )
-    print_tables(tables)
+    (print_box_tables if model.kind == "box" else print_tables)(tables)
     print(f"\ntables written to {args.out}", file=sys.stderr)
     return 0
 
@@ -150,8 +155,10 @@ def build_parser() -> argparse.ArgumentParser:
     fetch.add_argument("--verify", action="store_true", help="re-hash cached files")
     fetch.set_defaults(func=cmd_data_fetch)
 
-    train = sub.add_parser("train", help="train a landmark agent (resumes a killed run)")
-    train.add_argument("--config", help="YAML config file or preset name (afids, smoke)")
+    train = sub.add_parser("train", help="train an agent (resumes a killed run)")
+    train.add_argument(
+        "--config", help="YAML config file or preset name (afids, cit168-box, smoke)"
+    )
     train.add_argument(
         "--set",
         action="append",
@@ -160,12 +167,18 @@ def build_parser() -> argparse.ArgumentParser:
         help="override a config value, e.g. train.total_steps=5000",
     )
     train.add_argument("--run-dir", default="runs/train", help="checkpoints, logs, final model")
+    train.add_argument("--task", choices=TASK_NAMES, help="the agent (default: the config's)")
     train.add_argument("--restart", action="store_true", help="ignore an existing checkpoint")
     train.add_argument("--quiet", action="store_true", help="no progress bar")
     train.set_defaults(func=cmd_train)
 
-    evaluate = sub.add_parser("evaluate", help="errors in mm of agent and affine baseline")
+    evaluate = sub.add_parser(
+        "evaluate", help="agent against the affine baseline: errors in mm, box IoU"
+    )
     evaluate.add_argument("--model", help="model folder (default: the shipped model)")
+    evaluate.add_argument(
+        "--task", choices=TASK_NAMES, help="expected task (default: the model's; shipped model)"
+    )
     evaluate.add_argument("--datalist", help="datalist file or builtin:afids (default: model's)")
     evaluate.add_argument("--split", default="test")
     evaluate.add_argument(
@@ -194,17 +207,22 @@ def build_parser() -> argparse.ArgumentParser:
     _add_search_options(evaluate)
     evaluate.set_defaults(func=cmd_evaluate)
 
-    predict = sub.add_parser("predict", help="find landmarks in scans (no labels needed)")
+    predict = sub.add_parser("predict", help="find landmarks or boxes in scans (no labels needed)")
     scans = predict.add_mutually_exclusive_group(required=True)
     scans.add_argument("--image", action="append", help="scan file or DICOM folder (repeatable)")
     scans.add_argument("--input-dir", help="folder searched recursively for scans")
     scans.add_argument("--datalist", help="datalist file (.json/.csv); labels are not needed")
-    predict.add_argument("--out", required=True, help="output folder (one .fcsv per scan)")
+    predict.add_argument("--out", required=True, help="output folder (one file per scan)")
     predict.add_argument("--overwrite", action="store_true", help="redo scans already done")
     predict.add_argument("--ray", action="store_true", help="spread the scans over a Ray cluster")
     predict.add_argument("--ray-address", help="Ray cluster address (default: start one here)")
     predict.add_argument("--ray-workers", type=int, help="model copies (default: one per CPU)")
     predict.add_argument("--model", help="model folder (default: the shipped model)")
+    predict.add_argument(
+        "--task",
+        choices=TASK_NAMES,
+        help="landmark (.fcsv) or box (.mrk.json with ROIs); default: the model's",
+    )
     predict.add_argument("--coordinate-system", choices=["RAS", "LPS"], default="RAS")
     _add_search_options(predict)
     predict.set_defaults(func=cmd_predict)

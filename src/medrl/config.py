@@ -32,6 +32,10 @@ class LevelConfig:
     """Training episodes at this level start uniformly within this distance of the target."""
     max_steps: int
     """Step budget of one episode (training) or one level of a search (inference)."""
+    step_fraction: float = 0.1
+    """Box task: one action moves or resizes the box by this fraction of its size."""
+    size_range: float = 1.0
+    """Box task: training starts have sizes within [1/r, r] times the true box's."""
 
 
 def _default_levels() -> tuple[LevelConfig, ...]:
@@ -43,8 +47,26 @@ def _default_levels() -> tuple[LevelConfig, ...]:
 
 
 @dataclass(frozen=True)
+class TaskConfig:
+    """Which agent of the family (:mod:`medrl.tasks`) and its task-specific settings."""
+
+    kind: str = "landmark"
+    """``landmark`` (a point) or ``box`` (a world-axis-aligned box around a structure)."""
+    box_context: float = 1.5
+    """Box task: the observation spans this many times the box, plus the margin."""
+    box_margin_mm: float = 4.0
+    box_context_mm: float = 0.0
+    """Box task: also show a cube of this side (mm) around the box as a second channel, so a
+    box far from its structure still sees it (0: no context channel)."""
+    box_success_iou: float = 0.85
+    """Box task: a training episode ends (terminated) at an IoU above this."""
+    box_min_size_mm: float = 1.0
+    box_max_size_mm: float = 200.0
+
+
+@dataclass(frozen=True)
 class EnvConfig:
-    """The landmark environment (the batched kernel)."""
+    """The search environment (the batched kernel), shared by every task."""
 
     patch_size: int = 15
     """Patch edge in voxels (odd, so the agent sits on the centre voxel)."""
@@ -158,7 +180,8 @@ class TrainConfig:
     datalist: str = "builtin:afids"
     """A datalist file, or ``builtin:afids`` for the built-in templates."""
     landmarks: tuple[str, ...] = ()
-    """Landmark names to learn (empty: all names of the first training case)."""
+    """Target names to learn: landmarks, or structures of the label maps for the box task
+    (empty: all names of the first training case)."""
     init_from: str = ""
     """A model folder (``medrl train`` output or ``default`` for the shipped model) whose
     weights start a new run: fine-tuning. Its landmarks and network must match this run's.
@@ -167,6 +190,7 @@ class TrainConfig:
 
 @dataclass(frozen=True)
 class Config:
+    task: TaskConfig = field(default_factory=TaskConfig)
     env: EnvConfig = field(default_factory=EnvConfig)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     agent: AgentConfig = field(default_factory=AgentConfig)

@@ -1,9 +1,11 @@
-"""Batch prediction without labels: one Slicer ``.fcsv`` file per scan, safe to interrupt.
+"""Batch prediction without labels: one Slicer file per scan, safe to interrupt.
 
-Scans come from ``--image`` paths, a folder searched recursively, or a datalist. Each scan is
-read, searched and written on its own (the model is loaded once): every output is written
-atomically, a rerun skips scans whose output exists, and a scan that cannot be read or
-searched is recorded as failed in ``OUT/summary.csv`` without stopping the others.
+The file follows the model's task: landmarks as a markups ``.fcsv``, boxes as a markups
+``.mrk.json`` with one ROI per structure (:data:`TASK_SUFFIXES`). Scans come from
+``--image`` paths, a folder searched recursively, or a datalist. Each scan is read, searched
+and written on its own (the model is loaded once): every output is written atomically, a
+rerun skips scans whose output exists, and a scan that cannot be read or searched is recorded
+as failed in ``OUT/summary.csv`` without stopping the others.
 """
 
 from __future__ import annotations
@@ -14,29 +16,49 @@ import sys
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from medrl.errors import CheckpointError, InputError, MedrlError
 from medrl.io.images import DICOM_SUFFIXES, IMAGE_SUFFIXES
+from medrl.models import default_model_dir as shipped_model_dir
 from medrl.utils.atomic import atomic_open
 
 if TYPE_CHECKING:
+    from medrl.agents.search import SearchResult
     from medrl.io.landmarks import Landmarks
 
-DEFAULT_MODEL = "afids"
 SUMMARY_NAME = "summary.csv"
-SUMMARY_COLUMNS = ("scan", "image", "output", "status", "seconds", "landmarks", "error")
+SUMMARY_COLUMNS = ("scan", "image", "output", "status", "seconds", "targets", "error")
+TASK_SUFFIXES = {"landmark": ".fcsv", "box": ".mrk.json"}
+"""The file ``medrl predict`` writes per scan, by task."""
 OK, SKIPPED, FAILED = "ok", "skipped", "failed"
 
 
-def default_model_dir() -> Path:
-    """The model shipped with the package (trained on MNI152NLin2009cAsym, see its model.yaml)."""
-    folder = Path(str(resources.files("medrl") / "models" / DEFAULT_MODEL))
+def default_model_dir(task: str = "landmark") -> Path:
+    """The model shipped with the package for a task (see its model.yaml)."""
+    folder = shipped_model_dir(task)
     if not (folder / "model.safetensors").is_file():
         raise CheckpointError("the package ships no default model; pass --model DIR", folder)
     return folder
+
+
+def model_task(model_dir: str | Path) -> str:
+    """The task of a model folder, read from its model.yaml (without loading the weights)."""
+    import yaml
+
+    header_path = Path(model_dir) / "model.yaml"
+    try:
+        header = yaml.safe_load(header_path.read_text())
+    except (OSError, yaml.YAMLError) as exc:
+        raise CheckpointError(f"cannot read the model's header: {exc}", header_path) from exc
+    if not isinstance(header, dict):
+        raise CheckpointError("model.yaml is not a mapping", header_path)
+    task = header.get("task", {"kind": "landmark"})  # format 1: landmark models
+    kind = str(task.get("kind", "")) if isinstance(task, dict) else ""
+    if kind not in TASK_SUFFIXES:
+        raise CheckpointError(f"model.yaml names no known task ({kind!r})", header_path)
+    return kind
 
 
 def output_name(image: Path) -> str:
@@ -78,29 +100,35 @@ def find_scans(folder: str | Path) -> list[Path]:
     return sorted(found)
 
 
-def _relative_output(out_dir: Path, relative: Path) -> Path:
-    return out_dir / relative.parent / f"{output_name(relative)}.fcsv"
+def _relative_output(out_dir: Path, relative: Path, suffix: str) -> Path:
+    return out_dir / relative.parent / f"{output_name(relative)}{suffix}"
 
 
-def jobs_from_images(images: Sequence[str | Path], out_dir: str | Path) -> list[ScanJob]:
-    """Outputs are ``OUT/<name>.fcsv``; if two scans share a name, every output mirrors the
-    scan's path below the scans' common folder instead."""
+def jobs_from_images(
+    images: Sequence[str | Path], out_dir: str | Path, suffix: str = ".fcsv"
+) -> list[ScanJob]:
+    """Outputs are ``OUT/<name><suffix>``; if two scans share a name, every output mirrors
+    the scan's path below the scans' common folder instead."""
     out_dir = Path(out_dir)
     paths = [Path(os.path.normpath(Path(p).absolute())) for p in images]
     names = [output_name(p) for p in paths]
     if len(set(names)) == len(names):
         return [
-            ScanJob(str(p), p, out_dir / f"{n}.fcsv") for p, n in zip(paths, names, strict=True)
+            ScanJob(str(p), p, out_dir / f"{n}{suffix}") for p, n in zip(paths, names, strict=True)
         ]
     common = Path(os.path.commonpath(paths)) if len(paths) > 1 else paths[0].parent
     if common in paths:  # a DICOM folder that holds the other scans
         common = common.parent
-    jobs = [ScanJob(str(p), p, _relative_output(out_dir, p.relative_to(common))) for p in paths]
+    jobs = [
+        ScanJob(str(p), p, _relative_output(out_dir, p.relative_to(common), suffix)) for p in paths
+    ]
     _check_unique(jobs)
     return jobs
 
 
-def jobs_from_folder(folder: str | Path, out_dir: str | Path) -> list[ScanJob]:
+def jobs_from_folder(
+    folder: str | Path, out_dir: str | Path, suffix: str = ".fcsv"
+) -> list[ScanJob]:
     """Every scan under ``folder``; outputs mirror the scans' paths below it."""
     root = Path(folder)
     scans = find_scans(root)
@@ -110,12 +138,15 @@ def jobs_from_folder(folder: str | Path, out_dir: str | Path) -> list[ScanJob]:
     jobs = []
     for path in scans:
         relative = path.relative_to(root) if path != root else Path(root.name)
-        jobs.append(ScanJob(str(relative), path, _relative_output(Path(out_dir), relative)))
+        output = _relative_output(Path(out_dir), relative, suffix)
+        jobs.append(ScanJob(str(relative), path, output))
     return jobs
 
 
-def jobs_from_datalist(datalist: str | Path, out_dir: str | Path) -> list[ScanJob]:
-    """Every case of a datalist (labels optional, all splits); outputs are ``OUT/<id>.fcsv``.
+def jobs_from_datalist(
+    datalist: str | Path, out_dir: str | Path, suffix: str = ".fcsv"
+) -> list[ScanJob]:
+    """Every case of a datalist (labels optional, all splits); outputs are ``OUT/<id><suffix>``.
 
     Files are not checked here: a missing scan is one failed case, not a stop.
     """
@@ -126,7 +157,8 @@ def jobs_from_datalist(datalist: str | Path, out_dir: str | Path) -> list[ScanJo
         relative = Path(spec.case_id)
         if relative.is_absolute() or ".." in relative.parts:
             raise InputError(f"case id {spec.case_id!r} cannot name an output file", datalist)
-        jobs.append(ScanJob(spec.case_id, spec.image, Path(out_dir) / f"{spec.case_id}.fcsv"))
+        output = Path(out_dir) / f"{spec.case_id}{suffix}"
+        jobs.append(ScanJob(spec.case_id, spec.image, output))
     return jobs
 
 
@@ -150,15 +182,16 @@ class ScanPredictor:
         device: str = "cpu",
         coordinate_system: str = "RAS",
         num_starts: int | None = None,
+        task: str | None = None,
     ) -> None:
         from medrl.agents.checkpoint import load_model
 
-        self.model = load_model(model_dir or default_model_dir(), device)
+        self.model = load_model(model_dir or default_model_dir(task or "landmark"), device, task)
         self.device = device
         self.coordinate_system = coordinate_system
         self.num_starts = num_starts
 
-    def predict_landmarks(self, job: ScanJob) -> Landmarks:
+    def search(self, job: ScanJob) -> SearchResult:
         """Read the scan and search it (nothing is written)."""
         import torch
 
@@ -167,15 +200,23 @@ class ScanPredictor:
 
         volume = read_image(job.image)
         with torch.inference_mode():
-            return search(self.model, volume, self.device, num_starts=self.num_starts).landmarks
+            return search(self.model, volume, self.device, num_starts=self.num_starts)
+
+    def predict_landmarks(self, job: ScanJob) -> Landmarks:
+        return self.search(job).landmarks
 
     def predict(self, job: ScanJob) -> int:
-        """Read, search, write ``job.output`` atomically; return the number of landmarks."""
-        from medrl.io.landmarks import write_landmarks
+        """Read, search, write ``job.output`` atomically; return the number of targets."""
+        result = self.search(job)
+        if self.model.kind == "box":
+            from medrl.io.markups import write_boxes
 
-        landmarks = self.predict_landmarks(job)
-        write_landmarks(landmarks, job.output, self.coordinate_system)
-        return len(landmarks)
+            write_boxes(job.output, result.names, result.estimate, self.coordinate_system)
+        else:
+            from medrl.io.landmarks import write_landmarks
+
+            write_landmarks(result.landmarks, job.output, self.coordinate_system)
+        return len(result.names)
 
     def run(self, job: ScanJob, overwrite: bool = False) -> dict[str, Any]:
         """One summary row: ``ok``, ``skipped`` (output exists) or ``failed`` (with reason)."""
@@ -184,7 +225,7 @@ class ScanPredictor:
             return {**row, "status": SKIPPED}
         started = time.perf_counter()
         try:
-            row["landmarks"] = self.predict(job)
+            row["targets"] = self.predict(job)
             row["status"] = OK
         except Exception as exc:  # one bad scan must not stop an archive run
             row["status"] = FAILED
@@ -203,7 +244,7 @@ def summary_row(job: ScanJob, status: str = "") -> dict[str, Any]:
         "image": str(job.image),
         "output": str(job.output),
         "seconds": 0.0,
-        "landmarks": "",
+        "targets": "",
         "error": "",
     }
     if status:
@@ -263,6 +304,7 @@ def predict_jobs(
     overwrite: bool = False,
     progress: bool = True,
     echo_outputs: bool = False,
+    task: str | None = None,
 ) -> list[dict[str, Any]]:
     """Predict every job in this process; the summary is written even if interrupted.
 
@@ -272,7 +314,7 @@ def predict_jobs(
     from tqdm import tqdm
 
     _check_unique(jobs)
-    predictor = ScanPredictor(model_dir, device, coordinate_system, num_starts)
+    predictor = ScanPredictor(model_dir, device, coordinate_system, num_starts, task)
     rows: list[dict[str, Any]] = []
     bar = tqdm(jobs, desc="predict", unit="scan", file=sys.stderr, disable=not progress)
     try:
@@ -314,19 +356,32 @@ def predict(
     return [Path(row["output"]) for row in rows if row["status"] == OK]
 
 
-def jobs_from_args(args: Any) -> list[ScanJob]:
+def jobs_from_args(args: Any, suffix: str = ".fcsv") -> list[ScanJob]:
     if args.image:
-        return jobs_from_images(args.image, args.out)
+        return jobs_from_images(args.image, args.out, suffix)
     if args.input_dir:
-        return jobs_from_folder(args.input_dir, args.out)
-    return jobs_from_datalist(args.datalist, args.out)
+        return jobs_from_folder(args.input_dir, args.out, suffix)
+    return jobs_from_datalist(args.datalist, args.out, suffix)
 
 
 def run_from_args(args: Any) -> int:
-    """``medrl predict``: the parsed command line to a batch run (here or on Ray)."""
-    jobs = jobs_from_args(args)
+    """``medrl predict``: the parsed command line to a batch run (here or on Ray).
+
+    The task is ``--task`` or the model's own; a model of another task than ``--task`` is an
+    error before anything is written.
+    """
+    task = getattr(args, "task", None)
+    model_dir = Path(args.model) if args.model else default_model_dir(task or "landmark")
+    kind = model_task(model_dir)
+    if task is not None and kind != task:
+        raise InputError(
+            f"this is a {kind} model, not a {task} model (--task {task}); "
+            f"use --task {kind} or a {task} model",
+            model_dir,
+        )
+    jobs = jobs_from_args(args, TASK_SUFFIXES[kind])
     options = {
-        "model_dir": args.model,
+        "model_dir": model_dir,
         "device": args.device,
         "coordinate_system": args.coordinate_system,
         "num_starts": args.starts,

@@ -12,10 +12,10 @@ import torch
 
 from medrl.agents.checkpoint import load_model
 from medrl.agents.dqn import Trainer
+from medrl.agents.validation import select_search_levels
 from medrl.config import Config
 from medrl.data.sources import load_split
 from medrl.distributed.ddp import init_distributed, shutdown
-from medrl.evaluation import select_search_levels
 
 
 def train_model(
@@ -24,7 +24,7 @@ def train_model(
     """Train (resuming the run folder's checkpoint unless ``restart``), then export the model.
 
     The exported model's ``search.levels`` is chosen on the training scans under random
-    rigid moves (:func:`medrl.evaluation.select_search_levels`), never on test data.
+    rigid moves (:func:`medrl.agents.validation.select_search_levels`), never on test data.
 
     Started by ``torchrun``, every process trains on its share of the cases and rank 0 alone
     writes logs and the model (see :mod:`medrl.distributed.ddp`).
@@ -89,12 +89,14 @@ def _export(trainer: Trainer, config: Config, model_dir: Path) -> None:
     if config.search.levels == 0 and len(config.env.levels) > 1:
         cases = load_split(config.train.datalist, "train")
         levels, means = select_search_levels(load_model(model_dir), cases)
-        shown = ", ".join(f"{i + 1}: {m:.2f} mm" for i, m in enumerate(means))
+        key = trainer.task.primary_score[0]
+        shown = ", ".join(f"{i + 1}: {m:.2f}" for i, m in enumerate(means))
         print(
-            f"validation (training scans, rigidly moved) after each level: {shown}; "
-            f"the model searches {levels} level(s)",
+            f"validation (training scans, rigidly moved), mean {key} after each level: "
+            f"{shown}; the model searches {levels} level(s)",
             file=sys.stderr,
         )
         trainer.config = replace(config, search=replace(config.search, levels=levels))
-        trainer.extra_meta["search_level_validation_mean_mm"] = means
+        name = "mm" if key == "error_mm" else key  # the landmark models' key stays as it was
+        trainer.extra_meta[f"search_level_validation_mean_{name}"] = means
         trainer.save_model(model_dir)

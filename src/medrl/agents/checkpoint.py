@@ -1,13 +1,15 @@
-"""Model folders (weights as safetensors + YAML) and resumable training checkpoints.
+"""Model folders (weights as safetensors + YAML): any task of the family.
 
-A model folder holds ``model.safetensors`` and ``model.yaml`` (format version, medrl version,
-the full config, the landmark names, and how it was trained). Everything is written to a
-temporary folder first and renamed, so a killed run never leaves a half-written model.
+A model folder holds ``model.safetensors`` and ``model.yaml``: format and version, medrl
+version, the task (its kind and the state its search needs), the target names, the full
+config and how it was trained. Everything is written to a temporary folder first and renamed,
+so a killed run never leaves a half-written model. Format 1 (``medrl-landmark-dqn``, the
+landmark agent before the task family) is read as a landmark model.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -18,15 +20,17 @@ from safetensors.torch import load_file, save_file
 import medrl
 from medrl.agents.networks import QNetwork
 from medrl.config import Config
-from medrl.envs.landmark import NUM_ACTIONS
 from medrl.errors import CheckpointError, InputError
+from medrl.models import default_model_dir
+from medrl.tasks import Task, make_task
 
-MODEL_FORMAT = "medrl-landmark-dqn"
-MODEL_FORMAT_VERSION = 1
+MODEL_FORMAT = "medrl-dqn"
+MODEL_FORMAT_VERSION = 2
+_V1_FORMAT = "medrl-landmark-dqn"
 
 
 @dataclass
-class LandmarkModel:
+class Model:
     """A trained Q-network with everything needed to run a search with it."""
 
     network: QNetwork
@@ -34,17 +38,31 @@ class LandmarkModel:
     names: tuple[str, ...]
     descriptions: tuple[str, ...]
     meta: dict[str, Any]
+    task: Task = None  # type: ignore[assignment]  # default: the config's task, no state
+
+    def __post_init__(self) -> None:
+        if self.task is None:
+            self.task = make_task(self.config)
+
+    @property
+    def kind(self) -> str:
+        return self.task.name
 
 
-def build_network(config: Config, num_landmarks: int) -> QNetwork:
+LandmarkModel = Model  # the name before the task family
+
+
+def build_network(config: Config, num_targets: int, task: Task | None = None) -> QNetwork:
+    task = task or make_task(config)
     return QNetwork(
         config.agent,
         patch_size=config.env.patch_size,
-        frames=config.env.frames,
-        num_landmarks=num_landmarks,
+        frames=config.env.frames * task.num_channels,
+        num_targets=num_targets,
         num_levels=len(config.env.levels),
         action_history=config.env.action_history,
-        num_actions=NUM_ACTIONS,
+        num_actions=task.num_actions,
+        pose_features=task.pose_features,
     )
 
 
@@ -55,15 +73,18 @@ def save_model_files(
     names: tuple[str, ...],
     descriptions: tuple[str, ...],
     meta: dict[str, Any],
+    task: Task | None = None,
 ) -> None:
     """Write model.safetensors and model.yaml into ``folder`` (an already-temporary folder)."""
+    task = task or make_task(config)
     state = {k: v.detach().cpu().contiguous() for k, v in network.state_dict().items()}
     save_file(state, str(folder / "model.safetensors"))
     header = {
         "format": MODEL_FORMAT,
         "format_version": MODEL_FORMAT_VERSION,
         "medrl_version": medrl.__version__,
-        "landmarks": {"names": list(names), "descriptions": list(descriptions)},
+        "task": {"kind": task.name, "state": task.state_dict()},
+        "targets": {"names": list(names), "descriptions": list(descriptions)},
         "training": meta,
         "config": config.to_dict(),
     }
@@ -71,8 +92,32 @@ def save_model_files(
         yaml.safe_dump(header, handle, sort_keys=False)
 
 
-def load_model(folder: str | Path, device: torch.device | str = "cpu") -> LandmarkModel:
-    """Load a model folder; a clear CheckpointError for anything missing or incompatible."""
+def _read_header(header_path: Path) -> dict[str, Any]:
+    try:
+        header = yaml.safe_load(header_path.read_text())
+    except yaml.YAMLError as exc:
+        raise CheckpointError(f"model.yaml is not valid YAML: {exc}", header_path) from exc
+    if not isinstance(header, dict) or header.get("format") not in (MODEL_FORMAT, _V1_FORMAT):
+        raise CheckpointError(f"not a {MODEL_FORMAT} model (format field)", header_path)
+    version = header.get("format_version")
+    expected = 1 if header["format"] == _V1_FORMAT else MODEL_FORMAT_VERSION
+    if version != expected:
+        raise CheckpointError(
+            f"model format version {version} is not supported by medrl {medrl.__version__} "
+            f"(expects {expected}); retrain or use a matching medrl version",
+            header_path,
+        )
+    return header
+
+
+def load_model(
+    folder: str | Path, device: torch.device | str = "cpu", task: str | None = None
+) -> Model:
+    """Load a model folder; a clear CheckpointError for anything missing or incompatible.
+
+    ``task``: the task the caller expects (``medrl predict --task box``); a model of another
+    task is an InputError naming the folder.
+    """
     folder = Path(folder)
     header_path = folder / "model.yaml"
     weights_path = folder / "model.safetensors"
@@ -81,26 +126,28 @@ def load_model(folder: str | Path, device: torch.device | str = "cpu") -> Landma
     for path in (header_path, weights_path):
         if not path.is_file():
             raise CheckpointError(f"missing {path.name} in the model folder", folder)
-    try:
-        header = yaml.safe_load(header_path.read_text())
-    except yaml.YAMLError as exc:
-        raise CheckpointError(f"model.yaml is not valid YAML: {exc}", header_path) from exc
-    if not isinstance(header, dict) or header.get("format") != MODEL_FORMAT:
-        raise CheckpointError(f"not a {MODEL_FORMAT} model (format field)", header_path)
-    version = header.get("format_version")
-    if version != MODEL_FORMAT_VERSION:
-        raise CheckpointError(
-            f"model format version {version} is not supported by medrl {medrl.__version__} "
-            f"(expects {MODEL_FORMAT_VERSION}); retrain or use a matching medrl version",
-            header_path,
-        )
+    header = _read_header(header_path)
     try:
         config = Config.from_dict(header["config"], str(header_path))
-        names = tuple(str(n) for n in header["landmarks"]["names"])
-        descriptions = tuple(str(d) for d in header["landmarks"].get("descriptions", []))
+        if header["format"] == _V1_FORMAT:
+            targets, task_header = header["landmarks"], {"kind": "landmark", "state": {}}
+        else:
+            targets, task_header = header["targets"], header["task"]
+        names = tuple(str(n) for n in targets["names"])
+        descriptions = tuple(str(d) for d in targets.get("descriptions", []))
+        kind = str(task_header["kind"])
+        if config.task.kind != kind:
+            config = replace(config, task=replace(config.task, kind=kind))
+        model_task = make_task(config, dict(task_header.get("state") or {}))
     except (KeyError, TypeError, InputError) as exc:
         raise CheckpointError(f"model.yaml is incomplete or invalid: {exc}", header_path) from exc
-    network = build_network(config, len(names))
+    if task is not None and task != model_task.name:
+        raise InputError(
+            f"this is a {model_task.name} model, not a {task} model (--task {task}); "
+            f"use --task {model_task.name} or a {task} model",
+            folder,
+        )
+    network = build_network(config, len(names), model_task)
     try:
         state = load_file(str(weights_path))
     except Exception as exc:  # safetensors raises several types for corrupt files
@@ -112,23 +159,21 @@ def load_model(folder: str | Path, device: torch.device | str = "cpu") -> Landma
             f"weights do not match the network described in model.yaml: {exc}", weights_path
         ) from exc
     network.to(device).eval()
-    return LandmarkModel(network, config, names, descriptions, header.get("training", {}))
+    return Model(network, config, names, descriptions, header.get("training", {}), model_task)
 
 
 def init_network_from(network: QNetwork, folder: str | Path, names: tuple[str, ...]) -> None:
     """Copy a model folder's weights into ``network`` (fine-tuning); ``default``: shipped model.
 
-    The model must know the same landmarks, in the same order, and describe the same network
+    The model must know the same targets, in the same order, and describe the same network
     (channels, patch, levels, history); anything else is a CheckpointError naming the folder.
     """
     if str(folder) == "default":
-        from medrl.predict import default_model_dir
-
         folder = default_model_dir()
     model = load_model(folder)
     if tuple(model.names) != tuple(names):
         raise CheckpointError(
-            f"train.init_from: the model's landmarks {list(model.names)[:4]}... differ from "
+            f"train.init_from: the model's targets {list(model.names)[:4]}... differ from "
             f"this run's {list(names)[:4]}... (names and order must match)",
             folder,
         )
@@ -140,3 +185,15 @@ def init_network_from(network: QNetwork, folder: str | Path, names: tuple[str, .
             f"and env.* with its model.yaml): {exc}",
             folder,
         ) from exc
+
+
+__all__ = [
+    "MODEL_FORMAT",
+    "MODEL_FORMAT_VERSION",
+    "LandmarkModel",
+    "Model",
+    "build_network",
+    "init_network_from",
+    "load_model",
+    "save_model_files",
+]

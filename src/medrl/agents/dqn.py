@@ -30,15 +30,21 @@ import torch
 from tqdm import tqdm
 
 from medrl.agents.checkpoint import build_network, init_network_from, save_model_files
-from medrl.agents.losses import all_actions_loss, check_all_actions_supported, sampled_loss
+from medrl.agents.losses import (
+    all_actions_loss,
+    check_all_actions_supported,
+    landmark_all_actions_loss,
+    sampled_loss,
+)
 from medrl.agents.replay import NStepAssembler, PoseReplay, split_poses
 from medrl.config import Config, save_config
 from medrl.data.augment import AugmentParams, batch_params
-from medrl.data.sources import landmark_table, load_split
+from medrl.data.sources import load_split
 from medrl.distributed.ddp import SINGLE, DistContext, rank_device
-from medrl.envs.landmark import LandmarkKernel, render_observation
+from medrl.envs.kernel import SearchKernel, render_observation
 from medrl.envs.pyramid import ScanPyramid, build_pyramid
 from medrl.errors import CheckpointError, InputError
+from medrl.tasks import LandmarkTask, TargetTable, make_task
 from medrl.utils.atomic import atomic_dir, atomic_open
 
 CHECKPOINT_DIR = "checkpoints/latest"
@@ -54,7 +60,12 @@ def epsilon_at(config: Config, step: int) -> float:
 
 
 class Trainer:
-    """Owns the environment, networks, replay and random streams of one training run."""
+    """Owns the environment, networks, replay and random streams of one training run.
+
+    The task (``config.task.kind``) decides the poses, actions and observations; the loop
+    below is the same for every task. ``scans`` with ``targets`` (landmarks: per-scan (L, 3)
+    arrays) or ``table`` skip loading the datalist (tests, benchmarks).
+    """
 
     def __init__(
         self,
@@ -66,6 +77,7 @@ class Trainer:
         descriptions: tuple[str, ...] = (),
         command: str = "",
         dist: DistContext = SINGLE,
+        table: TargetTable | None = None,
     ) -> None:
         self.config = config
         self.run_dir = Path(run_dir)
@@ -76,30 +88,48 @@ class Trainer:
         if train.threads > 0:
             torch.set_num_threads(train.threads)
         _seed_everything(train.seed)
+        self.task = make_task(config)
         if scans is None:
             cases = load_split(train.datalist, "train")
-            names, descriptions, targets = landmark_table(cases, train.landmarks)
+            full = self.task.target_table(cases, train.landmarks)
             shard = dist.shard(len(cases))
-            targets = [targets[i] for i in shard]
+            extra = [full.extra[i] for i in shard] if full.extra else []
+            table = TargetTable(
+                full.names, full.descriptions, [full.poses[i] for i in shard], extra
+            )
             spacings = [lv.spacing_mm for lv in config.env.levels]
             scans = [build_pyramid(cases[i].volume, spacings, self.device) for i in shard]
-        assert targets is not None
-        self.scans, self.targets = scans, targets
-        self.targets_ras = torch.as_tensor(np.stack(targets), dtype=torch.float32).to(self.device)
+        elif table is None:
+            assert targets is not None
+            names = names or tuple(f"L{i}" for i in range(len(targets[0])))
+            table = TargetTable(tuple(names), tuple(descriptions or names), list(targets))
+        assert table is not None
+        self.scans, self.table = scans, table
+        self.task.fit(scans, table)
+        self.targets_ras = torch.as_tensor(np.stack(table.poses), dtype=torch.float32).to(
+            self.device
+        )
         if config.agent.backup not in ("sampled", "all_actions"):
             raise InputError(
                 f"agent.backup must be sampled or all_actions, not {config.agent.backup!r}"
             )
         if config.agent.backup == "all_actions":
             check_all_actions_supported(config)
-        self.names, self.descriptions = tuple(names), tuple(descriptions)
+        self.names, self.descriptions = table.names, table.descriptions
         # Rank r's slot i behaves like environment seed + r * num_envs + i: the ranks together
         # run the episodes one process with world_size * num_envs slots would run.
         env_seed = train.seed + dist.rank * train.num_envs
-        self.kernel = LandmarkKernel(
-            scans, targets, config.env, config.augment, train.num_envs, self.device, env_seed
+        self.kernel = SearchKernel(
+            self.task,
+            scans,
+            table,
+            config.env,
+            config.augment,
+            train.num_envs,
+            self.device,
+            env_seed,
         )
-        self.network = build_network(config, len(self.names)).to(self.device)
+        self.network = build_network(config, len(self.names), self.task).to(self.device)
         if train.init_from:
             init_network_from(self.network, train.init_from, self.names)
         dist.broadcast_parameters(self.network)
@@ -108,7 +138,10 @@ class Trainer:
             self.network.parameters(), lr=config.agent.lr, foreach=True
         )
         self.replay = PoseReplay(
-            config.agent.replay_size, config.env.frames, config.env.action_history
+            config.agent.replay_size,
+            config.env.frames,
+            config.env.action_history,
+            self.task.pose_dim,
         )
         self.assembler = NStepAssembler(train.num_envs, config.agent.n_step, config.agent.gamma)
         self.rng = np.random.default_rng(
@@ -138,7 +171,7 @@ class Trainer:
     def collect(self) -> dict[str, float]:
         epsilon = epsilon_at(self.config, self.step)
         poses = self.kernel.poses()
-        obs = render_observation(self.scans, self.config.env, poses, self.kernel.params)
+        obs = render_observation(self.task, self.scans, self.config.env, poses, self.kernel.params)
         actions = self.act(obs, epsilon)
         reward, terminated, truncated, info = self.kernel.step(actions)
         next_poses = self.kernel.poses()
@@ -154,10 +187,11 @@ class Trainer:
         )
         if batch is not None:
             self.replay.add(batch)
+        key = f"final_{self.task.distance_name}"
         stats = {
             **{
-                f"final_distance_mm/level{lv}": float(
-                    info["distance_mm"][done_t & (self.kernel.level == lv)].mean()
+                f"{key}/level{lv}": float(
+                    info["distance"][done_t & (self.kernel.level == lv)].mean()
                 )
                 for lv in range(self.kernel.num_levels)
                 if (done & (self.kernel.level == lv).cpu().numpy()).any()
@@ -165,9 +199,7 @@ class Trainer:
             "epsilon": epsilon,
             "reward": float(reward.mean()),
             "episodes_done": float(done.sum()),
-            "final_distance_mm": float(info["distance_mm"][done_t].mean())
-            if done.any()
-            else float("nan"),
+            key: float(info["distance"][done_t].mean()) if done.any() else float("nan"),
             "success": float(terminated.float().mean()),
         }
         self.kernel.reset(done)
@@ -184,23 +216,28 @@ class Trainer:
         batch = self.replay.sample(agent.batch_size, self.rng)
         state, following = split_poses(batch, self.device)
         params = self._params_for(batch["scan"], batch["episode_seed"])
-        if agent.backup == "all_actions":
-            loss = all_actions_loss(
+        if agent.backup == "all_actions" and isinstance(self.task, LandmarkTask):
+            loss = landmark_all_actions_loss(
                 self.network,
                 self.target,
-                self.config,
+                self.task,
                 self.scans,
                 self.targets_ras,
                 state,
                 params,
                 self.kernel.inside,
             )
+        elif agent.backup == "all_actions":
+            loss = all_actions_loss(
+                self.network, self.target, self.task, self.scans, state, params, self.kernel.inside
+            )
         else:
+            env = self.config.env
             loss = sampled_loss(
                 self.network,
                 self.target,
-                render_observation(self.scans, self.config.env, state, params),
-                render_observation(self.scans, self.config.env, following, params),
+                render_observation(self.task, self.scans, env, state, params),
+                render_observation(self.task, self.scans, env, following, params),
                 torch.as_tensor(batch["action"].astype(np.int64), device=self.device),
                 torch.as_tensor(batch["reward"], device=self.device),
                 torch.as_tensor(batch["discount"], device=self.device),
@@ -283,7 +320,7 @@ class Trainer:
                     self._log(record)
                 bar.set_postfix(
                     eps=f"{record['epsilon']:.2f}",
-                    dist=f"{record.get('final_distance_mm', float('nan')):.1f}mm",
+                    dist=f"{record.get(f'final_{self.task.distance_name}', float('nan')):.2f}",
                     loss=f"{record.get('loss', float('nan')):.3f}",
                 )
                 window = []
@@ -340,7 +377,13 @@ class Trainer:
     def save_model(self, folder: str | Path) -> None:
         with atomic_dir(folder) as tmp:
             save_model_files(
-                tmp, self.network, self.config, self.names, self.descriptions, self.model_meta()
+                tmp,
+                self.network,
+                self.config,
+                self.names,
+                self.descriptions,
+                self.model_meta(),
+                self.task,
             )
 
     def checkpoint_dir(self) -> Path:
@@ -362,34 +405,24 @@ class Trainer:
             "target": self.target.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "rng": self.rng.bit_generator.state,
-            "kernel_rngs": [r.bit_generator.state for r in kernel.rngs],
-            "kernel": {
-                name: getattr(kernel, name)
-                for name in (
-                    "scan",
-                    "landmark",
-                    "level",
-                    "frames_ras",
-                    "target_ras",
-                    "actions",
-                    "recent_ras",
-                    "steps",
-                    "episode_seed",
-                )
-            },
-            "kernel_params": {
-                n: getattr(kernel.params, n) for n in kernel.params.__dataclass_fields__
-            },
+            "kernel": kernel.state_dict(),
             "assembler": self.assembler.state_dict(),
             "torch_rng": torch.get_rng_state(),
             "history": self.history,
             "evaluations": self.evaluations,
             "names": self.names,
+            "task": self.task.name,
         }
         with atomic_dir(folder) as tmp:
             if self.dist.is_main:
                 save_model_files(
-                    tmp, self.network, self.config, self.names, self.descriptions, self.model_meta()
+                    tmp,
+                    self.network,
+                    self.config,
+                    self.names,
+                    self.descriptions,
+                    self.model_meta(),
+                    self.task,
                 )
             torch.save(state, tmp / STATE_FILE)
             self.replay.save(tmp / "replay.npz")
@@ -432,12 +465,7 @@ class Trainer:
         self.step, self.updates = state["step"], state["updates"]
         self.update_credit = state["update_credit"]
         self.rng.bit_generator.state = state["rng"]
-        for rng, rng_state in zip(self.kernel.rngs, state["kernel_rngs"], strict=True):
-            rng.bit_generator.state = rng_state
-        for name, value in state["kernel"].items():
-            setattr(self.kernel, name, value)
-        for name, value in state["kernel_params"].items():
-            getattr(self.kernel.params, name).copy_(value)
+        self.kernel.load_state_dict(state["kernel"])
         self.assembler.load_state_dict(state["assembler"])
         torch.set_rng_state(state["torch_rng"])
         self.history = state["history"]
@@ -462,10 +490,16 @@ class Trainer:
                     folder,
                 )
             if tuple(state["names"]) != self.names:
-                raise CheckpointError("checkpoint was trained on other landmarks", folder)
-            if len(state["kernel_rngs"]) != self.kernel.num_envs:
+                raise CheckpointError("checkpoint was trained on other targets", folder)
+            if "kernel_rngs" in state or state.get("task", "landmark") != self.task.name:
                 raise CheckpointError(
-                    f"checkpoint has {len(state['kernel_rngs'])} environments, the config "
+                    "checkpoint is from another task or an older medrl (before the task "
+                    "family); use --restart",
+                    folder,
+                )
+            if len(state["kernel"]["rngs"]) != self.kernel.num_envs:
+                raise CheckpointError(
+                    f"checkpoint has {len(state['kernel']['rngs'])} environments, the config "
                     f"{self.kernel.num_envs} (train.num_envs); use the run's config or --restart",
                     folder,
                 )

@@ -4,36 +4,36 @@ Two backups, chosen by ``agent.backup``:
 
 * ``sampled``: the classic n-step (double) DQN target for the action that was taken,
   ``y = R_n + gamma^n Q_target(s_n, argmax_a Q_online(s_n, a))``.
-* ``all_actions``: the environment's dynamics are known exactly (a move of one step along
-  an axis, the reward from the distance to the target), so every sampled state is backed up
-  for all six actions at once with the one-step double-DQN target
-  ``y_a = r(s, a) + gamma (1 - terminal) Q_target(s'_a, argmax Q_online(s'_a, .))``,
-  and for every landmark near the agent, not only the one its episode searches for (the
-  network has one head per landmark and the targets of all landmarks are known).
-  One patch of ``P + 2`` voxels is rendered per state; the current patch and the six
-  neighbouring patches are crops of it (this needs ``step_mm == spacing_mm`` at every level).
-  Six targets per sample instead of one, for about 1.5x the rendering cost.
+* ``all_actions``: every task's dynamics are known exactly (the task's ``move``, the reward
+  from its ``distance`` to the goal), so every sampled state is backed up for all actions at
+  once with the one-step double-DQN target
+  ``y_a = r(s, a) + gamma (1 - terminal) Q_target(s'_a, argmax Q_online(s'_a, .))``
+  (close to Liao et al.'s greedy supervision, with bootstrapping). In general this renders
+  the A successor observations of each sample (:func:`all_actions_loss`). The landmark task
+  has a fast path (:func:`landmark_all_actions_loss`): one patch of ``P + 2`` voxels per
+  state, of which the current patch and the six neighbours are crops (this needs
+  ``step_mm == spacing_mm`` at every level), backed up for every landmark near the agent, not
+  only the one its episode searches for (the network has one head per landmark and the
+  targets of all landmarks are known). Six targets per sample instead of one, for about 1.5x
+  the rendering cost.
 """
 
 from __future__ import annotations
 
-from dataclasses import replace
-
+import numpy as np
 import torch
 import torch.nn.functional as F
 
 from medrl.agents.networks import QNetwork
 from medrl.config import Config
 from medrl.data.augment import AugmentParams, inverse_transform_points
-from medrl.envs.landmark import (
-    NUM_ACTIONS,
-    Poses,
-    action_history_one_hot,
-    action_vectors,
-    render_observation,
-)
+from medrl.envs.kernel import action_history_one_hot, render_observation
 from medrl.envs.pyramid import ScanPyramid
 from medrl.errors import InputError
+from medrl.tasks.base import InsideFn, Poses, Task, advance
+from medrl.tasks.landmark import ACTION_NAMES, LandmarkTask, action_vectors
+
+NUM_ACTIONS = len(ACTION_NAMES)
 
 
 def double_q_bootstrap(
@@ -63,7 +63,8 @@ def sampled_loss(
 
 
 # Crops of a (P + 2)^3 patch [k, j, i]: the centre, then the neighbour reached by each action
-# (+R, -R move along i; +A, -A along j; +S, -S along k).
+# (+R, -R move along i; +A, -A along j; +S, -S along k). Checked against the landmark task's
+# action order at import, so reordering its actions cannot silently give wrong targets.
 _CENTRE = (slice(1, -1), slice(1, -1), slice(1, -1))
 _NEIGHBOURS = (
     (slice(1, -1), slice(1, -1), slice(2, None)),
@@ -75,7 +76,14 @@ _NEIGHBOURS = (
 )
 
 
+_CROP_MOVES = ((1, 0, 0), (-1, 0, 0), (0, 1, 0), (0, -1, 0), (0, 0, 1), (0, 0, -1))
+if action_vectors().tolist() != [list(map(float, m)) for m in _CROP_MOVES]:
+    raise ImportError("the landmark crop table does not match LandmarkTask's action order")
+
+
 def check_all_actions_supported(config: Config) -> None:
+    if config.task.kind != "landmark":
+        return
     for index, level in enumerate(config.env.levels):
         if abs(level.step_mm - level.spacing_mm) > 1e-6:
             raise InputError(
@@ -84,32 +92,33 @@ def check_all_actions_supported(config: Config) -> None:
             )
 
 
-def all_actions_loss(
+def landmark_all_actions_loss(
     online: QNetwork,
     target: QNetwork,
-    config: Config,
+    task: LandmarkTask,
     scans: list[ScanPyramid],
     targets_ras: torch.Tensor,
     state: Poses,
     params: AugmentParams,
-    inside_fn,
+    inside_fn: InsideFn,
 ) -> torch.Tensor:
     """Huber loss of Q(s, .) against one-step double-DQN targets for all six actions.
 
     ``targets_ras`` is (scans, landmarks, 3) in each scan's own world; ``inside_fn(scan,
     params, positions)`` says which positions lie inside the image.
     """
+    config = task.config
     env = config.env
-    device = state.frames_ras.device
-    b, frames = state.frames_ras.shape[:2]
-    big_env = replace(env, patch_size=env.patch_size + 2)
-    big = render_observation(scans, big_env, state, params)["patch"]  # (B, F, P+2, P+2, P+2)
+    device = state.frames.device
+    b, frames = state.frames.shape[:2]
+    big = render_observation(task, scans, env, state, params, patch_size=env.patch_size + 2)
+    big = big["patch"]  # (B, F, P+2, P+2, P+2)
     current = big[(slice(None), slice(None), *_CENTRE)]
     obs = {
         "patch": current,
-        "landmark": state.landmark,
+        "target": state.target,
         "level": state.level,
-        "actions": action_history_one_hot(state.actions),
+        "actions": action_history_one_hot(state.actions, NUM_ACTIONS),
     }
     # Rewards and terminal flags of the six moves for every landmark near the agent, from
     # the known dynamics: (B, L, 6).
@@ -119,10 +128,10 @@ def all_actions_loss(
     goals_source = targets_ras[state.scan]  # (B, L, 3), NaN where a scan lacks a landmark
     known = torch.isfinite(goals_source).all(dim=-1)
     goals = inverse_transform_points(params, torch.nan_to_num(goals_source))
-    position = state.frames_ras[:, 0]
+    position = state.frames[:, 0]
     d_old = torch.linalg.norm(position[:, None] - goals, dim=-1)  # (B, L)
     trained = known & (d_old <= radius[:, None] * config.agent.nearby_radius_factor)
-    trained[torch.arange(b, device=device), state.landmark] = True
+    trained[torch.arange(b, device=device), state.target] = True
     moved = position[:, None] + action_vectors(device)[None] * step[:, None, None]  # (B, 6, 3)
     inside = inside_fn(
         state.scan.repeat_interleave(NUM_ACTIONS),
@@ -153,9 +162,9 @@ def all_actions_loss(
     )
     next_obs = {
         "patch": next_patch.reshape(b * NUM_ACTIONS, frames, p, p, p),
-        "landmark": state.landmark.repeat_interleave(NUM_ACTIONS),
+        "target": state.target.repeat_interleave(NUM_ACTIONS),
         "level": state.level.repeat_interleave(NUM_ACTIONS),
-        "actions": action_history_one_hot(next_history),
+        "actions": action_history_one_hot(next_history, NUM_ACTIONS),
     }
     with torch.no_grad():
         next_q = target.forward_all(next_obs)  # (6B, L, 6)
@@ -165,3 +174,48 @@ def all_actions_loss(
     y = reward + config.agent.gamma * (~terminal).float() * bootstrap
     q = online.forward_all(obs)
     return F.smooth_l1_loss(q[trained], y[trained])
+
+
+def all_actions_loss(
+    online: QNetwork,
+    target: QNetwork,
+    task: Task,
+    scans: list[ScanPyramid],
+    state: Poses,
+    params: AugmentParams,
+    inside_fn: InsideFn,
+) -> torch.Tensor:
+    """Huber loss of Q(s, .) of the episode's own target against one-step double-DQN targets
+    for all A actions, from the task's known dynamics (any task; renders A + 1 observations
+    per sample)."""
+    config = task.config
+    env = config.env
+    assert state.goal is not None
+    b, frames = state.frames.shape[:2]
+    a = task.num_actions
+    obs = render_observation(task, scans, env, state, params)
+    rep = torch.arange(b, device=state.frames.device).repeat_interleave(a)
+    pose = state.frames[:, 0]
+    taken = torch.arange(a, device=pose.device).repeat(b)
+    moved, inside = advance(
+        task, state.scan[rep], params.index(rep), pose[rep], taken, state.level[rep], inside_fn
+    )
+    goal = state.goal[rep]
+    d_old = task.distance(pose[rep], goal)
+    reward = task.reward(d_old, task.distance(moved, goal))
+    reward = torch.where(inside, reward, torch.full_like(reward, -env.out_of_image_penalty))
+    terminal = task.success(moved, goal)
+    following = Poses(
+        state.scan[rep],
+        state.target[rep],
+        state.level[rep],
+        torch.cat([moved[:, None], state.frames[rep, : frames - 1]], dim=1),
+        torch.cat([taken[:, None], state.actions[rep, :-1]], dim=1),
+        np.repeat(state.episode_seed, a),
+        np.repeat(state.step + 1, a),
+        goal,
+    )
+    next_obs = render_observation(task, scans, env, following, params.index(rep))
+    bootstrap = double_q_bootstrap(online, target, next_obs, config.agent.double)
+    y = (reward + config.agent.gamma * (~terminal).float() * bootstrap).reshape(b, a)
+    return F.smooth_l1_loss(online(obs), y)

@@ -1,9 +1,10 @@
 """Replay of poses, not patches: an observation is re-rendered from its pose when sampled.
 
-A transition stores the scan, landmark, level, the recent positions, the recent actions and
-the episode's seed and step (which fix its augmentation and noise): about 60 bytes with the
-default settings, against ~13 kB for a 15^3 float32 patch. n-step returns are assembled per
-environment slot before a transition is stored.
+A transition stores the scan, target, level, the recent poses, the recent actions, the
+episode's seed and step (which fix its augmentation and noise) and its goal pose: about 70
+bytes for a landmark with the default settings, against ~13 kB for a 15^3 float32 patch. The
+schema follows the task's pose size. n-step returns are assembled per environment slot before
+a transition is stored.
 """
 
 from __future__ import annotations
@@ -14,22 +15,23 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from medrl.envs.landmark import Poses
+from medrl.tasks.base import Poses
 
 
-def _fields(frames: int, history: int) -> dict[str, tuple[tuple[int, ...], type]]:
+def _fields(frames: int, history: int, pose_dim: int) -> dict[str, tuple[tuple[int, ...], type]]:
     return {
         "scan": ((), np.int16),
-        "landmark": ((), np.int16),
+        "target": ((), np.int16),
         "level": ((), np.int8),
         "episode_seed": ((), np.int64),
-        "frames_ras": ((frames, 3), np.float32),
+        "frames": ((frames, pose_dim), np.float32),
+        "goal": ((pose_dim,), np.float32),
         "actions": ((history,), np.int8),
         "step": ((), np.int32),
         "action": ((), np.int8),
         "reward": ((), np.float32),
         "discount": ((), np.float32),
-        "next_frames_ras": ((frames, 3), np.float32),
+        "next_frames": ((frames, pose_dim), np.float32),
         "next_actions": ((history,), np.int8),
         "next_step": ((), np.int32),
     }
@@ -38,13 +40,13 @@ def _fields(frames: int, history: int) -> dict[str, tuple[tuple[int, ...], type]
 class PoseReplay:
     """Uniform replay over pose transitions, in fixed-size NumPy ring buffers."""
 
-    def __init__(self, capacity: int, frames: int, history: int) -> None:
+    def __init__(self, capacity: int, frames: int, history: int, pose_dim: int = 3) -> None:
         self.capacity = int(capacity)
         self.frames = frames
         self.history = history
         self.data = {
             name: np.zeros((self.capacity, *shape), dtype=dtype)
-            for name, (shape, dtype) in _fields(frames, history).items()
+            for name, (shape, dtype) in _fields(frames, history, pose_dim).items()
         }
         self.size = 0
         self.cursor = 0
@@ -92,21 +94,24 @@ def split_poses(batch: dict[str, np.ndarray], device: torch.device | str) -> tup
     def tensor(name: str) -> torch.Tensor:
         return torch.as_tensor(batch[name].astype(np.int64), device=device)
 
-    common = (tensor("scan"), tensor("landmark"), tensor("level"))
+    common = (tensor("scan"), tensor("target"), tensor("level"))
     seeds = batch["episode_seed"].astype(np.int64)
+    goal = torch.as_tensor(batch["goal"], device=device)
     state = Poses(
         *common,
-        torch.as_tensor(batch["frames_ras"], device=device),
+        torch.as_tensor(batch["frames"], device=device),
         tensor("actions"),
         seeds,
         batch["step"].astype(np.int64),
+        goal,
     )
     following = Poses(
         *common,
-        torch.as_tensor(batch["next_frames_ras"], device=device),
+        torch.as_tensor(batch["next_frames"], device=device),
         tensor("next_actions"),
         seeds,
         batch["next_step"].astype(np.int64),
+        goal,
     )
     return state, following
 
@@ -158,7 +163,7 @@ class NStepAssembler:
             "action": action,
             "reward": ret,
             "discount": discount,
-            "next_frames_ras": next_row["frames_ras"],
+            "next_frames": next_row["frames"],
             "next_actions": next_row["actions"],
             "next_step": next_row["step"],
         }
@@ -166,17 +171,20 @@ class NStepAssembler:
 
 def _pose_rows(poses: Poses) -> list[dict]:
     scan = poses.scan.cpu().numpy()
-    landmark = poses.landmark.cpu().numpy()
+    target = poses.target.cpu().numpy()
     level = poses.level.cpu().numpy()
-    frames = poses.frames_ras.cpu().numpy()
+    frames = poses.frames.cpu().numpy()
     actions = poses.actions.cpu().numpy()
+    assert poses.goal is not None
+    goal = poses.goal.cpu().numpy()
     return [
         {
             "scan": scan[i],
-            "landmark": landmark[i],
+            "target": target[i],
             "level": level[i],
             "episode_seed": poses.episode_seed[i],
-            "frames_ras": frames[i],
+            "frames": frames[i],
+            "goal": goal[i],
             "actions": actions[i],
             "step": poses.step[i],
         }

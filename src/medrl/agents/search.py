@@ -1,11 +1,13 @@
 """Inference: multi-scale, multi-start greedy search with oscillation handling. No labels needed.
 
-For every landmark, agents start at the scan's intensity centre and, with ``num_starts`` up
-to 7, at +/- ``start_offsets_mm`` along A, then S, then R. At each level, from coarse to
-fine, every agent takes greedy actions until it oscillates (a position revisited more than
-``oscillation_repeats`` times in the window) or spends the level's step budget; it then
-continues at the next level from the mean of its last few positions (the centre of its
-oscillation). The landmark estimate is the coordinate-wise median over the starts.
+For every target (landmark, structure, ...) agents start at the task's label-free starts
+(:meth:`medrl.tasks.base.Task.initial`: for landmarks the scan's intensity centre and, with
+``num_starts`` up to 7, +/- ``start_offsets_mm`` along A, then S, then R). At each level,
+from coarse to fine, every agent takes greedy actions until it oscillates (a pose revisited
+more than ``oscillation_repeats`` times in the window) or spends the level's step budget; it
+then continues at the next level from where it settled (the centre of its oscillation). The
+estimate combines the starts (coordinate-wise median). The moves are the training kernel's
+own transition function, :func:`medrl.tasks.base.advance`.
 """
 
 from __future__ import annotations
@@ -15,141 +17,154 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from medrl.agents.checkpoint import LandmarkModel
+from medrl.agents.checkpoint import Model
 from medrl.config import AugmentConfig
-from medrl.data.augment import batch_params
-from medrl.envs.landmark import Poses, action_vectors, oscillation_count, render_observation
+from medrl.data.augment import AugmentParams, batch_params
+from medrl.envs.kernel import render_observation
 from medrl.envs.pyramid import ScanPyramid, build_pyramid
 from medrl.io.images import Volume
 from medrl.io.landmarks import Landmarks
+from medrl.tasks.base import Poses, advance, count_repeats
 
-_SETTLE_POSITIONS = 4
 
+def level_paths(path: np.ndarray, levels: np.ndarray, num_levels: int) -> list[np.ndarray]:
+    """One start's path split by level, coarse to fine, without repeated poses.
 
-def level_paths(path_ras: np.ndarray, levels: np.ndarray, num_levels: int) -> list[np.ndarray]:
-    """One start's path split by level, coarse to fine, without repeated positions.
-
-    The recorded path keeps a settled agent's position at every later step of its level;
-    here each level's positions (k, 3) keep only the moves. A level that was not searched
-    gives an empty (0, 3) array.
+    The recorded path keeps a settled agent's pose at every later step of its level; here
+    each level's poses (k, D) keep only the moves. A level that was not searched gives an
+    empty (0, D) array.
     """
     split = []
     for level in range(num_levels):
-        points = path_ras[levels == level]
+        points = path[levels == level]
         if len(points):
             moved = np.any(np.abs(np.diff(points, axis=0)) > 1e-6, axis=1)
             points = points[np.concatenate([[True], moved])]
-        split.append(points.reshape(-1, 3))
+        split.append(points.reshape(-1, path.shape[-1]))
     return split
 
 
 @dataclass
 class SearchResult:
-    landmarks: Landmarks
-    paths_ras: list[list[np.ndarray]]
-    """Per landmark, per start: the visited positions (T, 3), coarse to fine."""
+    names: tuple[str, ...]
+    descriptions: tuple[str, ...]
+    estimate: np.ndarray
+    """(targets, D) the final poses, world RAS mm."""
+    paths: list[list[np.ndarray]]
+    """Per target, per start: the visited poses (T, D), coarse to fine."""
     path_levels: list[list[np.ndarray]]
-    """Per landmark, per start: the level of each visited position (T,)."""
+    """Per target, per start: the level of each visited pose (T,)."""
     steps: int
-    level_points_ras: list[np.ndarray]
-    """The estimate (landmarks, 3) after each level searched, coarse to fine."""
+    level_estimates: list[np.ndarray]
+    """The estimate (targets, D) after each level searched, coarse to fine."""
+
+    @property
+    def landmarks(self) -> Landmarks:
+        """A landmark search's estimate as Landmarks (RAS)."""
+        return Landmarks(self.names, self.estimate, self.descriptions)
+
+    # names of the landmark-only era, kept for the report and evaluation code
+    @property
+    def paths_ras(self) -> list[list[np.ndarray]]:
+        return self.paths
+
+    @property
+    def level_points_ras(self) -> list[np.ndarray]:
+        return self.level_estimates
 
 
-def start_positions(scan: ScanPyramid, num_starts: int, offset_mm: float) -> np.ndarray:
-    centre = scan.intensity_centre_ras
-    if num_starts <= 1:
-        return centre[None]
-    # Centre first, then +/- along A (the longest axis of a head), S, R.
-    axes = np.eye(3)[[1, 1, 2, 2, 0, 0]] * np.array([1, -1, 1, -1, 1, -1])[:, None]
-    offsets = np.concatenate([np.zeros((1, 3)), axes * offset_mm])
-    return centre + offsets[: min(num_starts, 7)]
+def _no_augmentation(scan: ScanPyramid, device: torch.device) -> AugmentParams:
+    return batch_params(
+        AugmentConfig(enabled=False), np.zeros(1, np.int64), scan.centre_ras[None], device
+    )
 
 
 @torch.no_grad()
 def search(
-    model: LandmarkModel,
+    model: Model,
     volume: Volume,
     device: torch.device | str = "cpu",
     scan: ScanPyramid | None = None,
     num_starts: int | None = None,
 ) -> SearchResult:
-    """Find every landmark the model knows in ``volume``; positions in world RAS mm.
+    """Find every target the model knows in ``volume``; poses in world RAS mm.
 
     ``num_starts`` (1 to 7) overrides the model's ``search.num_starts``.
     """
-    config = model.config
+    config, task = model.config, model.task
     env = config.env
     device = torch.device(device)
     if scan is None:
         scan = build_pyramid(volume, [lv.spacing_mm for lv in env.levels], device)
-    starts = start_positions(
-        scan, num_starts or config.search.num_starts, config.search.start_offsets_mm
-    )
-    num_landmarks, num_starts = len(model.names), len(starts)
-    n = num_landmarks * num_starts
-    landmark = torch.arange(num_landmarks, device=device).repeat_interleave(num_starts)
-    position = torch.as_tensor(np.tile(starts, (num_landmarks, 1)), dtype=torch.float32).to(device)
-    identity = batch_params(
-        AugmentConfig(enabled=False), np.zeros(1, np.int64), scan.centre_ras[None], device
-    )
-    moves = action_vectors(device)
+    num_targets = len(model.names)
+    starts = task.initial(scan, num_starts or config.search.num_starts, num_targets)
+    num_starts = starts.shape[1]
+    n, dim = num_targets * num_starts, task.pose_dim
+    target = torch.arange(num_targets, device=device).repeat_interleave(num_starts)
+    pose = torch.as_tensor(starts.reshape(n, dim), dtype=torch.float32).to(device)
+    identity = _no_augmentation(scan, device)
+
+    def inside(_scan: torch.Tensor, _params: AugmentParams, points: torch.Tensor) -> torch.Tensor:
+        return scan.contains_ras(points)
+
     # The path is kept on the device and copied to the host once, at the end (no sync per step).
-    paths = [position.clone()]
+    paths = [pose.clone()]
     levels_visited = [0]
     total_steps = 0
-    level_points: list[np.ndarray] = []
+    level_estimates: list[np.ndarray] = []
     used = env.levels[: config.search.levels] if config.search.levels > 0 else env.levels
     for level_index, level in enumerate(used):
-        frames = position[:, None, :].repeat(1, env.frames, 1)
+        frames = pose[:, None, :].repeat(1, env.frames, 1)
         actions = torch.full((n, env.action_history), -1, dtype=torch.long, device=device)
-        recent = torch.full((n, env.oscillation_window, 3), float("nan"), device=device)
-        recent[:, -1] = position
+        recent = torch.full((n, env.oscillation_window, dim), float("nan"), device=device)
+        recent[:, -1] = pose
         active = torch.ones(n, dtype=torch.bool, device=device)
-        step_tol = torch.full((n,), 0.25 * level.step_mm, device=device)
+        level_t = torch.full((n,), level_index, dtype=torch.long, device=device)
         for _ in range(level.max_steps):
             rows = torch.nonzero(active, as_tuple=True)[0]
             if len(rows) == 0:
                 break
             m = len(rows)
+            zeros = torch.zeros(m, dtype=torch.long, device=device)
             poses = Poses(
-                scan=torch.zeros(m, dtype=torch.long, device=device),
-                landmark=landmark[rows],
-                level=torch.full((m,), level_index, dtype=torch.long, device=device),
-                frames_ras=frames[rows],
+                scan=zeros,
+                target=target[rows],
+                level=level_t[rows],
+                frames=frames[rows],
                 actions=actions[rows],
                 episode_seed=np.zeros(m, np.int64),
                 step=np.zeros(m, np.int64),
             )
-            obs = render_observation(
-                [scan], env, poses, identity.index(torch.zeros(m, dtype=torch.long)), noise=False
-            )
+            params = identity.index(torch.zeros(m, dtype=torch.long))
+            obs = render_observation(task, [scan], env, poses, params, noise=False)
             chosen = model.network(obs).argmax(dim=1)
-            proposed = frames[rows, 0] + moves[chosen] * level.step_mm
-            inside = scan.contains_ras(proposed)
-            new = torch.where(inside[:, None], proposed, frames[rows, 0])
+            new, _ = advance(task, zeros, params, frames[rows, 0], chosen, level_t[rows], inside)
             frames[rows] = torch.cat([new[:, None], frames[rows, :-1]], dim=1)
             actions[rows] = torch.cat([chosen[:, None], actions[rows, :-1]], dim=1)
             recent[rows] = torch.cat([recent[rows, 1:], new[:, None]], dim=1)
             total_steps += 1
             paths.append(frames[:, 0].clone())
             levels_visited.append(level_index)
-            settled = oscillation_count(recent[rows], new, step_tol[rows]) > env.oscillation_repeats
-            active[rows[settled]] = False
-        tail = recent[:, -_SETTLE_POSITIONS:]
-        position = torch.nanmean(tail, dim=1)
-        per_start = position.reshape(num_landmarks, num_starts, 3)
-        level_points.append(torch.median(per_start, dim=1).values.cpu().numpy().astype(np.float64))
-    paths.append(position)
+            repeats = count_repeats(recent[rows], new, task.tolerance(new, level_t[rows]))
+            active[rows[repeats > env.oscillation_repeats]] = False
+        pose = task.settle(recent)
+        per_start = pose.reshape(num_targets, num_starts, dim)
+        level_estimates.append(task.combine(per_start).cpu().numpy().astype(np.float64))
+    paths.append(pose)
     levels_visited.append(len(used) - 1)
-    estimate = level_points[-1]
-    stacked = torch.stack(paths, dim=1).cpu().numpy().astype(np.float64)  # (n, T, 3)
+    stacked = torch.stack(paths, dim=1).cpu().numpy().astype(np.float64)  # (n, T, D)
     level_stack = np.tile(np.asarray(levels_visited, dtype=np.int64), (n, 1))
-    per_landmark_paths, per_landmark_levels = [], []
-    for lm in range(num_landmarks):
-        rows = range(lm * num_starts, (lm + 1) * num_starts)
-        per_landmark_paths.append([stacked[r] for r in rows])
-        per_landmark_levels.append([level_stack[r] for r in rows])
-    landmarks = Landmarks(names=model.names, points_ras=estimate, descriptions=model.descriptions)
+    per_target_paths, per_target_levels = [], []
+    for t in range(num_targets):
+        rows_t = range(t * num_starts, (t + 1) * num_starts)
+        per_target_paths.append([stacked[r] for r in rows_t])
+        per_target_levels.append([level_stack[r] for r in rows_t])
     return SearchResult(
-        landmarks, per_landmark_paths, per_landmark_levels, total_steps, level_points
+        model.names,
+        model.descriptions,
+        level_estimates[-1],
+        per_target_paths,
+        per_target_levels,
+        total_steps,
+        level_estimates,
     )

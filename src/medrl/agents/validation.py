@@ -1,12 +1,15 @@
-"""Quick validation during training: search a few rigidly moved validation scans.
+"""Validation without test data: quick validation during training and the search-level choice.
 
 Every ``train.eval_every`` steps the trainer runs the inference search (one start, every
 level) with its current network on ``train.eval_scans`` copies of the validation cases, each
-moved by a fixed random rigid transform (the landmarks move with it), and logs the mean
-error in mm. The validation cases are the datalist's ``val`` split if it has one, else the
-*training* cases (never the test split). The moved scans are made once; the search is
-deterministic and uses no random stream of the training run, so evaluating does not change
-what the run learns, and a resumed run logs the very same figures.
+moved by a fixed random rigid transform (annotations move with it: landmarks exactly, label
+maps by nearest neighbour, boxes recomputed from them), and logs the task's scores (mean
+error in mm for landmarks, IoU for boxes). The validation cases are the datalist's ``val``
+split if it has one, else the *training* cases (never the test split). The moved scans are
+made once; the search is deterministic and uses no random stream of the training run, so
+evaluating does not change what the run learns, and a resumed run logs the very same
+figures. :func:`select_search_levels` picks, at export, how many levels the search uses, on
+the training scans under other rigid moves.
 """
 
 from __future__ import annotations
@@ -17,15 +20,16 @@ from dataclasses import dataclass, replace
 import numpy as np
 import torch
 
-from medrl.agents.checkpoint import LandmarkModel
+from medrl.agents.checkpoint import Model
 from medrl.agents.search import search
 from medrl.config import Config
 from medrl.data.datalist import Case
+from medrl.data.scenarios import ScenarioScan, scenario_scans
 from medrl.data.sources import load_split, resolve_datalist
 from medrl.envs.pyramid import ScanPyramid, build_pyramid
 from medrl.errors import InputError
-from medrl.evaluation import move_case, random_rigid
 from medrl.io.images import Volume
+from medrl.tasks import Task, make_task
 
 VALIDATION_SEED = 5000
 """Seeds of the rigid moves (5000, 5001, ...): apart from evaluate's (1000...) and the search
@@ -39,13 +43,81 @@ def validation_split(datalist: str) -> str:
     return "val" if any(spec.split == "val" for spec in resolve_datalist(datalist)) else "train"
 
 
+def moved_truth(task: Task, scan: ScenarioScan, names: tuple[str, ...]) -> np.ndarray:
+    """(T, D) the task's targets in a moved scan, NaN where it lacks one."""
+    case = Case(scan.case_id, scan.volume, scan.landmarks, "val", scan.labels, scan.label_names)
+    known = _known_names(task, case, names)
+    table = task.target_table([case], known)
+    truth = np.full((len(names), task.pose_dim), np.nan)
+    for row, name in enumerate(known):
+        truth[names.index(name)] = table.poses[0][row]
+    return truth
+
+
+def _known_names(task: Task, case: Case, names: tuple[str, ...]) -> tuple[str, ...]:
+    if task.name == "landmark":
+        present = set(case.landmarks.names) if case.landmarks is not None else set()
+    else:
+        present = set((case.label_names or {}).values())
+    return tuple(n for n in names if n in present)
+
+
+def _moved(task: Task, case: Case, trials: int, seed: int) -> list[ScenarioScan]:
+    landmark = task.name == "landmark"
+    names = case.landmarks.names if landmark and case.landmarks is not None else None
+    return scenario_scans(
+        [case],
+        trials,
+        MAX_ROTATION_DEG,
+        MAX_TRANSLATION_MM,
+        seed,
+        landmark_names=names,
+        with_labels=not landmark,
+    )
+
+
 @dataclass
 class ValidationScan:
     case_id: str
     volume: Volume
     scan: ScanPyramid
-    truth_ras: np.ndarray
-    """(landmarks, 3) in the model's landmark order, NaN where the case lacks one."""
+    truth: np.ndarray
+    """(targets, D) in the model's target order, NaN where the case lacks one."""
+
+    @property
+    def truth_ras(self) -> np.ndarray:  # the landmark-era name
+        return self.truth
+
+
+def _summary(per_level: list[dict[str, list[float]]]) -> dict[str, float]:
+    out: dict[str, float] = {}
+    for key, values in per_level[-1].items():
+        final = np.asarray(values)
+        out.update(
+            {
+                f"mean_{key}": float(final.mean()),
+                f"median_{key}": float(np.median(final)),
+                f"max_{key}": float(final.max()),
+                f"min_{key}": float(final.min()),
+            }
+        )
+    for level, scores in enumerate(per_level):
+        out.update({f"mean_{key}/level{level}": float(np.mean(v)) for key, v in scores.items()})
+    return out
+
+
+def score_levels(
+    model: Model, items: list[tuple[Volume, ScanPyramid | None, np.ndarray]], device
+) -> list[dict[str, list[float]]]:
+    """Per level of the search (one start, every level): the task's scores of every target."""
+    per_level: list[dict[str, list[float]]] = [{} for _ in model.config.env.levels]
+    for volume, pyramid, truth in items:
+        result = search(model, volume, device, scan=pyramid, num_starts=1)
+        known = np.isfinite(truth).all(axis=1)
+        for level, estimate in enumerate(result.level_estimates):
+            for key, values in model.task.scores(estimate[known], truth[known]).items():
+                per_level[level].setdefault(key, []).extend(values.tolist())
+    return per_level
 
 
 class Validator:
@@ -59,12 +131,11 @@ class Validator:
         device: torch.device | str = "cpu",
         count: int | None = None,
     ) -> None:
-        labelled = [
-            c for c in cases if c.landmarks is not None and set(c.landmarks.names) & set(names)
-        ]
+        self.task = make_task(config)
+        labelled = [c for c in cases if _known_names(self.task, c, names)]
         if not labelled:
             raise InputError(
-                f"no validation case has any of the landmarks learned ({', '.join(names[:3])}...)"
+                f"no validation case has any of the targets learned ({', '.join(names[:3])}...)"
             )
         count = config.train.eval_scans if count is None else count
         spacings = [lv.spacing_mm for lv in config.env.levels]
@@ -73,17 +144,11 @@ class Validator:
         self.scans: list[ValidationScan] = []
         for index in range(count):
             case = labelled[index % len(labelled)]
-            assert case.landmarks is not None
-            known = [n for n in names if n in case.landmarks.names]
-            rigid = random_rigid(VALIDATION_SEED + index, MAX_ROTATION_DEG, MAX_TRANSLATION_MM)
-            volume, moved = move_case(case.volume, case.landmarks.subset(known), rigid)
-            truth = np.full((len(names), 3), np.nan)
-            for row, name in enumerate(names):
-                if name in moved.names:
-                    truth[row] = moved.points_ras[moved.names.index(name)]
-            pyramid = build_pyramid(volume, spacings, self.device)
+            (moved,) = _moved(self.task, case, 1, VALIDATION_SEED + index)
+            truth = moved_truth(self.task, moved, names)
+            pyramid = build_pyramid(moved.volume, spacings, self.device)
             case_id = f"{case.case_id}_rigid{index}"
-            self.scans.append(ValidationScan(case_id, volume, pyramid, truth))
+            self.scans.append(ValidationScan(case_id, moved.volume, pyramid, truth))
 
     @classmethod
     def from_config(
@@ -93,38 +158,46 @@ class Validator:
         return cls(load_split(config.train.datalist, split), config, names, device)
 
     @torch.no_grad()
-    def evaluate(self, network: torch.nn.Module, config: Config) -> dict[str, float]:
-        """Errors (mm) of a search with ``network``: overall and after each level."""
+    def evaluate(
+        self, network: torch.nn.Module, config: Config, task: Task | None = None
+    ) -> dict[str, float]:
+        """Scores of a search with ``network`` (landmarks: ``mean_error_mm``, ...; boxes:
+        ``mean_iou``, ...): over the final estimates and after each level."""
         started = time.perf_counter()
-        search_config = replace(config.search, levels=0, num_starts=1)
-        model = LandmarkModel(
-            network,  # type: ignore[arg-type]
-            replace(config, search=search_config),
-            self.names,
-            self.names,
-            {},
-        )
+        run_config = replace(config, search=replace(config.search, levels=0, num_starts=1))
+        model = Model(network, run_config, self.names, self.names, {}, task or self.task)  # type: ignore[arg-type]
         was_training = network.training
         network.eval()
         try:
-            per_level: list[list[float]] = [[] for _ in config.env.levels]
-            for item in self.scans:
-                result = search(model, item.volume, self.device, scan=item.scan, num_starts=1)
-                known = np.isfinite(item.truth_ras).all(axis=1)
-                for level, points in enumerate(result.level_points_ras):
-                    error = np.linalg.norm(points[known] - item.truth_ras[known], axis=1)
-                    per_level[level].extend(error.tolist())
+            items = [(s.volume, s.scan, s.truth) for s in self.scans]
+            per_level = score_levels(model, items, self.device)
         finally:
             network.train(was_training)
-        final = np.asarray(per_level[-1])
-        out = {
-            "mean_error_mm": float(final.mean()),
-            "median_error_mm": float(np.median(final)),
-            "max_error_mm": float(final.max()),
-            **{
-                f"mean_error_mm/level{lv}": float(np.mean(errors))
-                for lv, errors in enumerate(per_level)
-            },
-            "seconds": time.perf_counter() - started,
-        }
-        return out
+        return {**_summary(per_level), "seconds": time.perf_counter() - started}
+
+
+def select_search_levels(
+    model: Model,
+    cases: list[Case],
+    trials: int = 2,
+    seed: int = 77,
+    device: str = "cpu",
+) -> tuple[int, list[float]]:
+    """How many levels the search should use: the count with the best mean primary score
+    (landmarks: error in mm; boxes: IoU) on ``cases`` (the training scans) under random rigid
+    moves, never on test data. Returns the chosen count and the mean score after each level.
+    """
+    config = model.config
+    model = replace(model, config=replace(config, search=replace(config.search, levels=0)))
+    key, higher_is_better = model.task.primary_score
+    items = []
+    for case in cases:
+        if not _known_names(model.task, case, model.names):
+            continue
+        for moved in _moved(model.task, case, trials, seed):
+            items.append((moved.volume, None, moved_truth(model.task, moved, model.names)))
+    with torch.inference_mode():
+        per_level = score_levels(model, items, device)
+    means = [float(np.mean(s[key])) if s.get(key) else float("nan") for s in per_level]
+    ranked = [(-m if higher_is_better else m) for m in means]
+    return int(np.nanargmin(ranked)) + 1, means

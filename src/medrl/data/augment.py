@@ -159,15 +159,17 @@ def grid_sinusoids(
 
     The same values as evaluating every point, but the grid is separable: with complex
     exponentials only 3P values per mode need a transcendental function, the P^3 grid is
-    products. ``offsets_mm`` is (N, P); the grid is ordered [k, j, i] like a patch.
+    products. ``offsets_mm`` is (N, P) (the same along each axis) or (N, 3, P) (along R, A,
+    S); the grid is ordered [k, j, i] like a patch.
     """
     n, k = phase.shape
-    p = offsets_mm.shape[1]
+    offsets_mm = per_axis_offsets(offsets_mm)
+    p = offsets_mm.shape[2]
     base = torch.einsum("nkc,nc->nk", freq, centre_ras) + phase
     ones = torch.ones((), dtype=freq.dtype, device=freq.device)
 
     def axis(c: int) -> torch.Tensor:
-        return torch.polar(ones.expand(n, k, p), freq[:, :, c, None] * offsets_mm[:, None, :])
+        return torch.polar(ones.expand(n, k, p), freq[:, :, c, None] * offsets_mm[:, c, None, :])
 
     full = (
         torch.polar(ones.expand(n, k), base)[:, :, None, None, None]
@@ -178,19 +180,28 @@ def grid_sinusoids(
     return full.imag.reshape(n, k, p**3)
 
 
+def per_axis_offsets(offsets_mm: torch.Tensor) -> torch.Tensor:
+    """Grid offsets as (N, 3, P): (N, P) offsets are the same along R, A and S."""
+    if offsets_mm.dim() == 2:
+        return offsets_mm[:, None, :].expand(-1, 3, -1)
+    return offsets_mm
+
+
 def transform_grid(
     params: AugmentParams, centre_ras: torch.Tensor, offsets_mm: torch.Tensor
 ) -> torch.Tensor:
     """``T(x)`` (N, P^3, 3) on each patch grid ``x = centre + offsets`` ([k, j, i] order).
 
-    The fast path of :func:`transform_points` for patches: both the affine part and the
-    elastic modes are separable along the grid axes.
+    ``offsets_mm`` is (N, P) or (N, 3, P) (see :func:`grid_sinusoids`). The fast path of
+    :func:`transform_points` for patches: both the affine part and the elastic modes are
+    separable along the grid axes.
     """
-    n, p = offsets_mm.shape
+    offsets_mm = per_axis_offsets(offsets_mm)
+    n, _, p = offsets_mm.shape
     matrix = params.matrix
     base = torch.bmm(matrix, (centre_ras - params.centre_ras)[:, :, None])[:, :, 0]
     base = base + params.centre_ras + params.translation_mm
-    along = [offsets_mm[:, :, None] * matrix[:, None, :, c] for c in range(3)]  # (N, P, 3)
+    along = [offsets_mm[:, c, :, None] * matrix[:, None, :, c] for c in range(3)]  # (N, P, 3)
     affine = (
         base[:, None, None, None, :]
         + along[2][:, :, None, None, :]
@@ -223,6 +234,8 @@ def inverse_transform_points(
     Fixed-point iteration in float64 until the update is below ``tol_mm``; a RuntimeError if
     it does not converge (an elastic field too strong to be invertible).
     """
+    if points_ras.numel() == 0:
+        return points_ras.clone()
     double = AugmentParams(*(getattr(params, name).double() for name in _FIELDS))
     target = points_ras.double()
     centre = double.centre_ras[:, None, :]

@@ -1,8 +1,10 @@
-"""Where cases come from: a datalist file, or ``builtin:afids`` for the built-in templates."""
+"""Where cases come from: a datalist file, or ``builtin:afids`` for the built-in templates.
+
+What a task learns from the cases (landmarks, boxes of label maps) is read by the task:
+:meth:`medrl.tasks.base.Task.target_table`.
+"""
 
 from __future__ import annotations
-
-import numpy as np
 
 from medrl.data.datalist import Case, CaseSpec, load_case, read_datalist
 from medrl.errors import InputError
@@ -28,35 +30,3 @@ def load_split(source: str, split: str) -> list[Case]:
     if not specs:
         raise InputError(f"the datalist has no cases with split {split!r}", source)
     return [load_case(spec) for spec in specs]
-
-
-def landmark_table(
-    cases: list[Case], names: tuple[str, ...] = ()
-) -> tuple[tuple[str, ...], tuple[str, ...], list[np.ndarray]]:
-    """Names, descriptions, and per-case targets (L, 3) RAS with NaN where a case lacks one."""
-    labelled = [case for case in cases if case.landmarks is not None]
-    if not labelled:
-        raise InputError("no case has landmarks to learn from")
-    first = labelled[0].landmarks
-    assert first is not None
-    names = names or first.names
-    unknown = [n for n in names if not any(n in c.landmarks.names for c in labelled)]
-    if unknown:
-        raise InputError(f"landmark(s) {', '.join(unknown)} appear in no training case")
-    descriptions = []
-    for name in names:
-        desc = ""
-        for case in labelled:
-            if name in case.landmarks.names and case.landmarks.descriptions:
-                desc = case.landmarks.descriptions[case.landmarks.names.index(name)]
-                break
-        descriptions.append(desc)
-    targets = []
-    for case in cases:
-        table = np.full((len(names), 3), np.nan)
-        if case.landmarks is not None:
-            for row, name in enumerate(names):
-                if name in case.landmarks.names:
-                    table[row] = case.landmarks.points_ras[case.landmarks.names.index(name)]
-        targets.append(table)
-    return tuple(names), tuple(descriptions), targets

@@ -176,6 +176,6 @@ def _run(
     rows = []
     for row in results.iter_rows():
         seconds = float(row["seconds"])
-        landmarks = int(row["landmarks"]) if row["landmarks"] else ""
-        rows.append({**row, "seconds": seconds, "landmarks": landmarks})
+        targets = int(row["targets"]) if row["targets"] else ""
+        rows.append({**row, "seconds": seconds, "targets": targets})
     return rows

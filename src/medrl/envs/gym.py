@@ -1,9 +1,11 @@
-"""Gymnasium wrappers over the batched kernel: ``LandmarkEnv`` (one slot) and ``LandmarkVectorEnv``.
+"""Gymnasium wrappers over the batched kernel: ``TaskEnv`` (one slot) and ``TaskVectorEnv``.
 
 Both share the kernel's code path, so a vector environment with seed ``s`` and single
 environments with seeds ``s, s+1, ...`` produce the same episodes step by step. The vector
 environment uses Gymnasium's next-step autoreset: the step after an episode ends resets that
-slot (its action is ignored, reward 0, not done).
+slot (its action is ignored, reward 0, not done). The spaces come from the task (its number
+of actions and pose features) and the environment config. ``LandmarkEnv`` and
+``LandmarkVectorEnv`` build them for landmarks from plain (L, 3) target arrays.
 """
 
 from __future__ import annotations
@@ -17,57 +19,62 @@ from gymnasium.vector import AutoresetMode, VectorEnv
 from gymnasium.vector.utils import batch_space
 
 from medrl.config import AugmentConfig, EnvConfig
-from medrl.envs.landmark import NUM_ACTIONS, LandmarkKernel
+from medrl.envs.kernel import SearchKernel
+from medrl.envs.landmark import landmark_task, target_table
 from medrl.envs.pyramid import ScanPyramid
+from medrl.tasks.base import TargetTable, Task
 
 
-def observation_space(config: EnvConfig, num_landmarks: int) -> gym.spaces.Dict:
+def observation_space(task: Task, config: EnvConfig, num_targets: int) -> gym.spaces.Dict:
     p = config.patch_size
-    return gym.spaces.Dict(
-        {
-            "patch": gym.spaces.Box(-np.inf, np.inf, (config.frames, p, p, p), np.float32),
-            "landmark": gym.spaces.Discrete(num_landmarks),
-            "level": gym.spaces.Discrete(len(config.levels)),
-            "actions": gym.spaces.Box(0.0, 1.0, (config.action_history * NUM_ACTIONS,), np.float32),
-        }
-    )
+    spaces: dict[str, gym.spaces.Space] = {
+        "patch": gym.spaces.Box(
+            -np.inf, np.inf, (config.frames * task.num_channels, p, p, p), np.float32
+        ),
+        "target": gym.spaces.Discrete(num_targets),
+        "level": gym.spaces.Discrete(len(config.levels)),
+        "actions": gym.spaces.Box(
+            0.0, 1.0, (config.action_history * task.num_actions,), np.float32
+        ),
+    }
+    if task.pose_features:
+        spaces["pose"] = gym.spaces.Box(-np.inf, np.inf, (task.pose_features,), np.float32)
+    return gym.spaces.Dict(spaces)
 
 
 def _to_numpy(obs: dict[str, torch.Tensor]) -> dict[str, np.ndarray]:
     return {
-        "patch": obs["patch"].cpu().numpy().astype(np.float32),
-        "landmark": obs["landmark"].cpu().numpy().astype(np.int64),
-        "level": obs["level"].cpu().numpy().astype(np.int64),
-        "actions": obs["actions"].cpu().numpy().astype(np.float32),
+        key: value.cpu().numpy().astype(np.int64 if key in ("target", "level") else np.float32)
+        for key, value in obs.items()
     }
 
 
-def _info(kernel: LandmarkKernel, extra: dict[str, torch.Tensor] | None = None) -> dict:
+def _info(kernel: SearchKernel, extra: dict[str, torch.Tensor] | None = None) -> dict:
     info = {key: value.cpu().numpy().copy() for key, value in (extra or {}).items()}
-    info["distance_mm"] = kernel.distance_mm().cpu().numpy().copy()
-    info["position_ras"] = kernel.position_ras.cpu().numpy().copy()
+    info["distance"] = kernel.distance().cpu().numpy().copy()
+    info["pose"] = kernel.pose.cpu().numpy().copy()
     return info
 
 
-class LandmarkEnv(gym.Env):
-    """A single landmark-search environment: the kernel with one slot."""
+class TaskEnv(gym.Env):
+    """A single search environment of any task: the kernel with one slot."""
 
     metadata: ClassVar[dict[str, Any]] = {"render_modes": []}
 
     def __init__(
         self,
+        task: Task,
         scans: list[ScanPyramid],
-        targets_ras: list[np.ndarray],
-        env_config: EnvConfig | None = None,
+        table: TargetTable,
         augment_config: AugmentConfig | None = None,
         device: str = "cpu",
     ) -> None:
-        self.config = env_config or EnvConfig()
-        self.kernel = LandmarkKernel(
-            scans, targets_ras, self.config, augment_config or AugmentConfig(), 1, device
+        self.config = task.config.env
+        self.kernel = SearchKernel(
+            task, scans, table, self.config, augment_config or AugmentConfig(), 1, device
         )
-        self.observation_space = observation_space(self.config, self.kernel.num_landmarks)
-        self.action_space = gym.spaces.Discrete(NUM_ACTIONS)
+        self.observation_space = observation_space(task, self.config, self.kernel.num_targets)
+        self.action_space = gym.spaces.Discrete(task.num_actions)
 
     def reset(self, *, seed: int | None = None, options: dict | None = None):
         super().reset(seed=seed)
@@ -90,27 +97,29 @@ class LandmarkEnv(gym.Env):
         )
 
 
-class LandmarkVectorEnv(VectorEnv):
-    """Many landmark-search environments in one batched kernel (next-step autoreset)."""
+class TaskVectorEnv(VectorEnv):
+    """Many search environments of one task in one batched kernel (next-step autoreset)."""
 
     metadata: ClassVar[dict[str, Any]] = {"autoreset_mode": AutoresetMode.NEXT_STEP}
 
     def __init__(
         self,
+        task: Task,
         scans: list[ScanPyramid],
-        targets_ras: list[np.ndarray],
+        table: TargetTable,
         num_envs: int,
-        env_config: EnvConfig | None = None,
         augment_config: AugmentConfig | None = None,
         device: str = "cpu",
     ) -> None:
-        self.config = env_config or EnvConfig()
+        self.config = task.config.env
         self.num_envs = num_envs
-        self.kernel = LandmarkKernel(
-            scans, targets_ras, self.config, augment_config or AugmentConfig(), num_envs, device
+        self.kernel = SearchKernel(
+            task, scans, table, self.config, augment_config or AugmentConfig(), num_envs, device
         )
-        self.single_observation_space = observation_space(self.config, self.kernel.num_landmarks)
-        self.single_action_space = gym.spaces.Discrete(NUM_ACTIONS)
+        self.single_observation_space = observation_space(
+            task, self.config, self.kernel.num_targets
+        )
+        self.single_action_space = gym.spaces.Discrete(task.num_actions)
         self.observation_space = batch_space(self.single_observation_space, num_envs)
         self.action_space = batch_space(self.single_action_space, num_envs)
         self._autoreset = np.zeros(num_envs, dtype=bool)
@@ -142,3 +151,34 @@ class LandmarkVectorEnv(VectorEnv):
         self._autoreset = terminated_np | truncated_np
         obs = _to_numpy(self.kernel.observe())
         return obs, reward_np, terminated_np, truncated_np, _info(self.kernel, extra)
+
+
+class LandmarkEnv(TaskEnv):
+    """The landmark task's single environment, from per-scan (L, 3) RAS targets."""
+
+    def __init__(
+        self,
+        scans: list[ScanPyramid],
+        targets_ras: list[np.ndarray],
+        env_config: EnvConfig | None = None,
+        augment_config: AugmentConfig | None = None,
+        device: str = "cpu",
+    ) -> None:
+        task = landmark_task(env_config or EnvConfig())
+        super().__init__(task, scans, target_table(targets_ras), augment_config, device)
+
+
+class LandmarkVectorEnv(TaskVectorEnv):
+    """The landmark task's vector environment, from per-scan (L, 3) RAS targets."""
+
+    def __init__(
+        self,
+        scans: list[ScanPyramid],
+        targets_ras: list[np.ndarray],
+        num_envs: int,
+        env_config: EnvConfig | None = None,
+        augment_config: AugmentConfig | None = None,
+        device: str = "cpu",
+    ) -> None:
+        task = landmark_task(env_config or EnvConfig())
+        super().__init__(task, scans, target_table(targets_ras), num_envs, augment_config, device)

@@ -1,8 +1,9 @@
 """Batched patch rendering: patches around many poses, over many scans, in one pass per scan.
 
-A patch of ``P x P x P`` voxels is axis-aligned with the (augmented) world RAS frame and
-centred on the agent: ``patch[k, j, i]`` samples the point ``position + (i, j, k) offsets``
-along (R, A, S) at the level's spacing. Sample points go through the episode's augmentation
+A patch of ``P x P x P`` samples is axis-aligned with the (augmented) world RAS frame:
+``patch[k, j, i]`` samples the point ``centre + (o_R[i], o_A[j], o_S[k])``, with the offsets
+given per pose (the task decides them: a cube at the level's spacing for a landmark, the box
+and its context for a box). Sample points go through the episode's augmentation
 transform, then through the scan's RAS->index affine, and are read with trilinear
 interpolation (``grid_sample``); outside the scan is 0 (background after normalisation).
 """
@@ -25,6 +26,13 @@ def patch_offsets(patch_size: int, device: torch.device | str = "cpu") -> torch.
     return torch.stack([ii, jj, kk], dim=-1).reshape(-1, 3)
 
 
+def cube_offsets(spacing_mm: torch.Tensor, patch_size: int) -> torch.Tensor:
+    """Offsets (N, P) in mm of a cube patch centred on its voxel ``P // 2`` at each spacing."""
+    half = patch_size // 2
+    axis = torch.arange(-half, patch_size - half, dtype=torch.float32, device=spacing_mm.device)
+    return spacing_mm[:, None] * axis[None, :]
+
+
 def episode_noise(
     episode_seeds: np.ndarray, steps: np.ndarray, size: int, device: torch.device | str
 ) -> torch.Tensor:
@@ -43,8 +51,7 @@ def render_patches(
     level: torch.Tensor,
     position_ras: torch.Tensor,
     params: AugmentParams,
-    patch_size: int,
-    spacings_mm: torch.Tensor,
+    offsets_mm: torch.Tensor,
     noise: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Render patches (N, P, P, P) for N poses.
@@ -52,25 +59,22 @@ def render_patches(
     Args:
         scans: the prepared scans.
         scan_index: (N,) which scan each pose looks at.
-        level: (N,) scale level of each pose.
+        level: (N,) scale level of each pose (which smoothed copy of the scan is sampled).
         position_ras: (N, 3) centre of each patch, augmented world RAS mm.
         params: (N,) augmentation of each pose's episode.
-        patch_size: P.
-        spacings_mm: (L,) patch spacing of each level.
+        offsets_mm: (N, 3, P) sample offsets along R, A, S (or (N, P), the same on each axis).
         noise: optional (N, P^3) standard-normal noise, scaled by the episode's noise level.
     """
     n = position_ras.shape[0]
+    patch_size = offsets_mm.shape[-1]
     device = position_ras.device
-    spacing = spacings_mm.to(device)[level]
-    half = patch_size // 2
-    axis = torch.arange(-half, patch_size - half, dtype=torch.float32, device=device)
-    offsets_mm = spacing[:, None] * axis[None, :]
+    num_levels = len(scans[0].levels)
     source_points = transform_grid(params, position_ras, offsets_mm)
     values = torch.zeros((n, patch_size**3), dtype=torch.float32, device=device)
-    keys = scan_index * len(spacings_mm) + level
+    keys = scan_index * num_levels + level
     for key in torch.unique(keys).tolist():
         rows = torch.nonzero(keys == key, as_tuple=True)[0]
-        image = scans[key // len(spacings_mm)].levels[key % len(spacings_mm)]
+        image = scans[key // num_levels].levels[key % num_levels]
         affine = image.ras_to_index
         # RAS -> index -> grid_sample's [-1, 1] (align_corners=True), folded into one affine.
         scale = 2.0 / (image.size_xyz - 1.0).clamp(min=1.0)

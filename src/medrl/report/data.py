@@ -16,9 +16,17 @@ TRAINING_CURVES: tuple[tuple[str, str], ...] = (
     ("train/loss", "TD loss"),
     ("train/epsilon", "epsilon (exploration)"),
     ("train/final_distance_mm", "distance at episode end (mm)"),
+    ("train/final_giou_distance", "1 - GIoU at episode end (box)"),
     ("eval/mean_error_mm", "evaluation error (mean, mm)"),
+    ("eval/mean_iou", "validation IoU (mean, box)"),
 )
 """TensorBoard scalar tags the report plots, with their titles; absent ones are left out."""
+
+TABLES = {
+    "landmark": ("overall", "per_landmark", "errors"),
+    "box": ("boxes_overall", "boxes_per_structure", "boxes_raw"),
+}
+"""The evaluation's tables (overall, per target, raw) of each task."""
 
 
 @dataclass
@@ -38,6 +46,9 @@ class ReportData:
     cases: list[dict[str, Any]]
     scalars: dict[str, Scalars] = field(default_factory=dict)
     model_meta: dict[str, Any] = field(default_factory=dict)
+    task: str = "landmark"
+    """``landmark``, or ``box`` (then ``per_landmark`` holds per-structure rows and ``errors``
+    the per-box rows of :mod:`medrl.metrics.boxes`)."""
 
 
 def find_evaluation(run_dir: Path, evaluation_dir: Path | None = None) -> Path:
@@ -101,13 +112,16 @@ def load_report_data(run_dir: Path, evaluation_dir: Path | None = None) -> Repor
     tensorboard = run_dir / "tensorboard"
     if not tensorboard.is_dir() and folder != run_dir:
         tensorboard = folder.parent / "tensorboard"
+    task = str(summary.get("task", "landmark"))
+    tables = TABLES.get(task, TABLES["landmark"])
     return ReportData(
         run_dir=run_dir,
         evaluation_dir=folder,
         summary=summary,
-        overall=_read_json(folder / "overall.json"),
-        per_landmark=_read_json(folder / "per_landmark.json"),
-        errors=_read_json(folder / "errors.json"),
+        overall=_read_json(folder / f"{tables[0]}.json"),
+        per_landmark=_read_json(folder / f"{tables[1]}.json"),
+        errors=_read_json(folder / f"{tables[2]}.json"),
+        task=task,
         cases=records,
         scalars=read_scalars(tensorboard),
         model_meta=dict(summary.get("model", {}).get("meta", {})),

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import html
 import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -18,65 +17,16 @@ from medrl.report.figures import (
     METHOD_COLOURS,
     TRUTH_COLOUR,
     cumulative_errors,
-    data_uri,
     error_bars,
     training_curves,
 )
+from medrl.report.html import STYLE as _STYLE
+from medrl.report.html import describe_scan
+from medrl.report.html import esc as _esc
+from medrl.report.html import img as _img
+from medrl.report.html import table as _table
 from medrl.report.slices import LEVEL_COLOURS, landmark_figure, rebuild_scan
 from medrl.utils.atomic import atomic_open
-
-_STYLE = """
-body { font-family: system-ui, sans-serif; margin: 1.5em auto; max-width: 1250px;
-       color: #222; padding: 0 1em; }
-h1 { font-size: 1.5em; } h2 { font-size: 1.2em; margin-top: 1.6em; border-bottom: 1px solid #ccc; }
-table { border-collapse: collapse; font-size: 0.82em; margin: 0.6em 0; }
-th, td { border: 1px solid #ccc; padding: 2px 6px; text-align: right; }
-th { background: #f2f2f2; } td.text { text-align: left; }
-td.fail { background: #fdd; }
-.figure { max-width: 100%; height: auto; display: block; margin: 0.5em 0; }
-.grid { display: flex; flex-wrap: wrap; gap: 6px; }
-.cell { border: 1px solid #ddd; padding: 2px; font-size: 0.75em; }
-.cell img { display: block; }
-.key span { display: inline-block; margin-right: 1.2em; }
-.swatch { display: inline-block; width: 1.6em; height: 0.8em; vertical-align: middle;
-          margin-right: 0.3em; border: 1px solid #888; }
-.note { color: #555; font-size: 0.9em; }
-"""
-
-
-def _esc(value: Any) -> str:
-    return html.escape(str(value))
-
-
-def _cell(value: Any, css: str = "") -> str:
-    if isinstance(value, float):
-        text = "" if not np.isfinite(value) else f"{value:.2f}"
-    else:
-        text = _esc(value)
-    numeric = isinstance(value, int | float) and not isinstance(value, bool)
-    classes = " ".join(c for c in (css, "" if numeric else "text") if c)
-    return f'<td class="{classes}">{text}</td>' if classes else f"<td>{text}</td>"
-
-
-def _table(header: Sequence[str], rows: Sequence[Sequence[Any]], error_from: int = -1) -> str:
-    """An HTML table; from column ``error_from`` on, errors above the failure line are shaded."""
-    head = "".join(f"<th>{_esc(h.replace('_', ' '))}</th>" for h in header)
-    body = []
-    for row in rows:
-        cells = []
-        for column, value in enumerate(row):
-            failed = (
-                0 <= error_from <= column
-                and isinstance(value, float)
-                and value > FAILURE_THRESHOLD_MM
-            )
-            cells.append(_cell(value, "fail" if failed else ""))
-        body.append(f"<tr>{''.join(cells)}</tr>")
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
-
-
-def _img(png: bytes, alt: str, css: str = "figure") -> str:
-    return f'<img class="{css}" alt="{_esc(alt)}" src="{data_uri(png)}">'
 
 
 def _methods(rows: Sequence[Mapping[str, Any]]) -> list[str]:
@@ -132,16 +82,7 @@ def _scan_section(
     }
     error_of = {(r["method"], str(r["landmark"])): float(r["error_mm"]) for r in errors}
     parts = [f'<section class="scan"><h3>{_esc(case)}</h3>']
-    rigid = record["scan"].get("rigid")
-    moved = (
-        f"rigidly moved: {rigid['rotation_deg']:.1f}° rotation, "
-        f"{float(np.linalg.norm(rigid['translation_mm'])):.1f} mm shift"
-        if rigid
-        else "unmoved"
-    )
-    if record["scan"].get("elastic"):
-        moved = f"warped by a {record['scan']['elastic']['elastic_mm']:g} mm elastic field, {moved}"
-    parts.append(f'<p class="note">image {_esc(record["scan"]["image"])} ({moved})</p>')
+    parts.append(f'<p class="note">{_esc(describe_scan(record))}</p>')
     try:
         scan = rebuild_scan(record, cache)
     except (MedrlError, OSError, RuntimeError) as exc:
@@ -207,8 +148,16 @@ def render_report(data: ReportData, max_scans: int = DEFAULT_MAX_SCANS, dpi: int
         '<html lang="en"><head><meta charset="utf-8">',
         f"<title>medrl report: {_esc(data.run_dir.name)}</title>",
         f"<style>{_STYLE}</style></head><body>",
-        f"<h1>medrl landmark report: {_esc(data.run_dir.name)}</h1>",
+        f"<h1>medrl {_esc(data.task)} report: {_esc(data.run_dir.name)}</h1>",
         _run_facts(data),
+    ]
+    if data.task == "box":
+        from medrl.report.boxes import render_box_sections
+
+        sections += render_box_sections(data, max_scans, dpi)
+        sections.append("</body></html>\n")
+        return "\n".join(sections)
+    sections += [
         "<h2>Overall: agent and affine-registration baseline</h2>",
         '<p class="note">Errors are Euclidean distances in mm; a failure is an error above '
         f"{FAILURE_THRESHOLD_MM:g} mm; detection rate at r: share of errors &le; r mm.</p>",

@@ -53,7 +53,7 @@ class ScanImage:
 
 def rebuild_scan(record: dict[str, Any], cache: dict[str, Volume]) -> ScanImage:
     """The evaluated image of a case record: its source image, warped and moved as evaluate did."""
-    from medrl.evaluation import deform_case, move_case, rigid_from_dict
+    from medrl.data.scenarios import deform_case, move_case, rigid_from_dict
 
     scan = record["scan"]
     image = str(scan["image"])

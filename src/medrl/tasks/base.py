@@ -1,0 +1,223 @@
+"""The search-task protocol: what differs between the agents of the family, as pure functions.
+
+A *task* says what an agent's pose is (a point, a box, ...), how actions change it, how far
+a pose is from its target, where the observation samples the scan, and where a label-free
+search starts. Everything else (episodes, levels, budgets, oscillation, augmentation, replay,
+the DQN loss, search, checkpoints) is task-agnostic and lives in :mod:`medrl.envs.kernel`,
+:mod:`medrl.agents` and :mod:`medrl.evaluation`.
+
+All pose functions are batched over a leading axis N and run on torch tensors (CPU or GPU).
+A pose is a vector of ``pose_dim`` numbers in world RAS mm (augmented world during training).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+
+from medrl.config import Config
+from medrl.data.augment import AugmentParams
+from medrl.data.datalist import Case
+from medrl.envs.pyramid import ScanPyramid
+
+InsideFn = Callable[[torch.Tensor, AugmentParams, torch.Tensor], torch.Tensor]
+"""``inside(scan (N,), params (N,), points_ras (N, 3)) -> (N,) bool`` (augmented world)."""
+
+
+@dataclass
+class Poses:
+    """What an observation is a function of (stored in replay instead of observations)."""
+
+    scan: torch.Tensor  # (N,) long
+    target: torch.Tensor  # (N,) long: which target (landmark, structure) the episode seeks
+    level: torch.Tensor  # (N,) long
+    frames: torch.Tensor  # (N, F, D): current pose first, then earlier ones
+    actions: torch.Tensor  # (N, K) long, most recent first, -1 = none
+    episode_seed: np.ndarray  # (N,) int64
+    step: np.ndarray  # (N,) int64
+    goal: torch.Tensor | None = None  # (N, D) target pose in the episode's augmented world
+
+    @property
+    def current(self) -> torch.Tensor:
+        return self.frames[:, 0]
+
+
+@dataclass
+class TargetTable:
+    """The targets of a set of scans, in each scan's own (unaugmented) world."""
+
+    names: tuple[str, ...]
+    descriptions: tuple[str, ...]
+    poses: list[np.ndarray]
+    """Per scan: (T, D) target poses, NaN rows where a scan lacks a target."""
+    extra: list[Any] = field(default_factory=list)
+    """Per scan: whatever the task needs to move targets with an augmentation (or empty)."""
+
+    def available(self, scan: int) -> np.ndarray:
+        return np.flatnonzero(np.isfinite(self.poses[scan]).all(axis=1))
+
+
+class Task:
+    """Base class of the tasks: the names below, plus defaults for the optional functions."""
+
+    name: ClassVar[str]
+    actions: ClassVar[tuple[str, ...]]
+    """Action names; their order is the network's output order."""
+    opposite: ClassVar[tuple[int, ...]]
+    """Per action, the action that undoes it exactly (-1: none)."""
+    pose_dim: ClassVar[int]
+    pose_features: ClassVar[int] = 0
+    """Extra network inputs computed from the pose (``features``); 0 for none."""
+    output_suffix: ClassVar[str]
+    """File written per scan by ``medrl predict`` (``.fcsv``, ``.mrk.json``)."""
+    distance_name: ClassVar[str]
+    """What :meth:`distance` measures, with its unit (logged as ``final_<distance_name>``)."""
+    primary_score: ClassVar[tuple[str, bool]]
+    """The :meth:`scores` key that validation ranks by, and whether higher is better."""
+
+    def __init__(self, config: Config, state: dict[str, Any] | None = None) -> None:
+        self.config = config
+        self.load_state(state or {})
+
+    # ------------------------------------------------------------------ model state
+    def state_dict(self) -> dict[str, Any]:
+        """Plain data learned from the training targets that the search needs (model.yaml)."""
+        return {}
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        """Restore :meth:`state_dict`."""
+
+    def fit(self, scans: list[ScanPyramid], table: TargetTable) -> None:
+        """Learn the task's state from the training scans and targets (default: nothing)."""
+
+    @property
+    def num_actions(self) -> int:
+        return len(self.actions)
+
+    # ------------------------------------------------------------------ data
+    def target_table(self, cases: list[Case], names: Sequence[str] = ()) -> TargetTable:
+        raise NotImplementedError
+
+    def goals(
+        self,
+        table: TargetTable,
+        scans: Sequence[int],
+        targets: Sequence[int],
+        params: AugmentParams,
+    ) -> torch.Tensor:
+        """(R, D) target poses of episodes (scan, target) in their augmented worlds."""
+        raise NotImplementedError
+
+    # ------------------------------------------------------------------ dynamics
+    def move(self, pose: torch.Tensor, action: torch.Tensor, level: torch.Tensor) -> torch.Tensor:
+        """(N, D) poses after actions (N,) at levels (N,)."""
+        raise NotImplementedError
+
+    def successors(self, pose: torch.Tensor, level: torch.Tensor) -> torch.Tensor:
+        """(N, A, D): the pose after every action."""
+        n, a = pose.shape[0], self.num_actions
+        actions = torch.arange(a, device=pose.device).repeat(n)
+        moved = self.move(pose.repeat_interleave(a, 0), actions, level.repeat_interleave(a))
+        return moved.reshape(n, a, -1)
+
+    def anchor(self, pose: torch.Tensor) -> torch.Tensor:
+        """(N, 3) the point of a pose that must stay inside the image."""
+        return pose[:, :3]
+
+    def valid(self, pose: torch.Tensor) -> torch.Tensor:
+        """(N,) bool: poses allowed regardless of the image (default: all)."""
+        return torch.ones(pose.shape[0], dtype=torch.bool, device=pose.device)
+
+    def distance(self, pose: torch.Tensor, goal: torch.Tensor) -> torch.Tensor:
+        """(N,) how far poses are from their goals; lower is better."""
+        raise NotImplementedError
+
+    def reward(self, d_old: torch.Tensor, d_new: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def success(self, pose: torch.Tensor, goal: torch.Tensor) -> torch.Tensor:
+        """(N,) bool: a training episode that reaches this ends (terminated)."""
+        raise NotImplementedError
+
+    def tolerance(self, pose: torch.Tensor, level: torch.Tensor) -> torch.Tensor:
+        """(N, D): poses closer than this per coordinate count as the same (oscillation)."""
+        raise NotImplementedError
+
+    def start_offset(self, level: int, rng: np.random.Generator) -> np.ndarray:
+        """(D,) a random displacement of a training episode's start from its goal."""
+        raise NotImplementedError
+
+    def displace(self, goal: torch.Tensor, offset: torch.Tensor) -> torch.Tensor:
+        """(N, D) start poses: goals displaced by offsets (halving an offset halves the way)."""
+        raise NotImplementedError
+
+    # ------------------------------------------------------------------ observation
+    def grid(
+        self, pose: torch.Tensor, level: torch.Tensor, patch_size: int
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Where the observation samples: centres (N, 3) and offsets (N, 3, P) in mm along
+        R, A, S (the patch is the separable grid centre + (o_R, o_A, o_S))."""
+        raise NotImplementedError
+
+    @property
+    def num_channels(self) -> int:
+        """Patches rendered per pose: the task's view, plus :meth:`context_grid` if any."""
+        return 1
+
+    def context_grid(
+        self, pose: torch.Tensor, level: torch.Tensor, patch_size: int
+    ) -> torch.Tensor | None:
+        """Offsets (N, 3, P) of a second patch at the same centres (a wider context), or None."""
+        return None
+
+    def features(self, pose: torch.Tensor) -> torch.Tensor:
+        """(N, pose_features) network inputs from the current pose."""
+        return pose.new_zeros((pose.shape[0], 0))
+
+    # ------------------------------------------------------------------ search
+    def initial(self, scan: ScanPyramid, num_starts: int, num_targets: int) -> np.ndarray:
+        """(T, S, D) label-free search starts of every target."""
+        raise NotImplementedError
+
+    def settle(self, recent: torch.Tensor) -> torch.Tensor:
+        """(N, D) where a level's search ends, from its recent poses (N, W, D)."""
+        return torch.nanmean(recent[:, -4:], dim=1)
+
+    def scores(self, estimate: np.ndarray, truth: np.ndarray) -> dict[str, np.ndarray]:
+        """Per-target scores (T,) of estimates (T, D) against the truth (T, D), unit-suffixed
+        keys (``error_mm``, ``iou``, ...). Rows where the truth is NaN are not passed."""
+        raise NotImplementedError
+
+    def combine(self, per_start: torch.Tensor) -> torch.Tensor:
+        """(T, D) one estimate per target from the starts' (T, S, D)."""
+        return torch.median(per_start, dim=1).values
+
+
+def count_repeats(
+    recent: torch.Tensor, pose: torch.Tensor, tolerance: torch.Tensor
+) -> torch.Tensor:
+    """How often each pose (N, D) occurs among the recent poses (N, W, D), within tolerance."""
+    close = (recent - pose[:, None, :]).abs() < tolerance[:, None, :]
+    return close.all(dim=-1).sum(dim=-1)
+
+
+def advance(
+    task: Task,
+    scan: torch.Tensor,
+    params: AugmentParams,
+    pose: torch.Tensor,
+    action: torch.Tensor,
+    level: torch.Tensor,
+    inside: InsideFn,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One step of every agent: (new poses, admissible). A refused move keeps the pose.
+
+    The one transition function of the family: the kernel (training) and the search use it.
+    """
+    proposed = task.move(pose, action, level)
+    allowed = inside(scan, params, task.anchor(proposed)) & task.valid(proposed)
+    return torch.where(allowed[:, None], proposed, pose), allowed

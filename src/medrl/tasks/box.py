@@ -1,0 +1,252 @@
+"""The box task: a world-axis-aligned box reshaped until it encloses a structure (Navarro et al.,
+MIDL 2020).
+
+Pose: centre (R, A, S) and size (R, A, S) in mm. Eleven actions, each a step of the level's
+``step_fraction`` of the box's own size: six translations (+/-R, +/-A, +/-S), two global
+scalings (grow x(1 + f), shrink /(1 + f)) and three per-axis deformations (thinner along R, A
+or S, /(1 + f)); with the global scalings they reach any size. Distance: 1 - GIoU (generalised
+IoU, which keeps a gradient when the boxes do not overlap, where plain IoU is 0); reward: the
+sign of its decrease (Navarro's sign of the IoU change); a training episode succeeds at IoU
+above ``task.box_success_iou``. The observation is the box's contents with context, resampled
+to a fixed ``P^3`` grid (``task.box_context`` times the box plus ``task.box_margin_mm`` on
+each side), so one network serves small and large structures; the network also sees the
+box's log size. Label-free search starts from the structure's mean box relative to the scan's
+intensity centre, learned from the training scans (stored in the model).
+
+Truth boxes come from label maps: the tight box around a structure's voxels. Under an
+augmentation the box is recomputed from the structure's transformed voxels.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+from scipy.spatial import ConvexHull, QhullError
+
+from medrl.data.augment import AugmentParams, inverse_transform_points
+from medrl.data.datalist import Case
+from medrl.envs.pyramid import ScanPyramid
+from medrl.errors import InputError
+from medrl.geometry.boxes import (
+    box_iou,
+    boxes_from_points,
+    centre_distance_mm,
+    structure_points_ras,
+    voxel_half_extent_mm,
+    wall_distance_mm,
+)
+from medrl.tasks.base import TargetTable, Task
+
+BOX_ACTIONS = (
+    "+R", "-R", "+A", "-A", "+S", "-S", "grow", "shrink", "thinner-R", "thinner-A", "thinner-S",
+)  # fmt: skip
+_TRANSLATIONS = torch.tensor(
+    [[1, 0, 0], [-1, 0, 0], [0, 1, 0], [0, -1, 0], [0, 0, 1], [0, 0, -1]] + [[0, 0, 0]] * 5,
+    dtype=torch.float32,
+)
+# log size change per action, in units of log(1 + f)
+_LOG_SCALES = torch.tensor(
+    [[0, 0, 0]] * 6 + [[1, 1, 1], [-1, -1, -1], [-1, 0, 0], [0, -1, 0], [0, 0, -1]],
+    dtype=torch.float32,
+)
+_SIZE_UNIT_MM = 16.0
+
+
+def box_min_max(box: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    half = box[..., 3:] / 2
+    return box[..., :3] - half, box[..., :3] + half
+
+
+def box_iou_giou(a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """IoU and generalised IoU of boxes (..., 6)."""
+    a_min, a_max = box_min_max(a)
+    b_min, b_max = box_min_max(b)
+    inter = torch.clamp(torch.minimum(a_max, b_max) - torch.maximum(a_min, b_min), min=0)
+    inter_v = inter.prod(dim=-1)
+    union = a[..., 3:].prod(dim=-1) + b[..., 3:].prod(dim=-1) - inter_v
+    hull = (torch.maximum(a_max, b_max) - torch.minimum(a_min, b_min)).prod(dim=-1)
+    iou = inter_v / union.clamp(min=1e-9)
+    return iou, iou - (hull - union) / hull.clamp(min=1e-9)
+
+
+def _extreme_points(points: np.ndarray) -> np.ndarray:
+    """The points that can be extreme under a smooth, nearly affine map: the hull vertices."""
+    if len(points) < 8:
+        return points
+    try:
+        return points[ConvexHull(points).vertices]
+    except QhullError:  # flat structures: keep all points
+        return points
+
+
+class BoxTask(Task):
+    name: ClassVar[str] = "box"
+    actions: ClassVar[tuple[str, ...]] = BOX_ACTIONS
+    opposite: ClassVar[tuple[int, ...]] = (1, 0, 3, 2, 5, 4, 7, 6, -1, -1, -1)
+    pose_dim: ClassVar[int] = 6
+    pose_features: ClassVar[int] = 3
+    distance_name: ClassVar[str] = "giou_distance"
+    primary_score: ClassVar[tuple[str, bool]] = ("iou", True)
+    output_suffix: ClassVar[str] = ".mrk.json"
+
+    # ------------------------------------------------------------------ model state
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "prior_offset_ras": self.prior_offset_ras.round(3).tolist(),
+            "prior_size_mm": self.prior_size_mm.round(3).tolist(),
+        }
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        self.prior_offset_ras = np.asarray(state.get("prior_offset_ras", []), dtype=np.float64)
+        self.prior_size_mm = np.asarray(state.get("prior_size_mm", []), dtype=np.float64)
+
+    def fit(self, scans: list[ScanPyramid], table: TargetTable) -> None:
+        """Mean box of every structure relative to the scan's intensity centre."""
+        offsets = np.stack(
+            [table.poses[i][:, :3] - scan.intensity_centre_ras for i, scan in enumerate(scans)]
+        )
+        log_sizes = np.log(np.stack([table.poses[i][:, 3:] for i in range(len(scans))]))
+        self.prior_offset_ras = np.nanmean(offsets, axis=0)
+        self.prior_size_mm = np.exp(np.nanmean(log_sizes, axis=0))
+
+    # ------------------------------------------------------------------ data
+    def target_table(self, cases: list[Case], names: Sequence[str] = ()) -> TargetTable:
+        labelled = [c for c in cases if c.labels is not None and c.label_names]
+        if not labelled:
+            raise InputError(
+                "no case has a label map (datalist field 'labels') to learn boxes from"
+            )
+        first = labelled[0]
+        assert first.label_names is not None
+        names = tuple(names) or tuple(first.label_names[v] for v in sorted(first.label_names))
+        poses, extra = [], []
+        for case in cases:
+            if case.labels is None or not case.label_names:
+                poses.append(np.full((len(names), 6), np.nan))
+                extra.append(None)
+                continue
+            _, points = structure_points_ras(case.labels, case.label_names, names)
+            pad = voxel_half_extent_mm(case.labels)
+            poses.append(boxes_from_points(points, pad))
+            extra.append(([_extreme_points(p) for p in points], pad))
+        return TargetTable(names, names, poses, extra)
+
+    def goals(
+        self,
+        table: TargetTable,
+        scans: Sequence[int],
+        targets: Sequence[int],
+        params: AugmentParams,
+    ) -> torch.Tensor:
+        device = params.matrix.device
+        out = torch.empty((len(scans), 6), dtype=torch.float32, device=device)
+        for row, (scan, target) in enumerate(zip(scans, targets, strict=True)):
+            points, pad = table.extra[scan]
+            source = torch.as_tensor(points[target], dtype=torch.float32, device=device)[None]
+            index = torch.tensor([row], device=device)
+            moved = inverse_transform_points(params.index(index), source)[0]
+            pad_t = torch.as_tensor(pad, dtype=torch.float32, device=device)
+            low, high = moved.min(dim=0).values - pad_t, moved.max(dim=0).values + pad_t
+            out[row] = torch.cat([(low + high) / 2, high - low])
+        return out
+
+    # ------------------------------------------------------------------ dynamics
+    def _fraction(self, level: torch.Tensor) -> torch.Tensor:
+        values = [lv.step_fraction for lv in self.config.env.levels]
+        return torch.tensor(values, dtype=torch.float32, device=level.device)[level]
+
+    def move(self, pose: torch.Tensor, action: torch.Tensor, level: torch.Tensor) -> torch.Tensor:
+        fraction = self._fraction(level)[:, None]
+        centre, size = pose[:, :3], pose[:, 3:]
+        centre = centre + _TRANSLATIONS.to(pose.device)[action] * fraction * size
+        size = size * torch.exp(_LOG_SCALES.to(pose.device)[action] * torch.log1p(fraction))
+        return torch.cat([centre, size], dim=1)
+
+    def valid(self, pose: torch.Tensor) -> torch.Tensor:
+        task = self.config.task
+        size = pose[:, 3:]
+        return ((size >= task.box_min_size_mm) & (size <= task.box_max_size_mm)).all(dim=1)
+
+    def distance(self, pose: torch.Tensor, goal: torch.Tensor) -> torch.Tensor:
+        return 1.0 - box_iou_giou(pose, goal)[1]
+
+    def reward(self, d_old: torch.Tensor, d_new: torch.Tensor) -> torch.Tensor:
+        return torch.sign(d_old - d_new)
+
+    def success(self, pose: torch.Tensor, goal: torch.Tensor) -> torch.Tensor:
+        return box_iou_giou(pose, goal)[0] > self.config.task.box_success_iou
+
+    def tolerance(self, pose: torch.Tensor, level: torch.Tensor) -> torch.Tensor:
+        step = 0.25 * self._fraction(level)[:, None] * pose[:, 3:]
+        return torch.cat([step, step], dim=1)
+
+    def start_offset(self, level: int, rng: np.random.Generator) -> np.ndarray:
+        lv = self.config.env.levels[level]
+        direction = rng.normal(size=3)
+        direction /= np.linalg.norm(direction) + 1e-12
+        shift = direction * lv.start_radius_mm * rng.uniform() ** (1 / 3)
+        log_range = np.log(max(lv.size_range, 1.0))
+        return np.concatenate([shift, rng.uniform(-log_range, log_range, size=3)])
+
+    def displace(self, goal: torch.Tensor, offset: torch.Tensor) -> torch.Tensor:
+        return torch.cat([goal[:, :3] + offset[:, :3], goal[:, 3:] * torch.exp(offset[:, 3:])], 1)
+
+    # ------------------------------------------------------------------ observation
+    def grid(
+        self, pose: torch.Tensor, level: torch.Tensor, patch_size: int
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        task = self.config.task
+        span = pose[:, 3:] * task.box_context + 2 * task.box_margin_mm  # (N, 3)
+        unit = torch.linspace(-0.5, 0.5, patch_size, device=pose.device)
+        return pose[:, :3], span[:, :, None] * unit[None, None, :]
+
+    @property
+    def num_channels(self) -> int:
+        return 2 if self.config.task.box_context_mm > 0 else 1
+
+    def context_grid(
+        self, pose: torch.Tensor, level: torch.Tensor, patch_size: int
+    ) -> torch.Tensor | None:
+        """A fixed cube of ``task.box_context_mm`` around the box's centre (or the box's own
+        view where that is larger): where the structure is when the box is far off."""
+        side = self.config.task.box_context_mm
+        if side <= 0:
+            return None
+        task = self.config.task
+        span = pose[:, 3:] * task.box_context + 2 * task.box_margin_mm
+        span = torch.clamp(span, min=side)
+        unit = torch.linspace(-0.5, 0.5, patch_size, device=pose.device)
+        return span[:, :, None] * unit[None, None, :]
+
+    def features(self, pose: torch.Tensor) -> torch.Tensor:
+        return torch.log(pose[:, 3:] / _SIZE_UNIT_MM)
+
+    def scores(self, estimate: np.ndarray, truth: np.ndarray) -> dict[str, np.ndarray]:
+        return {
+            "iou": box_iou(estimate, truth),
+            "centre_mm": centre_distance_mm(estimate, truth),
+            "wall_mm": wall_distance_mm(estimate, truth),
+        }
+
+    # ------------------------------------------------------------------ search
+    def initial(self, scan: ScanPyramid, num_starts: int, num_targets: int) -> np.ndarray:
+        if self.prior_offset_ras.shape != (num_targets, 3):
+            raise InputError(
+                f"the box model has no start prior for its {num_targets} structures "
+                "(model.yaml task.state); retrain it"
+            )
+        axes = np.eye(3)[[1, 1, 2, 2, 0, 0]] * np.array([1, -1, 1, -1, 1, -1])[:, None]
+        shifts = np.concatenate([np.zeros((1, 3)), axes * self.config.search.start_offsets_mm])
+        shifts = shifts[: max(1, min(num_starts, 7))]
+        centres = scan.intensity_centre_ras + self.prior_offset_ras[:, None, :] + shifts[None]
+        sizes = np.broadcast_to(self.prior_size_mm[:, None, :], centres.shape)
+        return np.concatenate([centres, sizes], axis=2)
+
+    def settle(self, recent: torch.Tensor) -> torch.Tensor:
+        tail = recent[:, -4:]
+        centre = torch.nanmean(tail[..., :3], dim=1)
+        size = torch.exp(torch.nanmean(torch.log(tail[..., 3:]), dim=1))
+        return torch.cat([centre, size], dim=1)

@@ -1,0 +1,138 @@
+"""The landmark task: a point that walks to an anatomical landmark (Ghesu; Alansary).
+
+Pose: a point (R, A, S) in mm. Actions: one step of the level's ``step_mm`` along +R, -R,
++A, -A, +S, -S. Distance: Euclidean, in mm; reward: its decrease, clipped to
+``env.reward_clip_mm``; an episode succeeds within ``env.success_radius_mm``. The observation
+is a cube of ``P^3`` voxels at the level's spacing, centred on the point. Label-free search
+starts at the scan's intensity centre (and +/- ``search.start_offsets_mm`` along A, S, R).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import ClassVar
+
+import numpy as np
+import torch
+
+from medrl.data.augment import AugmentParams, inverse_transform_points
+from medrl.data.datalist import Case
+from medrl.envs.pyramid import ScanPyramid
+from medrl.envs.sampler import cube_offsets
+from medrl.errors import InputError
+from medrl.tasks.base import TargetTable, Task
+
+ACTION_NAMES = ("+R", "-R", "+A", "-A", "+S", "-S")
+_ACTION_VECTORS = torch.tensor(
+    [[1, 0, 0], [-1, 0, 0], [0, 1, 0], [0, -1, 0], [0, 0, 1], [0, 0, -1]], dtype=torch.float32
+)
+
+
+def action_vectors(device: torch.device | str = "cpu") -> torch.Tensor:
+    """Unit moves (6, 3) of the six actions, along RAS axes."""
+    return _ACTION_VECTORS.to(device)
+
+
+def landmark_table(cases: list[Case], names: Sequence[str] = ()) -> TargetTable:
+    """Names, descriptions and per-case targets (L, 3) RAS, NaN where a case lacks one."""
+    labelled = [case for case in cases if case.landmarks is not None]
+    if not labelled:
+        raise InputError("no case has landmarks to learn from")
+    first = labelled[0].landmarks
+    assert first is not None
+    names = tuple(names) or first.names
+    unknown = [n for n in names if not any(n in c.landmarks.names for c in labelled)]
+    if unknown:
+        raise InputError(f"landmark(s) {', '.join(unknown)} appear in no training case")
+    descriptions = []
+    for name in names:
+        desc = ""
+        for case in labelled:
+            if name in case.landmarks.names and case.landmarks.descriptions:
+                desc = case.landmarks.descriptions[case.landmarks.names.index(name)]
+                break
+        descriptions.append(desc)
+    targets = []
+    for case in cases:
+        table = np.full((len(names), 3), np.nan)
+        if case.landmarks is not None:
+            for row, name in enumerate(names):
+                if name in case.landmarks.names:
+                    table[row] = case.landmarks.points_ras[case.landmarks.names.index(name)]
+        targets.append(table)
+    return TargetTable(tuple(names), tuple(descriptions), targets)
+
+
+class LandmarkTask(Task):
+    name: ClassVar[str] = "landmark"
+    actions: ClassVar[tuple[str, ...]] = ACTION_NAMES
+    opposite: ClassVar[tuple[int, ...]] = (1, 0, 3, 2, 5, 4)
+    pose_dim: ClassVar[int] = 3
+    distance_name: ClassVar[str] = "distance_mm"
+    primary_score: ClassVar[tuple[str, bool]] = ("error_mm", False)
+    output_suffix: ClassVar[str] = ".fcsv"
+
+    def _level_values(self, attribute: str, level: torch.Tensor) -> torch.Tensor:
+        values = [getattr(lv, attribute) for lv in self.config.env.levels]
+        return torch.tensor(values, dtype=torch.float32, device=level.device)[level]
+
+    # ------------------------------------------------------------------ data
+    def target_table(self, cases: list[Case], names: Sequence[str] = ()) -> TargetTable:
+        return landmark_table(cases, names)
+
+    def goals(
+        self,
+        table: TargetTable,
+        scans: Sequence[int],
+        targets: Sequence[int],
+        params: AugmentParams,
+    ) -> torch.Tensor:
+        points = np.stack([table.poses[s][t] for s, t in zip(scans, targets, strict=True)])
+        device = params.matrix.device
+        points_t = torch.as_tensor(points, dtype=torch.float32, device=device)[:, None]
+        return inverse_transform_points(params, points_t)[:, 0]
+
+    # ------------------------------------------------------------------ dynamics
+    def move(self, pose: torch.Tensor, action: torch.Tensor, level: torch.Tensor) -> torch.Tensor:
+        step = self._level_values("step_mm", level)
+        return pose + action_vectors(pose.device)[action] * step[:, None]
+
+    def distance(self, pose: torch.Tensor, goal: torch.Tensor) -> torch.Tensor:
+        return torch.linalg.norm(pose - goal, dim=-1)
+
+    def reward(self, d_old: torch.Tensor, d_new: torch.Tensor) -> torch.Tensor:
+        clip = self.config.env.reward_clip_mm
+        return torch.clamp(d_old - d_new, -clip, clip)
+
+    def success(self, pose: torch.Tensor, goal: torch.Tensor) -> torch.Tensor:
+        return self.distance(pose, goal) < self.config.env.success_radius_mm
+
+    def tolerance(self, pose: torch.Tensor, level: torch.Tensor) -> torch.Tensor:
+        return (0.25 * self._level_values("step_mm", level))[:, None].expand(-1, 3)
+
+    def start_offset(self, level: int, rng: np.random.Generator) -> np.ndarray:
+        direction = rng.normal(size=3)
+        direction /= np.linalg.norm(direction) + 1e-12
+        return direction * self.config.env.levels[level].start_radius_mm * rng.uniform() ** (1 / 3)
+
+    def displace(self, goal: torch.Tensor, offset: torch.Tensor) -> torch.Tensor:
+        return goal + offset
+
+    # ------------------------------------------------------------------ observation
+    def grid(
+        self, pose: torch.Tensor, level: torch.Tensor, patch_size: int
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        offsets = cube_offsets(self._level_values("spacing_mm", level), patch_size)
+        return pose, offsets[:, None, :].expand(-1, 3, -1)
+
+    def scores(self, estimate: np.ndarray, truth: np.ndarray) -> dict[str, np.ndarray]:
+        return {"error_mm": np.linalg.norm(estimate - truth, axis=1)}
+
+    # ------------------------------------------------------------------ search
+    def initial(self, scan: ScanPyramid, num_starts: int, num_targets: int) -> np.ndarray:
+        centre = scan.intensity_centre_ras
+        # Centre first, then +/- along A (the longest axis of a head), S, R.
+        axes = np.eye(3)[[1, 1, 2, 2, 0, 0]] * np.array([1, -1, 1, -1, 1, -1])[:, None]
+        offsets = np.concatenate([np.zeros((1, 3)), axes * self.config.search.start_offsets_mm])
+        starts = centre + offsets[: max(1, min(num_starts, 7))]
+        return np.broadcast_to(starts, (num_targets, *starts.shape)).copy()
