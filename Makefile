@@ -32,7 +32,7 @@ lint: venv
 	$(VENV)/bin/ruff format --check src tests benchmarks
 
 bench: venv
-	for b in bench_env bench_replay bench_train bench_inference bench_predict; do \
+	for b in bench_env bench_replay bench_train bench_inference bench_predict bench_boxes; do \
 		PYTHONPATH=. $(PY) -m benchmarks.$$b || exit 1; done
 
 clean:

@@ -30,6 +30,7 @@ BOX_SETTINGS = [
     "agent.learning_starts=16",
     "agent.batch_size=4",
     "agent.channels=[4]",
+    "train.eval_every=15",  # validation during training: the trained box prior, moved labels
     "env.levels=[{spacing_mm: 3.0, step_mm: 3.0, step_fraction: 0.2, start_radius_mm: 8.0, "
     "size_range: 1.5, max_steps: 6}, {spacing_mm: 1.5, step_mm: 1.5, step_fraction: 0.1, "
     "start_radius_mm: 3.0, size_range: 1.2, max_steps: 5}]",
@@ -81,6 +82,10 @@ def test_train_writes_a_box_model_with_its_task_and_prior(box_run: Path) -> None
     assert prior.shape == (3, 3) and np.all(prior > 4.0) and np.all(prior < 20.0)
     model = load_model(box_run / "model")
     assert model.kind == "box" and model.task.num_actions == 11
+    evaluations = json.loads((box_run / "evaluations.json").read_text())
+    assert [e["step"] for e in evaluations] == [15.0, 30.0]
+    assert all(0.0 <= e["mean_iou"] <= 1.0 for e in evaluations)
+    assert "search_level_validation_mean_iou" in header["training"]
 
 
 def test_predict_writes_slicer_roi_markups(box_run: Path, data, tmp_path: Path) -> None:

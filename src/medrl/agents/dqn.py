@@ -342,7 +342,7 @@ class Trainer:
 
         if self.validator is None:
             self.validator = Validator.from_config(self.config, self.names, self.device)
-        result = self.validator.evaluate(self.network, self.config)
+        result = self.validator.evaluate(self.network, self.config, self.task)
         record = {"step": float(self.step), **result}
         self.evaluations.append(record)
         self._open_writer()
