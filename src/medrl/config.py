@@ -35,7 +35,13 @@ class LevelConfig:
     step_fraction: float = 0.1
     """Box task: one action moves or resizes the box by this fraction of its size."""
     size_range: float = 1.0
-    """Box task: training starts have sizes within [1/r, r] times the true box's."""
+    """Box task: training starts have sizes within [1/r, r] times the true box's (grown by
+    the margin first)."""
+    start_margin_mm: float = 0.0
+    """Box task: training starts are the true box grown by this margin on every side (then
+    shifted and scaled), so that they mostly contain the structure, as a label-free search
+    does from its enlarged prior box (Navarro et al. start from the whole image); at the
+    first level the label-free search starts from the prior box grown by this margin."""
 
 
 def _default_levels() -> tuple[LevelConfig, ...]:

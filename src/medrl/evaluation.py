@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from medrl.agents.checkpoint import LandmarkModel
+from medrl.agents.checkpoint import LandmarkModel, Model
 from medrl.agents.search import SearchResult, level_paths, search
 from medrl.agents.validation import select_search_levels  # noqa: F401 - its former home
 from medrl.baselines.registration import propagate_landmarks
@@ -84,11 +84,7 @@ def evaluate(
         landmark_names=model.names,
     )
     jobs = [(t.case_id, t.volume, t.landmarks, t.record) for t in scans]
-    current = {f"{case_id}.json" for case_id, _, _, _ in jobs}
-    if (out_dir / CASES_DIR).is_dir():  # drop records of an earlier evaluation into this folder
-        for path in (out_dir / CASES_DIR).glob("*.json"):
-            if path.name not in current:
-                path.unlink()
+    drop_stale_records(out_dir, [case_id for case_id, _, _, _ in jobs])
     for index, (case_id, volume, case_truth, scan) in enumerate(jobs):
         if progress:
             print(f"[{index + 1}/{len(jobs)}] evaluating {case_id}", file=sys.stderr, flush=True)
@@ -113,23 +109,51 @@ def evaluate(
     write_tables(per_landmark, out_dir, "per_landmark")
     write_tables(overall, out_dir, "overall")
     write_tables(raw_error_rows(results, truth), out_dir, "errors")
-    summary = {
-        "overall": overall,
-        "cases": list(truth),
-        "atlas": atlas.case_id,
-        "model": {
-            "meta": model.meta,
-            "levels_mm": [lv.spacing_mm for lv in model.config.env.levels],
-        },
+    scenario = {
         "rigid_trials": rigid_trials,
         "max_rotation_deg": max_rotation_deg,
         "max_translation_mm": max_translation_mm,
         "elastic_mm": elastic_mm,
         "seed": seed,
     }
+    write_summary(out_dir, model, atlas, list(truth), overall, scenario)
+    return {"per_landmark": per_landmark, "overall": overall}
+
+
+def drop_stale_records(out_dir: Path, case_ids: list[str]) -> None:
+    """Remove case records of an earlier evaluation into the same folder (the report must
+    draw only this evaluation's scans)."""
+    current = {f"{case_id}.json" for case_id in case_ids}
+    if (out_dir / CASES_DIR).is_dir():
+        for path in (out_dir / CASES_DIR).glob("*.json"):
+            if path.name not in current:
+                path.unlink()
+
+
+def write_summary(
+    out_dir: Path,
+    model: Model,
+    atlas: Case,
+    cases: list[str],
+    overall: list[dict],
+    scenario: dict,
+    **extra: object,
+) -> None:
+    """``summary.json``: the task, overall rows, scans, atlas, model and the test scenario."""
+    summary = {
+        "task": model.kind,
+        "overall": overall,
+        "cases": cases,
+        "atlas": atlas.case_id,
+        "model": {
+            "meta": model.meta,
+            "levels_mm": [lv.spacing_mm for lv in model.config.env.levels],
+        },
+        **scenario,
+        **extra,
+    }
     with atomic_open(out_dir / "summary.json") as handle:
         json.dump(summary, handle, indent=2, default=str)
-    return {"per_landmark": per_landmark, "overall": overall}
 
 
 def _rounded(points: np.ndarray) -> list:

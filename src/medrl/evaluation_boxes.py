@@ -27,6 +27,7 @@ from medrl.baselines.registration import propagate_labels
 from medrl.data.datalist import Case
 from medrl.data.scenarios import scenario_scans
 from medrl.errors import InputError
+from medrl.evaluation import CASES_DIR, drop_stale_records, write_summary
 from medrl.geometry.boxes import boxes_from_label_map
 from medrl.io.markups import write_boxes
 from medrl.metrics.boxes import (
@@ -40,7 +41,6 @@ from medrl.utils.atomic import atomic_open
 
 AGENT = "agent"
 BASELINE = "affine-atlas-baseline"
-CASES_DIR = "cases"
 NAVARRO_2020 = {"iou_mean": 0.63, "centre_mm_median": 3.65, "wall_mm_median": 2.25}
 """Reference figures of Navarro et al. 2020 (CT organs, another data set), shown beside ours."""
 
@@ -91,11 +91,7 @@ def evaluate_boxes(
         truth[scan.case_id] = boxes_from_label_map(scan.labels, scan.label_names, names)
     results: dict[str, dict] = {AGENT: {}, BASELINE: {}}
     timings: dict[str, list[float]] = {AGENT: [], BASELINE: []}
-    current = {f"{scan.case_id}.json" for scan in scans}
-    if (out_dir / CASES_DIR).is_dir():  # drop records of an earlier evaluation into this folder
-        for path in (out_dir / CASES_DIR).glob("*.json"):
-            if path.name not in current:
-                path.unlink()
+    drop_stale_records(out_dir, [scan.case_id for scan in scans])
     for index, scan in enumerate(scans):
         if progress:
             print(f"[{index + 1}/{len(scans)}] evaluating {scan.case_id}", file=sys.stderr)
@@ -117,24 +113,16 @@ def evaluate_boxes(
     for row in overall:
         row["seconds_per_scan_median"] = float(np.median(timings[row["method"]]))
     write_box_tables(out_dir, per_structure, overall, raw)
-    summary = {
-        "task": "box",
-        "overall": overall,
-        "reference_navarro_2020": NAVARRO_2020,
-        "cases": list(truth),
-        "atlas": atlas.case_id,
-        "model": {
-            "meta": model.meta,
-            "levels_mm": [lv.spacing_mm for lv in model.config.env.levels],
-        },
+    scenario = {
         "rigid_trials": rigid_trials,
         "max_rotation_deg": max_rotation_deg,
         "max_translation_mm": max_translation_mm,
         "elastic_mm": elastic_mm,
         "seed": seed,
     }
-    with atomic_open(out_dir / "summary.json") as handle:
-        json.dump(summary, handle, indent=2, default=str)
+    write_summary(
+        out_dir, model, atlas, list(truth), overall, scenario, reference_navarro_2020=NAVARRO_2020
+    )
     return {"per_structure": per_structure, "overall": overall}
 
 

@@ -374,17 +374,20 @@ class Trainer:
             **self.extra_meta,
         }
 
+    def _model_files(self, folder: Path) -> None:
+        save_model_files(
+            folder,
+            self.network,
+            self.config,
+            self.names,
+            self.descriptions,
+            self.model_meta(),
+            self.task,
+        )
+
     def save_model(self, folder: str | Path) -> None:
         with atomic_dir(folder) as tmp:
-            save_model_files(
-                tmp,
-                self.network,
-                self.config,
-                self.names,
-                self.descriptions,
-                self.model_meta(),
-                self.task,
-            )
+            self._model_files(tmp)
 
     def checkpoint_dir(self) -> Path:
         """This rank's checkpoint folder."""
@@ -415,15 +418,7 @@ class Trainer:
         }
         with atomic_dir(folder) as tmp:
             if self.dist.is_main:
-                save_model_files(
-                    tmp,
-                    self.network,
-                    self.config,
-                    self.names,
-                    self.descriptions,
-                    self.model_meta(),
-                    self.task,
-                )
+                self._model_files(tmp)
             torch.save(state, tmp / STATE_FILE)
             self.replay.save(tmp / "replay.npz")
         if self.dist.is_main:

@@ -18,7 +18,7 @@ import numpy as np
 
 from medrl.errors import InputError
 from medrl.geometry.boxes import box_iou, centre_distance_mm, wall_distance_mm
-from medrl.metrics.localization import format_table, write_tables
+from medrl.metrics.localization import check_cases, format_table, write_tables
 
 __all__ = [
     "BOX_SUMMARY_KEYS",
@@ -103,23 +103,6 @@ def _box_set(item: Any, what: str) -> tuple[tuple[str, ...], np.ndarray]:
     return names, array
 
 
-def _check_cases(results: Mapping[str, Mapping[str, Any]], truth: Mapping[str, Any]) -> None:
-    if not truth:
-        raise InputError("no ground-truth cases to evaluate")
-    if not results:
-        raise InputError("no methods to evaluate")
-    for method, predictions in results.items():
-        missing = [case for case in truth if case not in predictions]
-        if missing:
-            raise InputError(f"method {method!r} has no boxes for case(s): " + ", ".join(missing))
-        unknown = [case for case in predictions if case not in truth]
-        if unknown:
-            raise InputError(
-                f"method {method!r} has boxes for case(s) without ground truth: "
-                + ", ".join(unknown)
-            )
-
-
 def box_raw_rows(
     results: Mapping[str, Mapping[str, BoxSet]], truth: Mapping[str, BoxSet]
 ) -> list[dict[str, Any]]:
@@ -133,7 +116,7 @@ def box_raw_rows(
         InputError: a method lacks a case or a true structure (naming them), has a case without
             ground truth, or names and boxes do not match.
     """
-    _check_cases(results, truth)
+    check_cases(results, truth, "box")
     true_sets = {case: _box_set(item, f"truth, case {case!r}") for case, item in truth.items()}
     rows: list[dict[str, Any]] = []
     for method, predictions in results.items():

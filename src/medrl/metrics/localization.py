@@ -102,10 +102,12 @@ def _descriptions(landmarks: Landmarks) -> dict[str, str]:
     return dict(zip(landmarks.names, descriptions, strict=True))
 
 
-def _check_cases(
-    results: Mapping[str, Mapping[str, Landmarks]], truth: Mapping[str, Landmarks]
+def check_cases(
+    results: Mapping[str, Mapping[str, Any]], truth: Mapping[str, Any], what: str = "prediction"
 ) -> None:
-    """Every method must predict every truth case, and only cases that have a truth."""
+    """Every method must predict every truth case, and only cases that have a truth.
+
+    ``what`` names a method's output in the messages (``prediction``, ``box``)."""
     if not truth:
         raise InputError("no ground-truth cases to evaluate")
     if not results:
@@ -113,13 +115,11 @@ def _check_cases(
     for method, predictions in results.items():
         missing = [case for case in truth if case not in predictions]
         if missing:
-            raise InputError(
-                f"method {method!r} has no prediction for case(s): " + ", ".join(missing)
-            )
+            raise InputError(f"method {method!r} has no {what}s for case(s): " + ", ".join(missing))
         unknown = [case for case in predictions if case not in truth]
         if unknown:
             raise InputError(
-                f"method {method!r} has predictions for case(s) without ground truth: "
+                f"method {method!r} has {what}s for case(s) without ground truth: "
                 + ", ".join(unknown)
             )
 
@@ -135,7 +135,7 @@ def raw_error_rows(
     Raises :class:`InputError` if a method misses a case or a landmark, or predicts a case
     that has no ground truth.
     """
-    _check_cases(results, truth)
+    check_cases(results, truth)
     rows: list[dict[str, Any]] = []
     for method, predictions in results.items():
         for case, true_landmarks in truth.items():

@@ -184,15 +184,19 @@ class BoxTask(Task):
         return torch.cat([step, step], dim=1)
 
     def start_offset(self, level: int, rng: np.random.Generator) -> np.ndarray:
+        """(shift (3) mm, log size factor (3), margin (1) mm): see :meth:`displace`."""
         lv = self.config.env.levels[level]
         direction = rng.normal(size=3)
         direction /= np.linalg.norm(direction) + 1e-12
         shift = direction * lv.start_radius_mm * rng.uniform() ** (1 / 3)
         log_range = np.log(max(lv.size_range, 1.0))
-        return np.concatenate([shift, rng.uniform(-log_range, log_range, size=3)])
+        factors = rng.uniform(-log_range, log_range, size=3)
+        return np.concatenate([shift, factors, [lv.start_margin_mm]])
 
     def displace(self, goal: torch.Tensor, offset: torch.Tensor) -> torch.Tensor:
-        return torch.cat([goal[:, :3] + offset[:, :3], goal[:, 3:] * torch.exp(offset[:, 3:])], 1)
+        """The goal grown by the margin on every side, shifted, and scaled per axis."""
+        size = (goal[:, 3:] + 2 * offset[:, 6:7]) * torch.exp(offset[:, 3:6])
+        return torch.cat([goal[:, :3] + offset[:, :3], size], 1)
 
     # ------------------------------------------------------------------ observation
     def grid(
@@ -242,7 +246,8 @@ class BoxTask(Task):
         shifts = np.concatenate([np.zeros((1, 3)), axes * self.config.search.start_offsets_mm])
         shifts = shifts[: max(1, min(num_starts, 7))]
         centres = scan.intensity_centre_ras + self.prior_offset_ras[:, None, :] + shifts[None]
-        sizes = np.broadcast_to(self.prior_size_mm[:, None, :], centres.shape)
+        margin = self.config.env.levels[0].start_margin_mm
+        sizes = np.broadcast_to(self.prior_size_mm[:, None, :] + 2 * margin, centres.shape)
         return np.concatenate([centres, sizes], axis=2)
 
     def settle(self, recent: torch.Tensor) -> torch.Tensor:
