@@ -251,3 +251,37 @@ def test_resumed_training_equals_uninterrupted(world, tmp_path: Path) -> None:
     for name, value in resumed.network.state_dict().items():
         assert torch.equal(value, after[name]), name
     assert torch.equal(resumed.kernel.frames, straight.kernel.frames)
+
+
+def test_no_action_history_stays_empty_in_kernel_search_and_losses(world) -> None:
+    """``env.action_history: 0`` (the box preset): no history column ever appears."""
+    task, scans, table = world
+    config = replace(task.config, env=replace(task.config.env, action_history=0))
+    task = type(task)(config, task.state_dict())
+    kernel = SearchKernel(task, scans, table, config.env, AUGMENT, 3, seed=2)
+    kernel.reset()
+    for _ in range(4):
+        kernel.step(torch.randint(0, task.num_actions, (3,)))
+    obs = kernel.observe()
+    assert kernel.actions.shape == (3, 0) and obs["actions"].shape == (3, 0)
+    from medrl.agents.checkpoint import Model, build_network
+    from medrl.agents.losses import all_actions_loss, landmark_all_actions_loss
+    from medrl.agents.search import search
+    from medrl.tasks import LandmarkTask
+
+    network = build_network(config, len(table.names), task)
+    params = kernel.params
+    if isinstance(task, LandmarkTask):
+        targets = torch.as_tensor(np.stack(table.poses), dtype=torch.float32)
+        loss = landmark_all_actions_loss(
+            network, network, task, scans, targets, kernel.poses(), params, kernel.inside
+        )
+    else:
+        loss = all_actions_loss(
+            network, network, task, scans, kernel.poses(), params, kernel.inside
+        )
+    assert torch.isfinite(loss)
+    model = Model(network.eval(), config, table.names, table.names, {}, task)
+    case_volume = scans[0]
+    result = search(model, None, scan=case_volume)  # type: ignore[arg-type]
+    assert np.isfinite(result.estimate).all()

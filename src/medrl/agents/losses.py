@@ -30,7 +30,7 @@ from medrl.data.augment import AugmentParams, inverse_transform_points
 from medrl.envs.kernel import action_history_one_hot, render_observation
 from medrl.envs.pyramid import ScanPyramid
 from medrl.errors import InputError
-from medrl.tasks.base import InsideFn, Poses, Task, advance
+from medrl.tasks.base import InsideFn, Poses, Task, advance, push_history
 from medrl.tasks.landmark import ACTION_NAMES, LandmarkTask, action_vectors
 
 NUM_ACTIONS = len(ACTION_NAMES)
@@ -157,9 +157,7 @@ def landmark_all_actions_loss(
     next_patch = torch.cat([neighbours.unsqueeze(2), older], dim=2)
     p = env.patch_size
     taken = torch.arange(NUM_ACTIONS, device=device).repeat(b)
-    next_history = torch.cat(
-        [taken[:, None], state.actions.repeat_interleave(NUM_ACTIONS, dim=0)[:, :-1]], dim=1
-    )
+    next_history = push_history(state.actions.repeat_interleave(NUM_ACTIONS, dim=0), taken)
     next_obs = {
         "patch": next_patch.reshape(b * NUM_ACTIONS, frames, p, p, p),
         "target": state.target.repeat_interleave(NUM_ACTIONS),
@@ -210,7 +208,7 @@ def all_actions_loss(
         state.target[rep],
         state.level[rep],
         torch.cat([moved[:, None], state.frames[rep, : frames - 1]], dim=1),
-        torch.cat([taken[:, None], state.actions[rep, :-1]], dim=1),
+        push_history(state.actions[rep], taken),
         np.repeat(state.episode_seed, a),
         np.repeat(state.step + 1, a),
         goal,

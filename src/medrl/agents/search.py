@@ -24,7 +24,7 @@ from medrl.envs.kernel import render_observation
 from medrl.envs.pyramid import ScanPyramid, build_pyramid
 from medrl.io.images import Volume
 from medrl.io.landmarks import Landmarks
-from medrl.tasks.base import Poses, advance, count_repeats
+from medrl.tasks.base import Poses, advance, count_repeats, push_history
 
 
 def level_paths(path: np.ndarray, levels: np.ndarray, num_levels: int) -> list[np.ndarray]:
@@ -140,7 +140,7 @@ def search(
             chosen = model.network(obs).argmax(dim=1)
             new, _ = advance(task, zeros, params, frames[rows, 0], chosen, level_t[rows], inside)
             frames[rows] = torch.cat([new[:, None], frames[rows, :-1]], dim=1)
-            actions[rows] = torch.cat([chosen[:, None], actions[rows, :-1]], dim=1)
+            actions[rows] = push_history(actions[rows], chosen)
             recent[rows] = torch.cat([recent[rows, 1:], new[:, None]], dim=1)
             total_steps += 1
             paths.append(frames[:, 0].clone())

@@ -25,7 +25,7 @@ from medrl.config import AugmentConfig, EnvConfig
 from medrl.data.augment import AugmentParams, batch_params, transform_points
 from medrl.envs.pyramid import ScanPyramid
 from medrl.envs.sampler import episode_noise, render_patches
-from medrl.tasks.base import Poses, TargetTable, Task, advance, count_repeats
+from medrl.tasks.base import Poses, TargetTable, Task, advance, count_repeats, push_history
 
 _STATE_FIELDS = (
     "scan", "target", "level", "frames", "goal", "actions", "recent", "steps", "episode_seed",
@@ -262,7 +262,7 @@ class SearchKernel:
             inside, reward, torch.full_like(reward, -self.config.out_of_image_penalty)
         )
         self.frames = torch.cat([new[:, None], self.frames[:, :-1]], dim=1)
-        self.actions = torch.cat([actions[:, None], self.actions[:, :-1]], dim=1)
+        self.actions = push_history(self.actions, actions)
         self.recent = torch.cat([self.recent[:, 1:], new[:, None]], dim=1)
         self.steps += 1
         count = count_repeats(self.recent, new, task.tolerance(new, self.level))

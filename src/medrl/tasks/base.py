@@ -197,6 +197,13 @@ class Task:
         return torch.median(per_start, dim=1).values
 
 
+def push_history(history: torch.Tensor, newest: torch.Tensor) -> torch.Tensor:
+    """Recent values (N, K), most recent first, with ``newest`` (N,) pushed in (K may be 0)."""
+    if history.shape[1] == 0:
+        return history
+    return torch.cat([newest[:, None], history[:, :-1]], dim=1)
+
+
 def count_repeats(
     recent: torch.Tensor, pose: torch.Tensor, tolerance: torch.Tensor
 ) -> torch.Tensor:
