@@ -103,11 +103,11 @@ def _descriptions(landmarks: Landmarks) -> dict[str, str]:
 
 
 def check_cases(
-    results: Mapping[str, Mapping[str, Any]], truth: Mapping[str, Any], what: str = "prediction"
+    results: Mapping[str, Mapping[str, Any]], truth: Mapping[str, Any], what: str = "predictions"
 ) -> None:
     """Every method must predict every truth case, and only cases that have a truth.
 
-    ``what`` names a method's output in the messages (``prediction``, ``box``)."""
+    ``what`` names a method's outputs in the messages (``predictions``, ``boxes``)."""
     if not truth:
         raise InputError("no ground-truth cases to evaluate")
     if not results:
