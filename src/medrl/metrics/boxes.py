@@ -116,7 +116,7 @@ def box_raw_rows(
         InputError: a method lacks a case or a true structure (naming them), has a case without
             ground truth, or names and boxes do not match.
     """
-    check_cases(results, truth, "box")
+    check_cases(results, truth, "boxes")
     true_sets = {case: _box_set(item, f"truth, case {case!r}") for case, item in truth.items()}
     rows: list[dict[str, Any]] = []
     for method, predictions in results.items():

@@ -115,11 +115,11 @@ def check_cases(
     for method, predictions in results.items():
         missing = [case for case in truth if case not in predictions]
         if missing:
-            raise InputError(f"method {method!r} has no {what}s for case(s): " + ", ".join(missing))
+            raise InputError(f"method {method!r} has no {what} for case(s): " + ", ".join(missing))
         unknown = [case for case in predictions if case not in truth]
         if unknown:
             raise InputError(
-                f"method {method!r} has {what}s for case(s) without ground truth: "
+                f"method {method!r} has {what} for case(s) without ground truth: "
                 + ", ".join(unknown)
             )
 
