@@ -148,7 +148,8 @@ class Task:
         raise NotImplementedError
 
     def start_offset(self, level: int, rng: np.random.Generator) -> np.ndarray:
-        """(D,) a random displacement of a training episode's start from its goal."""
+        """A random displacement of a training episode's start from its goal (a vector the
+        task's :meth:`displace` reads; halving it must bring the start closer to the goal)."""
         raise NotImplementedError
 
     def displace(self, goal: torch.Tensor, offset: torch.Tensor) -> torch.Tensor:
