@@ -55,15 +55,13 @@ def moved_truth(task: Task, scan: ScenarioScan, names: tuple[str, ...]) -> np.nd
 
 
 def _known_names(task: Task, case: Case, names: tuple[str, ...]) -> tuple[str, ...]:
-    if task.name == "landmark":
-        present = set(case.landmarks.names) if case.landmarks is not None else set()
-    else:
-        present = set((case.label_names or {}).values())
+    present = task.present_names(case)
     return tuple(n for n in names if n in present)
 
 
 def _moved(task: Task, case: Case, trials: int, seed: int) -> list[ScenarioScan]:
-    landmark = task.name == "landmark"
+    """The case moved ``trials`` times, with the annotation the task learns from."""
+    landmark = task.annotation == "landmarks"
     names = case.landmarks.names if landmark and case.landmarks is not None else None
     return scenario_scans(
         [case],

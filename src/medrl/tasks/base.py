@@ -76,6 +76,8 @@ class Task:
     """File written per scan by ``medrl predict`` (``.fcsv``, ``.mrk.json``)."""
     distance_name: ClassVar[str]
     """What :meth:`distance` measures, with its unit (logged as ``final_<distance_name>``)."""
+    annotation: ClassVar[str]
+    """What of a case the task learns from: ``landmarks`` or ``labels`` (a label map)."""
     primary_score: ClassVar[tuple[str, bool]]
     """The :meth:`scores` key that validation ranks by, and whether higher is better."""
 
@@ -101,6 +103,12 @@ class Task:
     # ------------------------------------------------------------------ data
     def target_table(self, cases: list[Case], names: Sequence[str] = ()) -> TargetTable:
         raise NotImplementedError
+
+    def present_names(self, case: Case) -> set[str]:
+        """The target names a case has an annotation for."""
+        if self.annotation == "landmarks":
+            return set(case.landmarks.names) if case.landmarks is not None else set()
+        return set((case.label_names or {}).values()) if case.labels is not None else set()
 
     def goals(
         self,

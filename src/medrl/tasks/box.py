@@ -89,6 +89,7 @@ class BoxTask(Task):
     pose_dim: ClassVar[int] = 6
     pose_features: ClassVar[int] = 3
     distance_name: ClassVar[str] = "giou_distance"
+    annotation: ClassVar[str] = "labels"
     primary_score: ClassVar[tuple[str, bool]] = ("iou", True)
     output_suffix: ClassVar[str] = ".mrk.json"
 

@@ -69,6 +69,7 @@ class LandmarkTask(Task):
     opposite: ClassVar[tuple[int, ...]] = (1, 0, 3, 2, 5, 4)
     pose_dim: ClassVar[int] = 3
     distance_name: ClassVar[str] = "distance_mm"
+    annotation: ClassVar[str] = "landmarks"
     primary_score: ClassVar[tuple[str, bool]] = ("error_mm", False)
     output_suffix: ClassVar[str] = ".fcsv"
 
