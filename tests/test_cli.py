@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import shutil
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -15,12 +19,15 @@ import yaml
 import medrl
 from _synthetic import BLOB_NAMES, blob_volume, write_untrained_model
 from medrl.agents.checkpoint import load_model
+from medrl.agents.dqn import STATE_FILE
 from medrl.agents.search import search
 from medrl.cli import main
 from medrl.errors import InputError
 from medrl.evaluation import deform_case, move_case, random_rigid
 from medrl.io.images import Volume, read_image, write_image
 from medrl.io.landmarks import Landmarks, read_landmarks, write_landmarks
+from medrl.utils.folder_lock import LOCK_NAME
+from test_folder_lock import SRC, hold_lock
 
 # Tiny tensors: torch's thread pool costs far more than it saves here (15x on 2 busy cores).
 torch.set_num_threads(1)
@@ -437,3 +444,50 @@ def test_train_predict_evaluate_end_to_end(data: dict[str, Path], tmp_path: Path
     shift = np.subtract(record["truth_ras"], rigid_record["truth_ras"])
     assert np.linalg.norm(shift, axis=1).min() > 0.1
     assert json.loads((warped / "summary.json").read_text())["elastic_mm"] == 3.0
+
+
+# ------------------------------------------------------------------- one writer per folder
+def test_a_second_train_on_a_running_run_stops_and_a_killed_run_resumes(
+    data: dict[str, Path], tmp_path: Path, capsys
+) -> None:
+    run_dir = tmp_path / "run"
+    argv = [sys.executable, "-m", "medrl.cli", "train", "--config", "smoke", "--quiet"]
+    sets = [f"train.datalist={data['datalist']}", "train.total_steps=1000000", "train.threads=1"]
+    argv += [item for value in [*sets, "train.checkpoint_every=5"] for item in ("--set", value)]
+    env = {**os.environ, "PYTHONPATH": str(SRC), "OMP_NUM_THREADS": "1"}
+    first = subprocess.Popen([*argv, "--run-dir", str(run_dir)], env=env)
+    try:
+        state = run_dir / "checkpoints" / "latest" / STATE_FILE
+        deadline = time.monotonic() + 180
+        while not state.is_file():
+            assert first.poll() is None and time.monotonic() < deadline, "no checkpoint"
+            time.sleep(0.2)
+        assert _train(data, run_dir, *sets[1:]) == 2
+        err = capsys.readouterr().err
+        assert str(run_dir) in err and f"run folder is being written by process {first.pid}" in err
+        assert "resuming" not in err
+    finally:
+        first.kill()  # SIGKILL: nothing of the lock survives it
+        first.wait()
+    step = torch.load(state, weights_only=False)["step"]
+    assert _train(data, run_dir, f"train.total_steps={step + 2}") == 0
+    assert f"resuming {run_dir} at step {step}" in capsys.readouterr().err
+    assert not (run_dir / LOCK_NAME).exists()
+
+
+def test_predict_and_evaluate_into_a_folder_being_written_stop_and_write_nothing(
+    data: dict[str, Path], trained_model: Path, tmp_path: Path, capsys
+) -> None:
+    out = tmp_path / "out"
+    holder = hold_lock(out)
+    try:
+        image = ["--image", str(data["test"])]
+        assert main(["predict", "--model", str(trained_model), *image, "--out", str(out)]) == 2
+        assert f"output folder is being written by process {holder.pid}" in capsys.readouterr().err
+        argv = ["evaluate", "--model", str(trained_model), "--datalist", str(data["datalist"])]
+        assert main([*argv, "--rigid-trials", "0", "--out", str(out)]) == 2
+        assert f"output folder is being written by process {holder.pid}" in capsys.readouterr().err
+        assert [p.name for p in out.iterdir()] == [LOCK_NAME]
+    finally:
+        holder.kill()
+        holder.wait()

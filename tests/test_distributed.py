@@ -26,6 +26,7 @@ from medrl.distributed.ddp import (
 from medrl.errors import CheckpointError, InputError
 from medrl.io.images import write_image
 from medrl.io.landmarks import Landmarks, write_landmarks
+from test_folder_lock import hold_lock
 
 SRC = Path(medrl.__file__).resolve().parents[1]
 LAUNCH_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
@@ -148,6 +149,7 @@ def test_torchrun_two_processes_stay_in_sync_and_resume(datalist: Path, tmp_path
     run_dir = tmp_path / "run"
     done = _torchrun(datalist, run_dir, "train.total_steps=20", "train.eval_every=10")
     assert "distributed training: 2 processes" in done.stderr
+    assert done.stdout.splitlines() == [str(run_dir / "model")]  # rank 0 alone speaks
     states = _rank_states(run_dir)
     assert states[0]["step"] == 20 and states[0]["world_size"] == 2
     _assert_in_sync(states)
@@ -185,3 +187,13 @@ def test_torchrun_two_processes_stay_in_sync_and_resume(datalist: Path, tmp_path
     done = _torchrun(datalist, run_dir, "train.total_steps=100000", expect_ok=False)
     assert "cannot resume from this checkpoint" in done.stderr
     assert "another process could not resume" in done.stderr
+
+    # The run folder is being written by another process: every rank stops at once.
+    holder = hold_lock(run_dir)
+    try:
+        done = _torchrun(datalist, run_dir, "train.total_steps=100000", expect_ok=False)
+    finally:
+        holder.kill()
+        holder.wait()
+    assert f"run folder is being written by process {holder.pid}" in done.stderr
+    assert "rank 0 could not lock the run folder" in done.stderr

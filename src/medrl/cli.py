@@ -49,7 +49,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     task = [f"task.kind={args.task}"] if args.task else []
     config = load_config(_config_path(args.config), [*task, *args.set])
     command = "medrl " + " ".join(shlex.quote(a) for a in args.argv)
-    print(train_model(config, args.run_dir, args.restart, not args.quiet, command))
+    model_dir = train_model(config, args.run_dir, args.restart, not args.quiet, command)
+    if model_dir is not None:  # under torchrun only rank 0 speaks
+        print(model_dir)
     return 0
 
 
@@ -59,6 +61,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from medrl.evaluation import evaluate, print_tables
     from medrl.evaluation_boxes import evaluate_boxes, print_box_tables
     from medrl.predict import default_model_dir
+    from medrl.utils.folder_lock import folder_lock
 
     if not 0.0 <= args.elastic_mm <= 10.0:
         raise InputError(f"--elastic-mm must be between 0 and 10 mm, not {args.elastic_mm}")
@@ -82,20 +85,21 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
             "case is the atlas"
         ) from exc
     run = evaluate_boxes if model.kind == "box" else evaluate
-    tables = run(
-        model,
-        test_cases,
-        atlas,
-        args.out,
-        rigid_trials=args.rigid_trials,
-        max_rotation_deg=args.max_rotation_deg,
-        max_translation_mm=args.max_translation_mm,
-        seed=args.seed,
-        include_unmoved=args.include_unmoved,
-        device=args.device,
-        num_starts=args.starts,
-        elastic_mm=args.elastic_mm,
-    )
+    with folder_lock(args.out, "output folder", "medrl " + shlex.join(args.argv)):
+        tables = run(
+            model,
+            test_cases,
+            atlas,
+            args.out,
+            rigid_trials=args.rigid_trials,
+            max_rotation_deg=args.max_rotation_deg,
+            max_translation_mm=args.max_translation_mm,
+            seed=args.seed,
+            include_unmoved=args.include_unmoved,
+            device=args.device,
+            num_starts=args.starts,
+            elastic_mm=args.elastic_mm,
+        )
     (print_box_tables if model.kind == "box" else print_tables)(tables)
     print(f"\ntables written to {args.out}", file=sys.stderr)
     return 0

@@ -23,6 +23,7 @@ from medrl.errors import CheckpointError, InputError, MedrlError
 from medrl.io.images import DICOM_SUFFIXES, IMAGE_SUFFIXES
 from medrl.models import default_model_dir as shipped_model_dir
 from medrl.utils.atomic import atomic_open
+from medrl.utils.folder_lock import folder_lock
 
 if TYPE_CHECKING:
     from medrl.agents.search import SearchResult
@@ -387,17 +388,19 @@ def run_from_args(args: Any) -> int:
         "num_starts": args.starts,
         "overwrite": args.overwrite,
     }
-    if args.ray:
-        from medrl.distributed.ray_predict import predict_with_ray
+    command = "medrl " + " ".join(getattr(args, "argv", []) or ["predict"])
+    with folder_lock(args.out, "output folder", command):  # one writer per output folder
+        if args.ray:
+            from medrl.distributed.ray_predict import predict_with_ray
 
-        predict_with_ray(
-            jobs,
-            args.out,
-            address=args.ray_address,
-            workers=args.ray_workers,
-            echo_outputs=True,
-            **options,
-        )
-    else:
-        predict_jobs(jobs, args.out, echo_outputs=True, **options)
+            predict_with_ray(
+                jobs,
+                args.out,
+                address=args.ray_address,
+                workers=args.ray_workers,
+                echo_outputs=True,
+                **options,
+            )
+        else:
+            predict_jobs(jobs, args.out, echo_outputs=True, **options)
     return 0

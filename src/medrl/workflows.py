@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 
@@ -15,43 +17,78 @@ from medrl.agents.dqn import Trainer
 from medrl.agents.validation import select_search_levels
 from medrl.config import Config
 from medrl.data.sources import load_split
-from medrl.distributed.ddp import init_distributed, shutdown
+from medrl.distributed.ddp import DistContext, init_distributed, shutdown
+from medrl.errors import MedrlError
+from medrl.utils.folder_lock import folder_lock
 
 
 def train_model(
     config: Config, run_dir: str | Path, restart: bool, progress: bool, command: str
-) -> Path:
+) -> Path | None:
     """Train (resuming the run folder's checkpoint unless ``restart``), then export the model.
 
     The exported model's ``search.levels`` is chosen on the training scans under random
     rigid moves (:func:`medrl.agents.validation.select_search_levels`), never on test data.
 
     Started by ``torchrun``, every process trains on its share of the cases and rank 0 alone
-    writes logs and the model (see :mod:`medrl.distributed.ddp`).
+    writes logs and the model (see :mod:`medrl.distributed.ddp`), and returns its path (the
+    other ranks return None).
+
+    The run folder is locked for the whole run (:mod:`medrl.utils.folder_lock`): a second
+    ``medrl train`` on it stops at once with an error naming the holder.
     """
     run_dir = Path(run_dir)
     dist = init_distributed(config.train.device)
     try:
-        if restart and dist.is_main:
-            _set_aside_logs(run_dir)
-        trainer = Trainer(config, run_dir, command=command, dist=dist)
-        if not restart and trainer.load_checkpoint() and dist.is_main:
-            print(f"resuming {run_dir} at step {trainer.step}", file=sys.stderr)
-        if dist.active and dist.is_main:
-            print(
-                f"distributed training: {dist.world_size} processes, "
-                f"{config.train.num_envs} environments each",
-                file=sys.stderr,
-            )
-            _warn_if_oversubscribed(config)
-        trainer.run(progress=progress)
-        model_dir = run_dir / "model"
-        if dist.is_main:
-            _export(trainer, config, model_dir)
-        dist.barrier()  # the other ranks return once the model is there
+        with _run_lock(run_dir, dist, command):
+            return _train_locked(config, run_dir, restart, progress, command, dist)
     finally:
         shutdown(dist)
-    return model_dir
+
+
+@contextlib.contextmanager
+def _run_lock(run_dir: Path, dist: DistContext, command: str) -> Iterator[None]:
+    """Rank 0 holds the run folder's lock; every rank stops if it could not take it."""
+    with contextlib.ExitStack() as stack:
+        error: MedrlError | None = None
+        if dist.is_main:
+            try:
+                stack.enter_context(folder_lock(run_dir, "run folder", command))
+            except MedrlError as exc:
+                error = exc
+        if dist.any(error is not None):
+            if error is not None:
+                raise error
+            raise MedrlError("rank 0 could not lock the run folder (see its error)", run_dir)
+        yield
+
+
+def _train_locked(
+    config: Config,
+    run_dir: Path,
+    restart: bool,
+    progress: bool,
+    command: str,
+    dist: DistContext,
+) -> Path | None:
+    if restart and dist.is_main:
+        _set_aside_logs(run_dir)
+    trainer = Trainer(config, run_dir, command=command, dist=dist)
+    if not restart and trainer.load_checkpoint() and dist.is_main:
+        print(f"resuming {run_dir} at step {trainer.step}", file=sys.stderr)
+    if dist.active and dist.is_main:
+        print(
+            f"distributed training: {dist.world_size} processes, "
+            f"{config.train.num_envs} environments each",
+            file=sys.stderr,
+        )
+        _warn_if_oversubscribed(config)
+    trainer.run(progress=progress)
+    model_dir = run_dir / "model"
+    if dist.is_main:
+        _export(trainer, config, model_dir)
+    dist.barrier()  # the other ranks return once the model is there
+    return model_dir if dist.is_main else None
 
 
 # What a run writes as it trains (rank 0); a restart must not mix the old run's into the new.
