@@ -285,3 +285,28 @@ def test_no_action_history_stays_empty_in_kernel_search_and_losses(world) -> Non
     case_volume = scans[0]
     result = search(model, None, scan=case_volume)  # type: ignore[arg-type]
     assert np.isfinite(result.estimate).all()
+
+
+def test_gamma_zero_backup_skips_successors_with_the_same_targets(world) -> None:
+    """With ``agent.gamma`` 0 the generic all-actions loss renders no successor: its value is
+    the one the full backup gives when the bootstrap term is (almost) switched off."""
+    from medrl.agents.checkpoint import build_network
+    from medrl.agents.losses import all_actions_loss
+
+    task, scans, table = world
+    kernel = SearchKernel(task, scans, table, task.config.env, AUGMENT, 4, seed=3)
+    kernel.reset()
+    kernel.step(torch.randint(0, task.num_actions, (4,)))
+    losses = []
+    for gamma in (0.0, 1e-12):
+        config = replace(task.config, agent=replace(task.config.agent, gamma=gamma))
+        variant = type(task)(config, task.state_dict())
+        torch.manual_seed(0)
+        network = build_network(config, len(table.names), variant)
+        state = kernel.poses()
+        losses.append(
+            all_actions_loss(
+                network, network, variant, scans, state, kernel.params, kernel.inside
+            ).item()
+        )
+    assert losses[0] == pytest.approx(losses[1], rel=1e-6, abs=1e-9)

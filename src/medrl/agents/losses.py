@@ -185,7 +185,7 @@ def all_actions_loss(
 ) -> torch.Tensor:
     """Huber loss of Q(s, .) of the episode's own target against one-step double-DQN targets
     for all A actions, from the task's known dynamics (any task; renders A + 1 observations
-    per sample)."""
+    per sample, or one when ``agent.gamma`` is 0)."""
     config = task.config
     env = config.env
     assert state.goal is not None
@@ -202,6 +202,10 @@ def all_actions_loss(
     d_old = task.distance(pose[rep], goal)
     reward = task.reward(d_old, task.distance(moved, goal))
     reward = torch.where(inside, reward, torch.full_like(reward, -env.out_of_image_penalty))
+    if config.agent.gamma == 0:
+        # Each action's target is its own reward: no successor needs rendering (A times less
+        # work per sample, the same targets).
+        return F.smooth_l1_loss(online(obs), reward.reshape(b, a))
     terminal = task.success(moved, goal)
     following = Poses(
         state.scan[rep],
