@@ -253,14 +253,21 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
     args.argv = argv
+    from medrl.utils.signals import StopRequested, Terminated, install_terminate_handler
+
+    install_terminate_handler()  # SIGTERM stops like Ctrl-C (and training like both)
     try:
         return int(args.func(args))
     except MedrlError as exc:
         print(f"medrl: error: {exc}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("medrl: interrupted (the last checkpoint is kept)", file=sys.stderr)
-        return 130
+    except StopRequested as exc:
+        print(f"medrl: {exc}", file=sys.stderr)
+        return 128 + exc.signum
+    except KeyboardInterrupt as exc:
+        name = "terminated" if isinstance(exc, Terminated) else "interrupted"
+        print(f"medrl: {name}; finished outputs are kept, none is half-written", file=sys.stderr)
+        return 143 if isinstance(exc, Terminated) else 130
 
 
 if __name__ == "__main__":

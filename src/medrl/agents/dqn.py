@@ -20,8 +20,10 @@ import copy
 import json
 import os
 import random
+import signal
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +48,8 @@ from medrl.envs.pyramid import ScanPyramid, build_pyramid
 from medrl.errors import CheckpointError, InputError
 from medrl.tasks import LandmarkTask, TargetTable, make_task
 from medrl.utils.atomic import atomic_dir, atomic_open
+from medrl.utils.faults import failpoint
+from medrl.utils.signals import StopRequested, deferred_stop
 
 CHECKPOINT_DIR = "checkpoints/latest"
 """Rank 0's checkpoint (a loadable model folder too); rank r > 0 uses ``...-rank<r>``."""
@@ -255,9 +259,12 @@ class Trainer:
 
     # --------------------------------------------------------------- the loop
     def run(self, progress: bool = True, stop_after: int | None = None) -> None:
-        """Train until ``total_steps`` (or ``stop_after`` more steps, for tests of resuming)."""
-        train, agent = self.config.train, self.config.agent
-        main = self.dist.is_main
+        """Train until ``total_steps`` (or ``stop_after`` more steps, for tests of resuming).
+
+        SIGINT or SIGTERM stops the run at the end of the current step with a checkpoint
+        (:class:`medrl.utils.signals.StopRequested`).
+        """
+        train, main = self.config.train, self.dist.is_main
         self.run_dir.mkdir(parents=True, exist_ok=True)
         if main:
             save_config(self.config, self.run_dir / "config.yaml")
@@ -276,12 +283,37 @@ class Trainer:
             file=sys.stderr,
             dynamic_ncols=True,
         )
+        minutes = train.max_minutes
+        deadline = time.perf_counter() + 60 * minutes if minutes > 0 else float("inf")
+        with deferred_stop() as received:
+            self._loop(end, deadline, bar, received)
+        bar.close()
+        if self.writer is not None:
+            self.writer.flush()
+
+    def _loop(
+        self,
+        end: int,
+        deadline: float,
+        bar: Any,
+        received: Callable[[], int | None],
+    ) -> None:
+        train, agent = self.config.train, self.config.agent
+        main = self.dist.is_main
         window: list[dict[str, float]] = []
         started = time.perf_counter()
         start_step, start_updates = self.step, self.updates
-        deadline = started + 60 * train.max_minutes if train.max_minutes > 0 else float("inf")
         learning = False  # every rank has learning_starts transitions (it stays so)
         while self.step < end:
+            if self.dist.any(received() is not None):  # SIGINT/SIGTERM: stop between steps
+                self.save_checkpoint()
+                bar.close()
+                signum = received() or signal.SIGTERM
+                raise StopRequested(
+                    signum,
+                    f"stopped by {signal.Signals(signum).name} at step {self.step}; the "
+                    f"checkpoint is saved: run the same command to resume {self.run_dir}",
+                )
             if self.dist.any(time.perf_counter() > deadline):
                 if main:
                     print(
@@ -291,12 +323,14 @@ class Trainer:
                 self.save_checkpoint()
                 break
             stats = self.collect()
+            failpoint("train-step")
             learning = learning or self.dist.all(len(self.replay) >= agent.learning_starts)
             if learning:
                 self.update_credit += agent.updates_per_step
                 losses = []
                 while self.update_credit >= 1.0:
                     losses.append(self.learn())
+                    failpoint("train-learn")
                     self.update_credit -= 1.0
                 if losses:
                     stats["loss"] = float(np.mean(losses))
@@ -332,9 +366,6 @@ class Trainer:
                 self.validate()
             if self.step % train.checkpoint_every == 0 or self.step == end:
                 self.save_checkpoint()
-        bar.close()
-        if self.writer is not None:
-            self.writer.flush()
 
     def validate(self) -> dict[str, float]:
         """Search the moved validation scans with the current network; log the errors."""

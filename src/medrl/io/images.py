@@ -25,7 +25,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from medrl.errors import InputError
-from medrl.utils.atomic import atomic_path
+from medrl.utils.atomic import TEMP_PREFIX, atomic_path
 
 Frame = Literal["RAS", "LPS"]
 Interpolator = Literal["linear", "nearest", "bspline"]
@@ -375,7 +375,7 @@ def write_image(volume: Volume, path: str | Path) -> None:
 def _write_detached(image: sitk.Image, path: Path) -> None:
     """Write a header + data file pair under their final names, then move them into place."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp_dir = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+    tmp_dir = Path(tempfile.mkdtemp(prefix=f"{TEMP_PREFIX}{path.name}.", dir=path.parent))
     try:
         sitk.WriteImage(image, str(tmp_dir / path.name), useCompression=True)
         written = sorted(tmp_dir.iterdir(), key=lambda p: p.name == path.name)  # header last

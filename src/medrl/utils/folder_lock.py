@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from medrl.errors import MedrlError
+from medrl.utils.atomic import remove_stale_temporaries
 
 LOCK_NAME = ".medrl.lock"
 
@@ -72,6 +73,7 @@ def folder_lock(folder: str | Path, purpose: str, command: str = "") -> Iterator
         payload = json.dumps(_holder_info(command)).encode()
         os.ftruncate(fd, 0)
         os.pwrite(fd, payload, 0)
+        remove_stale_temporaries(folder)  # what a killed writer left: only ours to remove now
         yield folder
     finally:
         # Unlinked while still locked: a process that opened the old file before the unlink
