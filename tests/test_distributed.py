@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -26,6 +27,7 @@ from medrl.distributed.ddp import (
 from medrl.errors import CheckpointError, InputError
 from medrl.io.images import write_image
 from medrl.io.landmarks import Landmarks, write_landmarks
+from medrl.utils.faults import ENV
 from test_folder_lock import hold_lock
 
 SRC = Path(medrl.__file__).resolve().parents[1]
@@ -94,7 +96,11 @@ def datalist(tmp_path_factory) -> Path:
 
 
 def _torchrun(
-    datalist: Path, run_dir: Path, *overrides: str, expect_ok: bool = True
+    datalist: Path,
+    run_dir: Path,
+    *overrides: str,
+    expect_ok: bool = True,
+    extra_env: dict[str, str] | None = None,
 ) -> subprocess.CompletedProcess:
     sets = [item for value in overrides for item in ("--set", value)]
     command = [
@@ -118,7 +124,7 @@ def _torchrun(
         "--quiet",
     ]
     env = {k: v for k, v in os.environ.items() if k not in LAUNCH_VARS}
-    env.update(PYTHONPATH=str(SRC), OMP_NUM_THREADS="1")
+    env.update(PYTHONPATH=str(SRC), OMP_NUM_THREADS="1", **(extra_env or {}))
     done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=240)
     assert (done.returncode == 0) == expect_ok, done.stderr[-3000:]
     return done
@@ -197,3 +203,21 @@ def test_torchrun_two_processes_stay_in_sync_and_resume(datalist: Path, tmp_path
         holder.wait()
     assert f"run folder is being written by process {holder.pid}" in done.stderr
     assert "rank 0 could not lock the run folder" in done.stderr
+
+
+@pytest.mark.slow
+def test_torchrun_one_rank_killed_stops_the_other_and_the_run_resumes(
+    datalist: Path, tmp_path: Path
+) -> None:
+    """kill -9 of rank 1 in its 12th step: rank 0 must not hang in its next collective call;
+    both ranks' checkpoints of step 10 remain, and the rerun resumes from them."""
+    run_dir = tmp_path / "run"
+    started = time.monotonic()
+    sets = ("train.total_steps=20", "train.checkpoint_every=5")
+    done = _torchrun(datalist, run_dir, *sets, expect_ok=False, extra_env={ENV: "train-step:12@1"})
+    assert time.monotonic() - started < 180
+    assert "SIGKILL" in done.stderr
+    assert [state["step"] for state in _rank_states(run_dir)] == [10, 10]
+    done = _torchrun(datalist, run_dir, *sets)
+    assert "at step 10" in done.stderr
+    _assert_in_sync(_rank_states(run_dir))

@@ -40,17 +40,21 @@ CHECKPOINT_EVERY = 5
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory) -> dict[str, Path]:
-    """A training datalist and a folder of five test scans (NIfTI)."""
+    """A datalist (one training case, five test cases) and the folder of the test scans."""
     folder = tmp_path_factory.mktemp("faults")
     volume, blobs = blob_volume(seed=0)
     write_image(volume, folder / "train.nii.gz")
     write_landmarks(Landmarks(BLOB_NAMES, blobs, ("a", "b", "c")), folder / "train.fcsv")
     cases = [{"id": "train", "image": "train.nii.gz", "landmarks": "train.fcsv", "split": "train"}]
-    (folder / "datalist.json").write_text(json.dumps({"cases": cases}))
     scans = folder / "scans"
     for index in range(5):
         shifted, _ = blob_volume(blobs_ras=blobs + index, seed=10 + index)
         write_image(shifted, scans / f"scan{index}.nii.gz")
+        names = ("a", "b", "c")
+        write_landmarks(Landmarks(BLOB_NAMES, blobs + index, names), folder / f"test{index}.fcsv")
+        image, points = f"scans/scan{index}.nii.gz", f"test{index}.fcsv"
+        cases.append({"id": f"test{index}", "image": image, "landmarks": points, "split": "test"})
+    (folder / "datalist.json").write_text(json.dumps({"cases": cases}))
     return {"datalist": folder / "datalist.json", "scans": scans}
 
 
@@ -242,6 +246,28 @@ def test_sigterm_during_batch_predict_writes_the_summary_of_what_was_done(
     done = {row["scan"] for row in summary_rows(out)}
     assert done and done == {p.name.replace(".fcsv", ".nii.gz") for p in outputs(out)}
     assert not leftovers(out)
+
+
+def test_kill_9_during_evaluate_leaves_whole_files_and_the_rerun_completes(
+    data: dict[str, Path], tmp_path: Path
+) -> None:
+    (tmp_path / "model").mkdir()
+    model = write_untrained_model(tmp_path / "model")
+    out = tmp_path / "evaluation"
+    args = ["evaluate", "--model", str(model), "--datalist", str(data["datalist"])]
+    args += ["--atlas", str(data["datalist"]), "--rigid-trials", "0", "--out", str(out)]
+    nth = int(np.random.default_rng(3).integers(1, 8))
+    code, err = finish(medrl(*args, env={ENV: f"atomic-replace:{nth}"}))
+    assert code == -signal.SIGKILL, err
+    for path in out.rglob("*.json"):
+        if not path.name.startswith(TEMP_PREFIX):
+            json.loads(path.read_text())  # whole
+    assert not (out / "summary.json").exists()
+    code, err = finish(medrl(*args))
+    assert code == 0, err
+    summary = json.loads((out / "summary.json").read_text())
+    assert len(summary["cases"]) == 5
+    assert not leftovers(out) and not (out / LOCK_NAME).exists()
 
 
 def _file_size_limit(limit_bytes: int):
