@@ -82,3 +82,33 @@ def test_an_unwritable_place_is_a_clear_error(tmp_path: Path) -> None:
     with refused as caught, folder_lock(blocker / "run", "run folder"):
         pytest.fail("locked a folder inside a file")
     assert str(blocker / "run") in str(caught.value)
+
+
+def test_the_next_writer_removes_leftover_temporaries_but_not_in_a_held_subfolder(
+    tmp_path: Path,
+) -> None:
+    from medrl.utils.atomic import TEMP_PREFIX
+
+    run = tmp_path / "run"
+    (run / "checkpoints" / f"{TEMP_PREFIX}latest.abc").mkdir(parents=True)
+    (run / f"{TEMP_PREFIX}history.json.x.json").write_text("{")
+    (run / "history.json").write_text("{}")
+    busy = run / "evaluation"
+    holder = hold_lock(busy)
+    (busy / f"{TEMP_PREFIX}summary.json.y.json").write_text("in flight")
+    try:
+        with folder_lock(run, "run folder"):
+            names = sorted(str(p.relative_to(run)) for p in run.rglob("*"))
+    finally:
+        holder.kill()
+        holder.wait()
+    assert names == sorted(
+        [
+            "checkpoints",
+            "evaluation",
+            "evaluation/.medrl-tmp.summary.json.y.json",
+            f"evaluation/{LOCK_NAME}",
+            "history.json",
+            LOCK_NAME,
+        ]
+    )

@@ -116,14 +116,22 @@ def _raise_write_error(exc: BaseException, target: Path) -> None:
         ) from exc
 
 
-def remove_stale_temporaries(folder: str | Path) -> list[Path]:
+def remove_stale_temporaries(folder: str | Path, skip_marker: str = "") -> list[Path]:
     """Remove what killed writers left in ``folder`` (at any depth): the temporaries of
-    :func:`atomic_path` and :func:`atomic_dir`. Only safe while holding the folder's lock."""
+    :func:`atomic_path` and :func:`atomic_dir`. Only safe while holding the folder's lock;
+    subfolders holding a file named ``skip_marker`` (another writer's lock) are left alone."""
     removed = []
-    for path in sorted(Path(folder).rglob(f"{TEMP_PREFIX}*"), key=lambda p: -len(p.parts)):
-        if path.is_dir() and not path.is_symlink():
-            shutil.rmtree(path, ignore_errors=True)
-        else:
-            path.unlink(missing_ok=True)
-        removed.append(path)
+    for root, dirs, files in os.walk(folder):
+        here = Path(root)
+        if skip_marker and here != Path(folder) and skip_marker in files:
+            dirs[:] = []
+            continue
+        for name in [d for d in dirs if d.startswith(TEMP_PREFIX)]:
+            shutil.rmtree(here / name, ignore_errors=True)
+            removed.append(here / name)
+        dirs[:] = [d for d in dirs if not d.startswith(TEMP_PREFIX)]
+        for name in files:
+            if name.startswith(TEMP_PREFIX):
+                (here / name).unlink(missing_ok=True)
+                removed.append(here / name)
     return removed

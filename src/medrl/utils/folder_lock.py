@@ -73,7 +73,9 @@ def folder_lock(folder: str | Path, purpose: str, command: str = "") -> Iterator
         payload = json.dumps(_holder_info(command)).encode()
         os.ftruncate(fd, 0)
         os.pwrite(fd, payload, 0)
-        remove_stale_temporaries(folder)  # what a killed writer left: only ours to remove now
+        # What a killed writer left: ours to remove now (not in a subfolder that another
+        # writer holds, such as RUN/evaluation while `medrl evaluate` writes it).
+        remove_stale_temporaries(folder, skip_marker=LOCK_NAME)
         yield folder
     finally:
         # Unlinked while still locked: a process that opened the old file before the unlink
