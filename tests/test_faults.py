@@ -169,7 +169,7 @@ def test_kill_9_during_training_loses_at_most_one_interval_and_resumes_bit_ident
 def test_kill_9_at_many_random_moments_of_training(
     data: dict[str, Path], reference: dict, tmp_path: Path
 ) -> None:
-    for index, point in enumerate(injection_points(reference["moments"], 8, seed=1)):
+    for index, point in enumerate(injection_points(reference["moments"], 4, seed=1)):
         kill_train_and_resume(data, reference, tmp_path / f"run{index}", point)
 
 
@@ -201,11 +201,15 @@ def summary_rows(out: Path) -> list[dict[str, str]]:
         return list(csv.DictReader(handle))
 
 
+@pytest.fixture(scope="module")
+def model(tmp_path_factory) -> Path:
+    """An untrained landmark model of the blobs (predictions need no accuracy here)."""
+    return write_untrained_model(tmp_path_factory.mktemp("model"))
+
+
 def test_kill_9_during_batch_predict_leaves_whole_files_and_the_rerun_completes(
-    data: dict[str, Path], tmp_path: Path
+    data: dict[str, Path], model: Path, tmp_path: Path
 ) -> None:
-    (tmp_path / "model").mkdir()
-    model = write_untrained_model(tmp_path / "model")
     scans = sorted(p.name.removesuffix(".nii.gz") for p in data["scans"].iterdir())
     rng = np.random.default_rng(2)
     for trial, nth in enumerate(sorted(rng.choice(np.arange(1, len(scans) + 1), 2, False))):
@@ -227,10 +231,8 @@ def test_kill_9_during_batch_predict_leaves_whole_files_and_the_rerun_completes(
 
 
 def test_sigterm_during_batch_predict_writes_the_summary_of_what_was_done(
-    data: dict[str, Path], tmp_path: Path
+    data: dict[str, Path], model: Path, tmp_path: Path
 ) -> None:
-    (tmp_path / "model").mkdir()
-    model = write_untrained_model(tmp_path / "model")
     out = tmp_path / "out"
     process = medrl(*predict_args(data, model, out))
     deadline = time.monotonic() + 120
@@ -249,10 +251,8 @@ def test_sigterm_during_batch_predict_writes_the_summary_of_what_was_done(
 
 
 def test_kill_9_during_evaluate_leaves_whole_files_and_the_rerun_completes(
-    data: dict[str, Path], tmp_path: Path
+    data: dict[str, Path], model: Path, tmp_path: Path
 ) -> None:
-    (tmp_path / "model").mkdir()
-    model = write_untrained_model(tmp_path / "model")
     out = tmp_path / "evaluation"
     args = ["evaluate", "--model", str(model), "--datalist", str(data["datalist"])]
     args += ["--atlas", str(data["datalist"]), "--rigid-trials", "0", "--out", str(out)]
