@@ -297,3 +297,52 @@ def test_a_full_disk_is_a_clear_error_and_the_previous_checkpoint_survives(
     assert (run_dir / "checkpoints" / "latest" / STATE_FILE).read_bytes() == before
     assert_nothing_half_written(run_dir)
     assert not leftovers(run_dir)
+
+
+def read_only(folder: Path, command: list[str]) -> list[str]:
+    """``command`` run where ``folder`` is read-only: a read-only bind mount in a private mount
+    namespace when root (root writes through permissions), else the folder's permissions."""
+    if os.geteuid() != 0:
+        folder.chmod(0o555)
+        return command
+    probe = subprocess.run(
+        ["unshare", "--mount", "sh", "-c", f"mount --bind {folder} {folder}"],
+        capture_output=True,
+    )
+    if probe.returncode != 0:
+        pytest.skip("running as root without mount namespaces: no read-only folder possible")
+    script = (
+        f'mount --bind {folder} {folder} && mount -o remount,bind,ro {folder} {folder} && exec "$@"'
+    )
+    return ["unshare", "--mount", "sh", "-c", script, "sh", *command]
+
+
+def test_a_read_only_folder_is_a_clear_error_and_the_previous_checkpoint_survives(
+    data: dict[str, Path], model: Path, tmp_path: Path
+) -> None:
+    env = {**os.environ, "PYTHONPATH": str(SRC), "OMP_NUM_THREADS": "1"}
+    cli = [sys.executable, "-m", "medrl.cli"]
+    # Training resumes, but its checkpoint folder cannot be written.
+    run_dir = tmp_path / "run"
+    code, err = finish(medrl(*train_args(data, run_dir, steps=CHECKPOINT_EVERY)))
+    assert code == 0, err
+    latest = run_dir / "checkpoints" / "latest"
+    before = (latest / STATE_FILE).read_bytes()
+    command = read_only(run_dir / "checkpoints", [*cli, *train_args(data, run_dir, steps=10)])
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=240)
+    assert done.returncode == 2, done.stderr
+    assert f"medrl: error: {latest}: cannot write (Read-only file system" in done.stderr or (
+        os.geteuid() != 0 and "Permission denied" in done.stderr
+    )
+    (run_dir / "checkpoints").chmod(0o755)
+    assert (latest / STATE_FILE).read_bytes() == before
+    assert_nothing_half_written(run_dir)
+    # Predictions into a read-only folder: refused before any scan is searched.
+    out = tmp_path / "out"
+    out.mkdir()
+    command = read_only(out, [*cli, *predict_args(data, model, out)])
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=240)
+    out.chmod(0o755)
+    assert done.returncode == 2, done.stderr
+    assert f"medrl: error: {out}: cannot lock the output folder" in done.stderr
+    assert not list(out.iterdir())

@@ -37,11 +37,15 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     Works for files written by third-party libraries (SimpleITK, safetensors) that want a path.
     """
     target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
     suffix = "".join(target.suffixes) or ".tmp"
-    fd, tmp_name = tempfile.mkstemp(
-        prefix=f"{TEMP_PREFIX}{target.name}.", suffix=suffix, dir=target.parent
-    )
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp_name = tempfile.mkstemp(
+            prefix=f"{TEMP_PREFIX}{target.name}.", suffix=suffix, dir=target.parent
+        )
+    except OSError as exc:
+        _raise_write_error(exc, target)
+        raise
     os.close(fd)
     tmp = Path(tmp_name)
     os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600 files; give the usual permissions
@@ -68,8 +72,12 @@ def atomic_open(path: str | Path, mode: str = "w", **kwargs: Any) -> Iterator[IO
 def atomic_dir(path: str | Path) -> Iterator[Path]:
     """Yield a temporary folder; on success it replaces the folder ``path`` as a whole."""
     target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f"{TEMP_PREFIX}{target.name}.", dir=target.parent))
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f"{TEMP_PREFIX}{target.name}.", dir=target.parent))
+    except OSError as exc:
+        _raise_write_error(exc, target)
+        raise
     os.chmod(tmp, 0o777 & ~_umask())
     try:
         yield tmp
