@@ -122,7 +122,7 @@ def test_a_box_model_with_task_landmark_is_a_clear_error(
     assert code == 2 and not (tmp_path / "e").exists()
 
 
-def test_evaluate_and_report_a_box_model(box_run: Path, data, tmp_path: Path) -> None:
+def test_evaluate_and_report_a_box_model(box_run: Path, data, tmp_path: Path, capsys) -> None:
     out = tmp_path / "evaluation"
     assert main(["evaluate", "--model", str(box_run / "model"), "--datalist",
                  str(data["datalist"]), "--rigid-trials", "1", "--elastic-mm", "2",
@@ -141,6 +141,15 @@ def test_evaluate_and_report_a_box_model(box_run: Path, data, tmp_path: Path) ->
     ious = [r["iou"] for r in raw if r["method"] == "agent"]
     np.testing.assert_allclose(ious, box_iou(agent, truth), atol=0.01)
     assert (out / "predictions" / "test_elastic0.mrk.json").is_file()
+    # Run again into the same folder (as after a kill): the finished scan is kept, not redone,
+    # and the tables come out the same.
+    tables = (out / "boxes_raw.json").read_text()
+    capsys.readouterr()
+    assert main(["evaluate", "--model", str(box_run / "model"), "--datalist",
+                 str(data["datalist"]), "--rigid-trials", "1", "--elastic-mm", "2",
+                 "--out", str(out)]) == 0  # fmt: skip
+    assert "[1/1] done earlier, kept test_elastic0" in capsys.readouterr().err
+    assert (out / "boxes_raw.json").read_text() == tables
     assert main(["report", str(out), "--max-scans", "1", "--dpi", "40"]) == 0
     page = (out / "report.html").read_text()
     assert "medrl box report" in page and "IoU per structure" in page

@@ -256,18 +256,26 @@ def test_kill_9_during_evaluate_leaves_whole_files_and_the_rerun_completes(
     out = tmp_path / "evaluation"
     args = ["evaluate", "--model", str(model), "--datalist", str(data["datalist"])]
     args += ["--atlas", str(data["datalist"]), "--rigid-trials", "0", "--out", str(out)]
-    nth = int(np.random.default_rng(3).integers(1, 8))
+    nth = int(np.random.default_rng(3).integers(3, 8))  # after at least one finished scan
     code, err = finish(medrl(*args, env={ENV: f"atomic-replace:{nth}"}))
     assert code == -signal.SIGKILL, err
     for path in out.rglob("*.json"):
         if not path.name.startswith(TEMP_PREFIX):
             json.loads(path.read_text())  # whole
     assert not (out / "summary.json").exists()
+    finished = len(list((out / "cases").glob("test*.json")))
     code, err = finish(medrl(*args))
     assert code == 0, err
+    assert err.count("done earlier, kept") == finished > 0  # finished scans are not redone
     summary = json.loads((out / "summary.json").read_text())
     assert len(summary["cases"]) == 5
     assert not leftovers(out) and not (out / LOCK_NAME).exists()
+    # The tables equal an uninterrupted run's (but for the measured times).
+    straight = tmp_path / "straight"
+    code, err = finish(medrl(*args[:-1], str(straight)))
+    assert code == 0, err
+    for name in ("errors.csv", "errors.json", "per_landmark.csv", "per_landmark.json"):
+        assert (out / name).read_text() == (straight / name).read_text(), name
 
 
 def _file_size_limit(limit_bytes: int):

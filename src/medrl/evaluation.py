@@ -7,10 +7,12 @@ models are evaluated by :mod:`medrl.evaluation_boxes`.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -63,6 +65,10 @@ def evaluate(
 ) -> dict:
     """Run agent and baseline on every test case (moved ``rigid_trials`` times); write tables.
 
+    A rerun into the same folder keeps the scans an interrupted run of the same evaluation
+    finished (same model, atlas, starts and test scan: :func:`finished_record`), with their
+    recorded results and times, so its tables equal an uninterrupted run's.
+
     ``elastic_mm`` > 0 warps each moved scan first (:func:`medrl.data.scenarios.deform_case`,
     seeded like the rigid move) and names the scans ``<case>_elastic<trial>`` instead of
     ``_rigid<trial>``.
@@ -85,10 +91,21 @@ def evaluate(
     )
     jobs = [(t.case_id, t.volume, t.landmarks, t.record) for t in scans]
     drop_stale_records(out_dir, [case_id for case_id, _, _, _ in jobs])
+    key = evaluation_key(model, atlas, num_starts)
     for index, (case_id, volume, case_truth, scan) in enumerate(jobs):
-        if progress:
-            print(f"[{index + 1}/{len(jobs)}] evaluating {case_id}", file=sys.stderr, flush=True)
         truth[case_id] = case_truth
+        prediction = out_dir / "predictions" / f"{case_id}.fcsv"
+        done = finished_record(out_dir, case_id, scan, key, prediction)
+        say_progress(progress, index, len(jobs), case_id, done is not None)
+        if done is not None:  # finished by an earlier, interrupted run of this evaluation
+            for method in (AGENT, BASELINE):
+                kept = done["resume"][method]
+                points = np.asarray(kept["points"], dtype=np.float64).reshape(-1, 3)
+                results[method][case_id] = Landmarks(
+                    tuple(case_truth.names), points, tuple(kept["descriptions"])
+                )
+                timings[method].append(kept["seconds"])
+            continue
         started = time.perf_counter()
         with torch.inference_mode():
             result = search(model, volume, device, num_starts=num_starts)
@@ -99,8 +116,16 @@ def evaluate(
         baseline = propagate_landmarks(atlas.volume, atlas_landmarks, volume, seed=0)
         timings[BASELINE].append(time.perf_counter() - started)
         results[BASELINE][case_id] = baseline.subset(list(case_truth.names))
-        write_landmarks(found, out_dir / "predictions" / f"{case_id}.fcsv")
+        write_landmarks(found, prediction)
         record = case_record(case_id, scan, case_truth, result, results[BASELINE][case_id])
+        record["resume"] = {"key": key}
+        for method in (AGENT, BASELINE):
+            kept = results[method][case_id]
+            record["resume"][method] = {
+                "points": kept.points_ras.tolist(),
+                "descriptions": list(kept.descriptions),
+                "seconds": timings[method][-1],
+            }
         with atomic_open(out_dir / CASES_DIR / f"{case_id}.json") as handle:
             json.dump(record, handle)
     per_landmark, overall = evaluation_tables(results, truth)
@@ -118,6 +143,41 @@ def evaluate(
     }
     write_summary(out_dir, model, atlas, list(truth), overall, scenario)
     return {"per_landmark": per_landmark, "overall": overall}
+
+
+def evaluation_key(model: Model, atlas: Case, num_starts: int | None) -> str:
+    """What a scan's result depends on besides the scan: the model's weights and config, the
+    baseline's atlas and the number of starts (a hash, stored in each case record)."""
+    digest = hashlib.sha256()
+    for name, value in sorted(model.network.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(value.detach().cpu().contiguous().numpy().tobytes())
+    digest.update(json.dumps(model.config.to_dict(), sort_keys=True, default=str).encode())
+    digest.update(np.ascontiguousarray(atlas.volume.array).tobytes())
+    digest.update(json.dumps([atlas.case_id, num_starts]).encode())
+    return digest.hexdigest()
+
+
+def finished_record(
+    out_dir: Path, case_id: str, scan: dict | None, key: str, prediction: Path
+) -> dict[str, Any] | None:
+    """The case record a killed run of the same evaluation (same key, same test scan) left,
+    with its prediction file; None when the scan must be evaluated."""
+    try:
+        record = json.loads((out_dir / CASES_DIR / f"{case_id}.json").read_text())
+    except (OSError, ValueError):
+        return None
+    resume = record.get("resume")
+    same_scan = record.get("scan") == json.loads(json.dumps(scan, default=str))
+    if not isinstance(resume, dict) or resume.get("key") != key or not same_scan:
+        return None
+    return record if prediction.is_file() else None
+
+
+def say_progress(progress: bool, index: int, total: int, case_id: str, done: bool) -> None:
+    if progress:
+        what = "done earlier, kept" if done else "evaluating"
+        print(f"[{index + 1}/{total}] {what} {case_id}", file=sys.stderr, flush=True)
 
 
 def drop_stale_records(out_dir: Path, case_ids: list[str]) -> None:

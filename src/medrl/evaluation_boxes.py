@@ -14,7 +14,6 @@ distance 2.25 mm.
 from __future__ import annotations
 
 import json
-import sys
 import time
 from pathlib import Path
 
@@ -27,7 +26,14 @@ from medrl.baselines.registration import propagate_labels
 from medrl.data.datalist import Case
 from medrl.data.scenarios import scenario_scans
 from medrl.errors import InputError
-from medrl.evaluation import CASES_DIR, drop_stale_records, write_summary
+from medrl.evaluation import (
+    CASES_DIR,
+    drop_stale_records,
+    evaluation_key,
+    finished_record,
+    say_progress,
+    write_summary,
+)
 from medrl.geometry.boxes import boxes_from_label_map
 from medrl.io.markups import write_boxes
 from medrl.metrics.boxes import (
@@ -92,9 +98,18 @@ def evaluate_boxes(
     results: dict[str, dict] = {AGENT: {}, BASELINE: {}}
     timings: dict[str, list[float]] = {AGENT: [], BASELINE: []}
     drop_stale_records(out_dir, [scan.case_id for scan in scans])
+    key = evaluation_key(model, atlas, num_starts)
     for index, scan in enumerate(scans):
-        if progress:
-            print(f"[{index + 1}/{len(scans)}] evaluating {scan.case_id}", file=sys.stderr)
+        prediction = out_dir / "predictions" / f"{scan.case_id}.mrk.json"
+        done = finished_record(out_dir, scan.case_id, scan.record, key, prediction)
+        say_progress(progress, index, len(scans), scan.case_id, done is not None)
+        if done is not None:  # finished by an earlier, interrupted run of this evaluation
+            for method in (AGENT, BASELINE):
+                kept = done["resume"][method]
+                boxes = np.asarray(kept["boxes"], dtype=np.float64).reshape(-1, 6)
+                results[method][scan.case_id] = (tuple(kept["names"]), boxes)
+                timings[method].append(kept["seconds"])
+            continue
         started = time.perf_counter()
         with torch.inference_mode():
             result = search(model, scan.volume, device, num_starts=num_starts)
@@ -105,8 +120,16 @@ def evaluate_boxes(
         baseline = boxes_from_label_map(carried, atlas.label_names, names)
         timings[BASELINE].append(time.perf_counter() - started)
         results[BASELINE][scan.case_id] = baseline
-        write_boxes(out_dir / "predictions" / f"{scan.case_id}.mrk.json", names, result.estimate)
+        write_boxes(prediction, names, result.estimate)
         record = box_case_record(scan.case_id, scan.record, truth[scan.case_id], result, baseline)
+        record["resume"] = {"key": key}
+        for method in (AGENT, BASELINE):
+            kept_names, kept_boxes = results[method][scan.case_id]
+            record["resume"][method] = {
+                "names": list(kept_names),
+                "boxes": np.asarray(kept_boxes, dtype=np.float64).tolist(),
+                "seconds": timings[method][-1],
+            }
         with atomic_open(out_dir / CASES_DIR / f"{scan.case_id}.json") as handle:
             json.dump(record, handle)
     per_structure, overall, raw = box_evaluation_tables(results, truth)
