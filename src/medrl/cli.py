@@ -48,7 +48,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     task = [f"task.kind={args.task}"] if args.task else []
     config = load_config(_config_path(args.config), [*task, *args.set])
-    command = "medrl " + " ".join(shlex.quote(a) for a in args.argv)
+    command = "medrl " + shlex.join(args.argv)
     model_dir = train_model(config, args.run_dir, args.restart, not args.quiet, command)
     if model_dir is not None:  # under torchrun only rank 0 speaks
         print(model_dir)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import csv
 import os
+import shlex
 import sys
 import time
 from collections.abc import Iterable, Sequence
@@ -388,7 +389,7 @@ def run_from_args(args: Any) -> int:
         "num_starts": args.starts,
         "overwrite": args.overwrite,
     }
-    command = "medrl " + " ".join(getattr(args, "argv", []) or ["predict"])
+    command = "medrl " + shlex.join(getattr(args, "argv", None) or ["predict"])
     with folder_lock(args.out, "output folder", command):  # one writer per output folder
         if args.ray:
             from medrl.distributed.ray_predict import predict_with_ray

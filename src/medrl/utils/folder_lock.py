@@ -5,8 +5,7 @@ Every medrl command that writes into a folder (``train --run-dir``, ``evaluate -
 writes. The kernel releases the lock when the process ends in any way (``kill -9``
 included), so a lock never outlives its process; a clean exit also removes the file, and the
 file a killed process leaves behind is unlocked and simply reused. A second writer stops at
-once with
-:class:`FolderBusyError`, which names the folder and the holder (host, PID, command, since
+once with :class:`FolderBusyError`, which names the folder and the holder (host, PID, command, since
 when). Readers (``medrl report``, TensorBoard) never take the lock.
 
 ``flock`` locks are advisory: they stop other medrl processes, not other programs. On NFS,
@@ -113,8 +112,3 @@ def _acquire(folder: Path, lock_path: Path, purpose: str) -> int:
             return fd
         os.close(fd)  # the holder removed this file as we opened it: take the new one
     raise MedrlError(f"cannot lock the {purpose}: its lock file keeps changing", folder)
-
-
-def rank_speaks() -> bool:
-    """Whether this process should print results: not a non-zero torchrun rank."""
-    return int(os.environ.get("RANK", "0")) == 0
