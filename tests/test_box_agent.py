@@ -86,6 +86,32 @@ def test_train_writes_a_box_model_with_its_task_and_prior(box_run: Path) -> None
     assert [e["step"] for e in evaluations] == [15.0, 30.0]
     assert all(0.0 <= e["mean_iou"] <= 1.0 for e in evaluations)
     assert "search_level_validation_mean_iou" in header["training"]
+    # the reference layout is stored, but 3 structures cannot determine an affine map: the
+    # export's validation found no second search to choose
+    reference = header["task"]["state"]["reference"]
+    assert len(reference["centres_ras"]) == len(reference["extremes_ras"]) == 3
+    assert header["config"]["search"]["consensus_level"] == -1
+
+
+def test_refit_rewrites_the_task_state_and_keeps_the_weights(
+    box_run: Path, data, tmp_path: Path
+) -> None:
+    from medrl.agents.refit import main as refit_main
+
+    folder = tmp_path / "run" / "model"
+    shutil.copytree(box_run / "model", folder)
+    header = yaml.safe_load((folder / "model.yaml").read_text())
+    header["task"]["state"].pop("reference")  # as a model trained before the layout existed
+    (folder / "model.yaml").write_text(yaml.safe_dump(header, sort_keys=False))
+    weights = (folder / "model.safetensors").read_bytes()
+    assert refit_main([str(folder), "--datalist", str(data["datalist"])]) == 0
+    refitted = yaml.safe_load((folder / "model.yaml").read_text())
+    assert (folder / "model.safetensors").read_bytes() == weights
+    assert len(refitted["task"]["state"]["reference"]["centres_ras"]) == 3
+    assert refitted["task"]["state"]["prior_size_mm"] == header["task"]["state"]["prior_size_mm"]
+    assert refitted["config"]["search"]["consensus_level"] == -1
+    assert not any(p.name.startswith(".medrl") for p in (tmp_path / "run").iterdir())
+    assert refit_main([str(tmp_path / "missing")]) == 2
 
 
 def test_predict_writes_slicer_roi_markups(box_run: Path, data, tmp_path: Path) -> None:

@@ -136,3 +136,56 @@ def test_label_free_starts_come_from_the_training_prior() -> None:
     np.testing.assert_allclose(starts[:, 1, 1] - starts[:, 0, 1], step)  # +A by the offset
     restored = BoxTask(task.config, task.state_dict())
     np.testing.assert_allclose(restored.initial(scan, 1, 3), starts[:, :1], atol=1e-3)
+
+
+def test_consensus_starts_carry_the_reference_layout_to_where_the_others_are() -> None:
+    """The reference layout (boxes of many structures) fitted to estimates that are the truth
+    moved by a rigid map, except one gross failure: the consensus start of the failed
+    structure is its moved reference box, and the layout survives a save and load."""
+    rng = np.random.default_rng(3)
+    task = _task()
+    centres = rng.uniform(-30.0, 30.0, size=(12, 3))
+    halves = rng.uniform(2.0, 10.0, size=(12, 3))
+    corners = np.array(np.meshgrid([-1, 1], [-1, 1], [-1, 1])).reshape(3, -1).T
+    extremes = [c + corners * h for c, h in zip(centres, halves, strict=True)]
+    task.reference_centres_ras = centres
+    task.reference_extremes_ras = extremes
+    task.reference_half_extent_mm = np.zeros(3)
+    shift = np.array([6.0, -4.0, 9.0])
+    truth = np.concatenate([centres + shift, 2 * halves], axis=1)  # a pure translation
+    estimate = truth.copy()
+    estimate[4, :3] += [20.0, 0.0, -15.0]  # the search settled on the wrong structure
+    starts = task.consensus_starts(estimate)
+    assert starts is not None and starts.shape == (12, 1, 6)
+    np.testing.assert_allclose(starts[:, 0], truth, atol=1e-6)
+    restored = BoxTask(task.config, task.state_dict())
+    np.testing.assert_allclose(restored.consensus_starts(estimate), starts, atol=1e-3)
+    # no reference (a model trained before the layout existed), or too few structures: none
+    assert _task().consensus_starts(estimate) is None
+    assert task.consensus_starts(estimate[:3]) is None
+
+
+def test_the_reference_layout_is_learned_from_the_first_fully_labelled_scan() -> None:
+    case = _phantom_case()
+    task = _task()
+    table = task.target_table([case])
+    task.fit([build_pyramid(case.volume, [1.5])], table)
+    np.testing.assert_allclose(task.reference_centres_ras, table.poses[0][:, :3])
+    # the directional extremes of each cuboid give back its box
+    for structure, extremes in enumerate(task.reference_extremes_ras):
+        low = extremes.min(axis=0) - task.reference_half_extent_mm
+        high = extremes.max(axis=0) + task.reference_half_extent_mm
+        np.testing.assert_allclose((low + high) / 2, table.poses[0][structure, :3], atol=1e-6)
+        np.testing.assert_allclose(high - low, table.poses[0][structure, 3:], atol=1e-6)
+        assert len(extremes) <= 26
+
+
+def test_a_malformed_reference_layout_is_a_clear_error() -> None:
+    from medrl.errors import InputError
+
+    config = _task().config
+    with pytest.raises(InputError, match="2 centres but 1 non-empty"):
+        BoxTask(config, {"reference": {"centres_ras": [[0, 0, 0], [1, 1, 1]],
+                                       "extremes_ras": [[[0, 0, 0]]]}})  # fmt: skip
+    with pytest.raises(InputError, match="reference is malformed"):
+        BoxTask(config, {"reference": {"centres_ras": [[0, 0]], "extremes_ras": [[[0, 0]]]}})

@@ -42,6 +42,11 @@ class LevelConfig:
     shifted and scaled), so that they mostly contain the structure, as a label-free search
     does from its enlarged prior box (Navarro et al. start from the whole image); at the
     first level the label-free search starts from the prior box grown by this margin."""
+    step_deg: float = 0.0
+    """Plane task: the angle one tilt action turns the plane by."""
+    start_angle_deg: float = 0.0
+    """Plane task: training starts are the true plane turned by up to this angle (and moved
+    within ``start_radius_mm``)."""
 
 
 def _default_levels() -> tuple[LevelConfig, ...]:
@@ -57,7 +62,8 @@ class TaskConfig:
     """Which agent of the family (:mod:`medrl.tasks`) and its task-specific settings."""
 
     kind: str = "landmark"
-    """``landmark`` (a point) or ``box`` (a world-axis-aligned box around a structure)."""
+    """``landmark`` (a point), ``box`` (a world-axis-aligned box around a structure) or
+    ``plane`` (a view plane: MSP, AC-PC)."""
     box_context: float = 1.5
     """Box task: the observation spans this many times the box, plus the margin."""
     box_margin_mm: float = 4.0
@@ -68,6 +74,14 @@ class TaskConfig:
     """Box task: a training episode ends (terminated) at an IoU above this."""
     box_min_size_mm: float = 1.0
     box_max_size_mm: float = 200.0
+    plane_radius_mm: float = 50.0
+    """Plane task: the distance adds this radius x the angle between the normals (radians),
+    how far apart two planes are at this distance from the reference point."""
+    plane_view_factor: float = 3.0
+    """Plane task: in-plane sample spacing of the slab, in units of the level's spacing (the
+    spacing through the slab is the level's)."""
+    plane_context: float = 2.0
+    """Plane task: a second slab this many times wider and thicker (0: none)."""
 
 
 @dataclass(frozen=True)
@@ -159,6 +173,11 @@ class SearchConfig:
     levels: int = 0
     """Search only the first (coarsest) this many levels; 0: all. Chosen on validation data
     when a finer level does not improve the estimate (see BENCHMARKS.md)."""
+    consensus_level: int | None = None
+    """After the search, search every target again from where the task's reference layout,
+    fitted to all estimates by a robust affine map, puts it, from this level on (0-based);
+    -1: no second search; None (``~`` in YAML): chosen on validation data at export for
+    tasks with a reference layout (boxes), off for the others."""
 
 
 @dataclass(frozen=True)

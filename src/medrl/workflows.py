@@ -14,7 +14,7 @@ import torch
 
 from medrl.agents.checkpoint import load_model
 from medrl.agents.dqn import Trainer
-from medrl.agents.validation import select_search_levels
+from medrl.agents.validation import select_consensus_level, select_search_levels
 from medrl.config import Config
 from medrl.data.sources import load_split
 from medrl.distributed.ddp import DistContext, init_distributed, shutdown
@@ -136,4 +136,21 @@ def _export(trainer: Trainer, config: Config, model_dir: Path) -> None:
         trainer.config = replace(config, search=replace(config.search, levels=levels))
         name = "mm" if key == "error_mm" else key  # the landmark models' key stays as it was
         trainer.extra_meta[f"search_level_validation_mean_{name}"] = means
+        trainer.save_model(model_dir)
+    if trainer.config.search.consensus_level is None:
+        cases = load_split(config.train.datalist, "train")
+        level, scores = select_consensus_level(load_model(model_dir), cases)
+        if scores:
+            key = trainer.task.primary_score[0]
+            shown = ", ".join(f"{k}: {v:.3f}" for k, v in scores.items())
+            print(
+                f"validation (training scans, rigidly moved), mean {key} by "
+                f"search.consensus_level (-1: none): {shown}; the model uses {level}",
+                file=sys.stderr,
+            )
+            trainer.extra_meta[f"consensus_level_validation_mean_{key}"] = {
+                str(k): v for k, v in scores.items()
+            }
+        search_config = replace(trainer.config.search, consensus_level=level)
+        trainer.config = replace(trainer.config, search=search_config)
         trainer.save_model(model_dir)

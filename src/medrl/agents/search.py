@@ -8,6 +8,13 @@ more than ``oscillation_repeats`` times in the window) or spends the level's ste
 then continues at the next level from where it settled (the centre of its oscillation). The
 estimate combines the starts (coordinate-wise median). The moves are the training kernel's
 own transition function, :func:`medrl.tasks.base.advance`.
+
+With ``search.consensus_level`` k >= 0 and a task with a reference layout of its targets (the
+box task), a second search follows: the layout is fitted to the first search's estimates by a
+robust affine map (:meth:`medrl.tasks.base.Task.consensus_starts`), and every target is
+searched again from where the fitted layout puts it, from level k on. The relations between
+the targets then correct a search that settled on the wrong part of a structure, while the
+final pose is still the agent's reading of the image.
 """
 
 from __future__ import annotations
@@ -22,6 +29,7 @@ from medrl.config import AugmentConfig
 from medrl.data.augment import AugmentParams, batch_params
 from medrl.envs.kernel import render_observation
 from medrl.envs.pyramid import ScanPyramid, build_pyramid
+from medrl.errors import InputError
 from medrl.io.images import Volume
 from medrl.io.landmarks import Landmarks
 from medrl.tasks.base import Poses, advance, count_repeats, push_history
@@ -56,7 +64,11 @@ class SearchResult:
     """Per target, per start: the level of each visited pose (T,)."""
     steps: int
     level_estimates: list[np.ndarray]
-    """The estimate (targets, D) after each level searched, coarse to fine."""
+    """The estimate (targets, D) after each level of the first search, coarse to fine."""
+    consensus_starts: np.ndarray | None = None
+    """(targets, D) where the task's reference layout, fitted to the first search, put every
+    target: the start of the second search (None without one). The second search's poses
+    follow the first's in ``paths``, their levels offset by the number of levels."""
 
     @property
     def landmarks(self) -> Landmarks:
@@ -79,26 +91,29 @@ def _no_augmentation(scan: ScanPyramid, device: torch.device) -> AugmentParams:
     )
 
 
-@torch.no_grad()
-def search(
-    model: Model,
-    volume: Volume,
-    device: torch.device | str = "cpu",
-    scan: ScanPyramid | None = None,
-    num_starts: int | None = None,
-) -> SearchResult:
-    """Find every target the model knows in ``volume``; poses in world RAS mm.
+@dataclass
+class _Stage:
+    """One pass of the level loop over every start of every target."""
 
-    ``num_starts`` (1 to 7) overrides the model's ``search.num_starts``.
-    """
+    paths: list[torch.Tensor]
+    levels: list[int]
+    steps: int
+    level_estimates: list[np.ndarray]
+
+
+def _run_levels(
+    model: Model,
+    scan: ScanPyramid,
+    starts: np.ndarray,
+    first_level: int,
+    level_offset: int,
+    device: torch.device,
+) -> _Stage:
+    """Greedy moves from ``starts`` (T, S, D), level by level from ``first_level``; the path
+    labels its poses with level + ``level_offset``."""
     config, task = model.config, model.task
     env = config.env
-    device = torch.device(device)
-    if scan is None:
-        scan = build_pyramid(volume, [lv.spacing_mm for lv in env.levels], device)
-    num_targets = len(model.names)
-    starts = task.initial(scan, num_starts or config.search.num_starts, num_targets)
-    num_starts = starts.shape[1]
+    num_targets, num_starts = starts.shape[:2]
     n, dim = num_targets * num_starts, task.pose_dim
     target = torch.arange(num_targets, device=device).repeat_interleave(num_starts)
     pose = torch.as_tensor(starts.reshape(n, dim), dtype=torch.float32).to(device)
@@ -108,12 +123,11 @@ def search(
         return scan.contains_ras(points)
 
     # The path is kept on the device and copied to the host once, at the end (no sync per step).
-    paths = [pose.clone()]
-    levels_visited = [0]
-    total_steps = 0
-    level_estimates: list[np.ndarray] = []
+    stage = _Stage([pose.clone()], [first_level + level_offset], 0, [])
     used = env.levels[: config.search.levels] if config.search.levels > 0 else env.levels
     for level_index, level in enumerate(used):
+        if level_index < first_level:
+            continue
         frames = pose[:, None, :].repeat(1, env.frames, 1)
         actions = torch.full((n, env.action_history), -1, dtype=torch.long, device=device)
         recent = torch.full((n, env.oscillation_window, dim), float("nan"), device=device)
@@ -142,18 +156,66 @@ def search(
             frames[rows] = torch.cat([new[:, None], frames[rows, :-1]], dim=1)
             actions[rows] = push_history(actions[rows], chosen)
             recent[rows] = torch.cat([recent[rows, 1:], new[:, None]], dim=1)
-            total_steps += 1
-            paths.append(frames[:, 0].clone())
-            levels_visited.append(level_index)
+            stage.steps += 1
+            stage.paths.append(frames[:, 0].clone())
+            stage.levels.append(level_index + level_offset)
             repeats = count_repeats(recent[rows], new, task.tolerance(new, level_t[rows]))
             active[rows[repeats > env.oscillation_repeats]] = False
         pose = task.settle(recent)
         per_start = pose.reshape(num_targets, num_starts, dim)
-        level_estimates.append(task.combine(per_start).cpu().numpy().astype(np.float64))
-    paths.append(pose)
-    levels_visited.append(len(used) - 1)
+        stage.level_estimates.append(task.combine(per_start).cpu().numpy().astype(np.float64))
+    stage.paths.append(pose)
+    stage.levels.append(len(used) - 1 + level_offset)
+    return stage
+
+
+@torch.no_grad()
+def search(
+    model: Model,
+    volume: Volume,
+    device: torch.device | str = "cpu",
+    scan: ScanPyramid | None = None,
+    num_starts: int | None = None,
+    consensus_level: int | None = None,
+) -> SearchResult:
+    """Find every target the model knows in ``volume``; poses in world RAS mm.
+
+    ``num_starts`` (1 to 7) overrides the model's ``search.num_starts``, ``consensus_level``
+    its ``search.consensus_level`` (-1: no second search).
+    """
+    config, task = model.config, model.task
+    device = torch.device(device)
+    if scan is None:
+        scan = build_pyramid(volume, [lv.spacing_mm for lv in config.env.levels], device)
+    num_targets = len(model.names)
+    starts = task.initial(scan, num_starts or config.search.num_starts, num_targets)
+    num_starts = starts.shape[1]
+    first = _run_levels(model, scan, starts, 0, 0, device)
+    estimate = first.level_estimates[-1]
+    paths, levels = first.paths, first.levels
+    steps, consensus = first.steps, None
+    if consensus_level is None:
+        consensus_level = config.search.consensus_level
+    if consensus_level is not None and consensus_level >= len(first.level_estimates):
+        raise InputError(
+            f"search.consensus_level is {consensus_level}, but the search has only "
+            f"{len(first.level_estimates)} level(s) (0-based; -1: no second search)"
+        )
+    if consensus_level is not None and consensus_level >= 0:
+        consensus = task.consensus_starts(estimate)
+    if consensus is not None:
+        # the second search runs from one start per target; every start's path shows it
+        assert consensus_level is not None
+        offset = len(config.env.levels)
+        second = _run_levels(model, scan, consensus, consensus_level, offset, device)
+        estimate = second.level_estimates[-1]
+        repeated = [p.repeat_interleave(num_starts, dim=0) for p in second.paths]
+        paths, levels = paths + repeated, levels + second.levels
+        steps += second.steps
+        consensus = consensus[:, 0]
+    n = num_targets * num_starts
     stacked = torch.stack(paths, dim=1).cpu().numpy().astype(np.float64)  # (n, T, D)
-    level_stack = np.tile(np.asarray(levels_visited, dtype=np.int64), (n, 1))
+    level_stack = np.tile(np.asarray(levels, dtype=np.int64), (n, 1))
     per_target_paths, per_target_levels = [], []
     for t in range(num_targets):
         rows_t = range(t * num_starts, (t + 1) * num_starts)
@@ -162,9 +224,10 @@ def search(
     return SearchResult(
         model.names,
         model.descriptions,
-        level_estimates[-1],
+        estimate,
         per_target_paths,
         per_target_levels,
-        total_steps,
-        level_estimates,
+        steps,
+        first.level_estimates,
+        consensus,
     )

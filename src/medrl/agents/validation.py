@@ -174,6 +174,18 @@ class Validator:
         return {**_summary(per_level), "seconds": time.perf_counter() - started}
 
 
+def _validation_items(
+    model: Model, cases: list[Case], trials: int, seed: int
+) -> list[tuple[Volume, ScanPyramid | None, np.ndarray]]:
+    items: list[tuple[Volume, ScanPyramid | None, np.ndarray]] = []
+    for case in cases:
+        if not _known_names(model.task, case, model.names):
+            continue
+        for moved in _moved(model.task, case, trials, seed):
+            items.append((moved.volume, None, moved_truth(model.task, moved, model.names)))
+    return items
+
+
 def select_search_levels(
     model: Model,
     cases: list[Case],
@@ -186,16 +198,51 @@ def select_search_levels(
     moves, never on test data. Returns the chosen count and the mean score after each level.
     """
     config = model.config
-    model = replace(model, config=replace(config, search=replace(config.search, levels=0)))
+    search_config = replace(config.search, levels=0, consensus_level=-1)
+    model = replace(model, config=replace(config, search=search_config))
     key, higher_is_better = model.task.primary_score
-    items = []
-    for case in cases:
-        if not _known_names(model.task, case, model.names):
-            continue
-        for moved in _moved(model.task, case, trials, seed):
-            items.append((moved.volume, None, moved_truth(model.task, moved, model.names)))
+    items = _validation_items(model, cases, trials, seed)
     with torch.inference_mode():
         per_level = score_levels(model, items, device)
     means = [float(np.mean(s[key])) if s.get(key) else float("nan") for s in per_level]
     ranked = [(-m if higher_is_better else m) for m in means]
     return int(np.nanargmin(ranked)) + 1, means
+
+
+def select_consensus_level(
+    model: Model,
+    cases: list[Case],
+    trials: int = 2,
+    seed: int = 77,
+    device: str = "cpu",
+) -> tuple[int, dict[int, float]]:
+    """Whether (and from which level) the search should search again from the task's fitted
+    reference layout (``search.consensus_level``): the option with the best mean primary
+    score on ``cases`` (the training scans) under random rigid moves, never on test data; on a
+    tie, no second search. Returns the choice and the mean score of every option (-1: off);
+    -1 and no scores for a task without a reference layout.
+    """
+    if type(model.task).consensus_starts is Task.consensus_starts:
+        return -1, {}
+    levels = model.config.search.levels or len(model.config.env.levels)
+    key, higher_is_better = model.task.primary_score
+    items = _validation_items(model, cases, trials, seed)
+    if not items:
+        return -1, {}
+    scores: dict[int, list[float]] = {option: [] for option in range(-1, levels)}
+    with torch.inference_mode():
+        for volume, _, truth in items:
+            known = np.isfinite(truth).all(axis=1)
+            for option in scores:
+                estimate = search(model, volume, device, consensus_level=option).estimate
+                if option == -1 and model.task.consensus_starts(estimate) is None:
+                    return -1, {}
+                values = model.task.scores(estimate[known], truth[known])[key]
+                scores[option].extend(np.asarray(values).tolist())
+    means = {option: float(np.mean(v)) for option, v in scores.items()}
+    sign = 1.0 if higher_is_better else -1.0
+    best = -1
+    for option, mean in means.items():
+        if sign * mean > sign * means[best]:
+            best = option
+    return best, means

@@ -172,6 +172,11 @@ class Task:
         R, A, S (the patch is the separable grid centre + (o_R, o_A, o_S))."""
         raise NotImplementedError
 
+    def grid_axes(self, pose: torch.Tensor) -> torch.Tensor | None:
+        """(N, 3, 3) unit axes (rows, RAS) of an oblique grid along which :meth:`grid`'s
+        offsets run, or None for the world axes R, A, S (the default)."""
+        return None
+
     @property
     def num_channels(self) -> int:
         """Patches rendered per pose: the task's view, plus :meth:`context_grid` if any."""
@@ -191,6 +196,12 @@ class Task:
     def initial(self, scan: ScanPyramid, num_starts: int, num_targets: int) -> np.ndarray:
         """(T, S, D) label-free search starts of every target."""
         raise NotImplementedError
+
+    def consensus_starts(self, estimate: np.ndarray) -> np.ndarray | None:
+        """(T, 1, D) where the targets' reference layout, fitted to the estimates (T, D) of a
+        search, puts every target: the starts of a second search (``search.consensus_level``).
+        None when the task has no reference layout or the estimates do not determine one."""
+        return None
 
     def settle(self, recent: torch.Tensor) -> torch.Tensor:
         """(N, D) where a level's search ends, from its recent poses (N, W, D)."""

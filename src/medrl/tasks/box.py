@@ -13,6 +13,13 @@ each side), so one network serves small and large structures; the network also s
 box's log size. Label-free search starts from the structure's mean box relative to the scan's
 intensity centre, learned from the training scans (stored in the model).
 
+The model also keeps a reference layout: the box centres of the first fully labelled training
+scan and, per structure, the voxels that are extreme along 26 directions. After a search,
+:meth:`BoxTask.consensus_starts` fits that layout to the found centres with a robust affine
+map (:mod:`medrl.geometry.robust_affine`) and carries each structure's extreme voxels with it:
+where the other 31 structures say a structure's box is. With ``search.consensus_level`` the
+agent searches again from there (docs/tasks.md).
+
 Truth boxes come from label maps: the tight box around a structure's voxels. Under an
 augmentation the box is recomputed from the structure's transformed voxels.
 """
@@ -38,6 +45,7 @@ from medrl.geometry.boxes import (
     voxel_half_extent_mm,
     wall_distance_mm,
 )
+from medrl.geometry.robust_affine import apply_affine, fit_affine_robust
 from medrl.tasks.base import TargetTable, Task
 
 BOX_ACTIONS = (
@@ -53,6 +61,9 @@ _LOG_SCALES = torch.tensor(
     dtype=torch.float32,
 )
 _SIZE_UNIT_MM = 16.0
+# the 26 directions of a 3x3x3 neighbourhood: a structure's extreme voxels along them bound
+# its box under any nearly rigid map (up to second order in the rotation)
+_DIRECTIONS = np.array([d for d in np.ndindex(3, 3, 3) if d != (1, 1, 1)], dtype=np.float64) - 1.0
 
 
 def box_min_max(box: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -82,6 +93,12 @@ def _extreme_points(points: np.ndarray) -> np.ndarray:
         return points
 
 
+def directional_extremes(points: np.ndarray) -> np.ndarray:
+    """The distinct points (K <= 26, 3) that are furthest along each of :data:`_DIRECTIONS`."""
+    points = np.asarray(points, dtype=np.float64).reshape(-1, 3)
+    return np.unique(points[np.argmax(points @ _DIRECTIONS.T, axis=0)], axis=0)
+
+
 class BoxTask(Task):
     name: ClassVar[str] = "box"
     actions: ClassVar[tuple[str, ...]] = BOX_ACTIONS
@@ -95,14 +112,42 @@ class BoxTask(Task):
 
     # ------------------------------------------------------------------ model state
     def state_dict(self) -> dict[str, Any]:
-        return {
+        state: dict[str, Any] = {
             "prior_offset_ras": self.prior_offset_ras.round(3).tolist(),
             "prior_size_mm": self.prior_size_mm.round(3).tolist(),
         }
+        if len(self.reference_centres_ras):
+            state["reference"] = {
+                "centres_ras": self.reference_centres_ras.round(3).tolist(),
+                "extremes_ras": [e.round(3).tolist() for e in self.reference_extremes_ras],
+                "half_extent_mm": self.reference_half_extent_mm.round(3).tolist(),
+            }
+        return state
 
     def load_state(self, state: dict[str, Any]) -> None:
         self.prior_offset_ras = np.asarray(state.get("prior_offset_ras", []), dtype=np.float64)
         self.prior_size_mm = np.asarray(state.get("prior_size_mm", []), dtype=np.float64)
+        reference = state.get("reference") or {}
+        try:
+            self.reference_centres_ras = np.asarray(
+                reference.get("centres_ras", []), dtype=np.float64
+            ).reshape(-1, 3)
+            self.reference_extremes_ras = [
+                np.asarray(e, dtype=np.float64).reshape(-1, 3)
+                for e in reference.get("extremes_ras", [])
+            ]
+            self.reference_half_extent_mm = np.asarray(
+                reference.get("half_extent_mm", [0.0, 0.0, 0.0]), dtype=np.float64
+            ).reshape(3)
+        except ValueError as exc:
+            raise InputError(f"task.state.reference is malformed: {exc}") from exc
+        if len(self.reference_extremes_ras) != len(self.reference_centres_ras) or any(
+            len(e) == 0 for e in self.reference_extremes_ras
+        ):
+            raise InputError(
+                f"task.state.reference has {len(self.reference_centres_ras)} centres but "
+                f"{len(self.reference_extremes_ras)} non-empty point sets"
+            )
 
     def fit(self, scans: list[ScanPyramid], table: TargetTable) -> None:
         """Mean box of every structure relative to the scan's intensity centre."""
@@ -112,6 +157,14 @@ class BoxTask(Task):
         log_sizes = np.log(np.stack([table.poses[i][:, 3:] for i in range(len(scans))]))
         self.prior_offset_ras = np.nanmean(offsets, axis=0)
         self.prior_size_mm = np.exp(np.nanmean(log_sizes, axis=0))
+        # the reference layout: the first scan with every structure
+        for index, poses in enumerate(table.poses):
+            if np.isfinite(poses).all() and index < len(table.extra) and table.extra[index]:
+                points, pad = table.extra[index]
+                self.reference_centres_ras = np.asarray(poses[:, :3], dtype=np.float64)
+                self.reference_extremes_ras = [directional_extremes(p) for p in points]
+                self.reference_half_extent_mm = np.asarray(pad, dtype=np.float64)
+                break
 
     # ------------------------------------------------------------------ data
     def target_table(self, cases: list[Case], names: Sequence[str] = ()) -> TargetTable:
@@ -250,6 +303,16 @@ class BoxTask(Task):
         margin = self.config.env.levels[0].start_margin_mm
         sizes = np.broadcast_to(self.prior_size_mm[:, None, :] + 2 * margin, centres.shape)
         return np.concatenate([centres, sizes], axis=2)
+
+    def consensus_starts(self, estimate: np.ndarray) -> np.ndarray | None:
+        if len(self.reference_centres_ras) != len(estimate):
+            return None
+        try:
+            fit = fit_affine_robust(self.reference_centres_ras, estimate[:, :3])
+        except ValueError:
+            return None
+        carried = [apply_affine(fit.matrix, e) for e in self.reference_extremes_ras]
+        return boxes_from_points(carried, self.reference_half_extent_mm)[:, None, :]
 
     def settle(self, recent: torch.Tensor) -> torch.Tensor:
         tail = recent[:, -4:]

@@ -1,0 +1,84 @@
+"""A robust affine map between two layouts of the same targets (world RAS mm).
+
+The targets of a scan keep their relations from brain to brain: O'Neil et al. (2018) fit an
+over-determined affine map from a reference layout to the detections, so detections that
+disagree with the others show up as large residuals and the map says where they should be.
+Here the fit is iteratively reweighted least squares: first Huber weights (a residual beyond
+``huber_scale`` robust standard deviations, 1.4826 x the median residual and at least
+``min_scale_mm``, gets a weight inversely proportional to its size), then Tukey's biweight,
+which gives a residual beyond ``tukey_scale`` robust standard deviations no weight at all, so
+gross failures do not pull the map.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+__all__ = ["AffineFit", "apply_affine", "fit_affine_robust"]
+
+
+@dataclass(frozen=True)
+class AffineFit:
+    matrix: np.ndarray
+    """(4, 4) homogeneous map from the source layout to the target layout (RAS mm)."""
+    residuals_mm: np.ndarray
+    """(N,) distance between each target point and its mapped source point (NaN where a
+    point was missing)."""
+    weights: np.ndarray
+    """(N,) the final robust weight of each pair (0 where a point was missing)."""
+
+
+def apply_affine(matrix: np.ndarray, points_ras: np.ndarray) -> np.ndarray:
+    """(N, 3) points mapped by a (4, 4) homogeneous matrix."""
+    points = np.asarray(points_ras, dtype=np.float64).reshape(-1, 3)
+    return points @ matrix[:3, :3].T + matrix[:3, 3]
+
+
+def fit_affine_robust(
+    source_ras: np.ndarray,
+    target_ras: np.ndarray,
+    iterations: int = 10,
+    huber_scale: float = 1.345,
+    tukey_scale: float = 4.685,
+    min_scale_mm: float = 0.5,
+) -> AffineFit:
+    """The affine map taking ``source_ras`` (N, 3) onto ``target_ras`` (N, 3), robustly.
+
+    Rows with a non-finite coordinate in either set are left out. ValueError when fewer than
+    4 pairs remain or they are coplanar (an affine map is then not determined). The first
+    half of the ``iterations`` reweight with Huber's weights, the rest with Tukey's.
+    """
+    source = np.asarray(source_ras, dtype=np.float64).reshape(-1, 3)
+    target = np.asarray(target_ras, dtype=np.float64).reshape(-1, 3)
+    if source.shape != target.shape:
+        raise ValueError(f"layouts of different sizes: {source.shape} and {target.shape}")
+    usable = np.isfinite(source).all(axis=1) & np.isfinite(target).all(axis=1)
+    design = np.c_[source[usable], np.ones(int(usable.sum()))]
+    if len(design) < 4 or np.linalg.matrix_rank(design - design.mean(axis=0)) < 3:
+        raise ValueError(
+            f"{int(usable.sum())} usable point pairs do not determine an affine map "
+            "(at least 4, not coplanar)"
+        )
+    goal = target[usable]
+    weights = np.ones(len(design))
+    for iteration in range(iterations):
+        root = np.sqrt(weights)[:, None]
+        solution, *_ = np.linalg.lstsq(design * root, goal * root, rcond=None)
+        residuals = np.linalg.norm(design @ solution - goal, axis=1)
+        scale = max(1.4826 * float(np.median(residuals)), min_scale_mm)
+        if iteration < iterations // 2:
+            weights = np.minimum(1.0, huber_scale * scale / np.maximum(residuals, 1e-12))
+        else:
+            weights = np.clip(1.0 - (residuals / (tukey_scale * scale)) ** 2, 0.0, None) ** 2
+        if np.count_nonzero(weights) < 4:  # too few left to determine the map: keep Huber's
+            weights = np.minimum(1.0, huber_scale * scale / np.maximum(residuals, 1e-12))
+    matrix = np.eye(4)
+    matrix[:3, :3] = solution[:3].T
+    matrix[:3, 3] = solution[3]
+    all_residuals = np.full(len(source), np.nan)
+    all_residuals[usable] = np.linalg.norm(apply_affine(matrix, source[usable]) - goal, axis=1)
+    all_weights = np.zeros(len(source))
+    all_weights[usable] = weights
+    return AffineFit(matrix, all_residuals, all_weights)
