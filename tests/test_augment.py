@@ -182,3 +182,31 @@ def test_patch_at_the_augmented_landmark_shows_the_original_landmark(blobs) -> N
         for n in range(count)
     ]
     assert sum(misses) >= count // 2
+
+
+def test_oblique_patch_grids_equal_the_pointwise_transform() -> None:
+    """The separable fast path on a grid along oblique axes (the plane task's slabs) gives the
+    same points and bias field as transforming every grid point."""
+    from scipy.spatial.transform import Rotation
+
+    from medrl.data.augment import grid_log_bias, log_bias, transform_grid, transform_points
+
+    config = AugmentConfig(rotation_deg=20.0, elastic_mm=3.0, bias_field=0.3)
+    centres = torch.tensor([[5.0, -10.0, 20.0], [-3.0, 4.0, 0.0]])
+    params = batch_params(config, np.array([11, 12]), centres)
+    axes = torch.as_tensor(
+        np.stack([Rotation.from_euler("xyz", a, degrees=True).as_matrix().T
+                  for a in ([30, -10, 45], [0, 60, -20])]),  # rows: unit axes
+        dtype=torch.float32,
+    )  # fmt: skip
+    ramp = torch.arange(5, dtype=torch.float32) - 2.0
+    offsets = torch.stack([ramp * 3.0, ramp * 2.0, ramp * 1.0])[None].expand(2, -1, -1)
+    k, j, i = torch.meshgrid(ramp * 1.0, ramp * 2.0, ramp * 3.0, indexing="ij")
+    local = torch.stack([i, j, k], dim=-1).reshape(-1, 3)  # [k, j, i] order, (u, v, n) parts
+    points = centres[:, None, :] + torch.einsum("mc,ncd->nmd", local, axes)
+    fast = transform_grid(params, centres, offsets, axes)
+    torch.testing.assert_close(fast, transform_points(params, points), atol=1e-3, rtol=1e-5)
+    torch.testing.assert_close(
+        grid_log_bias(params, centres, offsets, axes), log_bias(params, points), atol=1e-4,
+        rtol=1e-4,
+    )  # fmt: skip

@@ -19,7 +19,7 @@ import pytest
 import torch
 from gymnasium.utils.env_checker import check_env
 
-from _synthetic import CUBOID_NAMES, blob_volume, cuboid_volume
+from _synthetic import CENTRE_RAS, CUBOID_NAMES, blob_volume, cuboid_volume
 from medrl.agents.dqn import Trainer
 from medrl.agents.replay import NStepAssembler, PoseReplay, split_poses
 from medrl.cli import TASK_NAMES
@@ -29,6 +29,7 @@ from medrl.data.datalist import Case
 from medrl.envs.gym import TaskEnv, TaskVectorEnv
 from medrl.envs.kernel import SearchKernel, render_observation
 from medrl.envs.pyramid import build_pyramid
+from medrl.geometry.planes import MIDLINE_AFIDS
 from medrl.io.landmarks import Landmarks
 from medrl.tasks import TASKS, TargetTable, Task, make_task
 
@@ -36,9 +37,9 @@ torch.set_num_threads(1)
 SMOKE = Path(__file__).resolve().parents[1] / "src" / "medrl" / "configs" / "smoke.yaml"
 LEVELS = (
     LevelConfig(spacing_mm=3.0, step_mm=3.0, start_radius_mm=9.0, max_steps=6,
-                step_fraction=0.2, size_range=1.5),
+                step_fraction=0.2, size_range=1.5, step_deg=4.0, start_angle_deg=12.0),
     LevelConfig(spacing_mm=1.5, step_mm=1.5, start_radius_mm=4.0, max_steps=5,
-                step_fraction=0.1, size_range=1.2),
+                step_fraction=0.1, size_range=1.2, step_deg=1.5, start_angle_deg=5.0),
 )  # fmt: skip
 AUGMENT = AugmentConfig(rotation_deg=10.0, translation_mm=4.0, elastic_mm=1.0)
 
@@ -62,6 +63,20 @@ def _box_world(config: Config) -> tuple[Task, list, TargetTable]:
     return _world(config, [case])
 
 
+def _plane_world(config: Config) -> tuple[Task, list, TargetTable]:
+    """Blobs at the ten midline AFIDs of a tilted mid-sagittal plane (AC and PC first)."""
+    offsets = np.array(
+        [[0, 8, 0], [0, -8, 2], [1, -14, -6], [0, -8, -14], [-1, -4, -8], [0, -18, 6],
+         [0, 2, -10], [1, -12, 8], [-1, 16, 10], [0, -16, 12]], dtype=np.float64,
+    )  # fmt: skip
+    tilt = np.array([[1.0, 0.0, 0.0], [0.15, 1.0, 0.0], [0.1, 0.0, 1.0]])
+    blobs_ras = CENTRE_RAS + offsets @ tilt.T
+    volume, blobs = blob_volume(shape_zyx=(40, 40, 40), spacing_mm=(1.5, 1.5, 1.5),
+                                blobs_ras=blobs_ras, sigma_mm=3.0)  # fmt: skip
+    case = Case("midline", volume, Landmarks(MIDLINE_AFIDS, blobs), "train")
+    return _world(config, [case])
+
+
 def _world(config: Config, cases: list[Case]) -> tuple[Task, list, TargetTable]:
     task = make_task(config)
     table = task.target_table(cases)
@@ -70,7 +85,7 @@ def _world(config: Config, cases: list[Case]) -> tuple[Task, list, TargetTable]:
     return task, scans, table
 
 
-WORLDS = {"landmark": _landmark_world, "box": _box_world}
+WORLDS = {"landmark": _landmark_world, "box": _box_world, "plane": _plane_world}
 
 
 @pytest.fixture(scope="module", params=sorted(TASKS))

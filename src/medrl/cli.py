@@ -10,7 +10,7 @@ from pathlib import Path
 from medrl.errors import InputError, MedrlError
 
 DEMO_CONFIG = "afids"
-TASK_NAMES = ("landmark", "box")  # medrl.tasks.TASKS, without importing torch for --help
+TASK_NAMES = ("landmark", "box", "plane")  # medrl.tasks.TASKS, without importing torch for --help
 
 
 def _configs_dir() -> Path:
@@ -35,8 +35,14 @@ def _config_path(value: str | None) -> Path | None:
 def cmd_data_fetch(args: argparse.Namespace) -> int:
     from medrl.data.builtin import fetch_afids
 
+    if args.name == "spm12":
+        from medrl.data.spm12 import fetch_spm12
+
+        folder = fetch_spm12(args.folder, cache=args.cache)
+        print(folder)
+        return 0
     if args.name != "afids":
-        raise MedrlError(f"unknown built-in data set {args.name!r} (known: afids)")
+        raise MedrlError(f"unknown built-in data set {args.name!r} (known: afids, spm12)")
     folder = fetch_afids(cache=args.cache, wheel_dir=args.wheel_dir, verify=args.verify)
     print(folder)
     return 0
@@ -60,6 +66,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from medrl.data.sources import load_split
     from medrl.evaluation import evaluate, print_tables
     from medrl.evaluation_boxes import evaluate_boxes, print_box_tables
+    from medrl.evaluation_planes import evaluate_planes, print_plane_tables
     from medrl.predict import default_model_dir
     from medrl.utils.folder_lock import folder_lock
 
@@ -84,7 +91,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
             f"{atlas_source!r} ({exc}); pass --atlas DATALIST, a datalist whose first 'train' "
             "case is the atlas"
         ) from exc
-    run = evaluate_boxes if model.kind == "box" else evaluate
+    runs = {"box": evaluate_boxes, "plane": evaluate_planes}
+    printers = {"box": print_box_tables, "plane": print_plane_tables}
+    run = runs.get(model.kind, evaluate)
     with folder_lock(args.out, "output folder", "medrl " + shlex.join(args.argv)):
         tables = run(
             model,
@@ -100,7 +109,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
             num_starts=args.starts,
             elastic_mm=args.elastic_mm,
         )
-    (print_box_tables if model.kind == "box" else print_tables)(tables)
+    printers.get(model.kind, print_tables)(tables)
     print(f"\ntables written to {args.out}", file=sys.stderr)
     return 0
 
@@ -153,7 +162,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     data = sub.add_parser("data", help="built-in data").add_subparsers(dest="action", required=True)
     fetch = data.add_parser("fetch", help="download and cache a built-in data set (sha256-checked)")
-    fetch.add_argument("name", choices=["afids"])
+    fetch.add_argument("name", choices=["afids", "spm12"])
+    fetch.add_argument(
+        "--folder", help="spm12: take the files from this folder instead of downloading them"
+    )
     fetch.add_argument("--cache", help="cache folder (default $MEDRL_CACHE or ~/.cache/medrl)")
     fetch.add_argument("--wheel-dir", help="folder with the pinned wheels already downloaded")
     fetch.add_argument("--verify", action="store_true", help="re-hash cached files")
@@ -211,7 +223,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_search_options(evaluate)
     evaluate.set_defaults(func=cmd_evaluate)
 
-    predict = sub.add_parser("predict", help="find landmarks or boxes in scans (no labels needed)")
+    predict = sub.add_parser(
+        "predict", help="find landmarks, boxes or planes in scans (no labels needed)"
+    )
     scans = predict.add_mutually_exclusive_group(required=True)
     scans.add_argument("--image", action="append", help="scan file or DICOM folder (repeatable)")
     scans.add_argument("--input-dir", help="folder searched recursively for scans")
@@ -225,9 +239,16 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument(
         "--task",
         choices=TASK_NAMES,
-        help="landmark (.fcsv) or box (.mrk.json with ROIs); default: the model's",
+        help="landmark (.fcsv), box (.mrk.json with ROIs) or plane (.mrk.json with the MSP and "
+        "AC-PC planes); default: the model's",
     )
     predict.add_argument("--coordinate-system", choices=["RAS", "LPS"], default="RAS")
+    predict.add_argument(
+        "--write-aligned",
+        action="store_true",
+        help="plane models: also write each scan resampled into AC-PC space (AC at the origin, "
+        "axes along the MSP and AC-PC planes) as NAME_acpc.nii.gz",
+    )
     _add_search_options(predict)
     predict.set_defaults(func=cmd_predict)
 

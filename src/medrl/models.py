@@ -7,7 +7,7 @@ from pathlib import Path
 
 from medrl.errors import InputError
 
-SHIPPED_MODELS = {"landmark": "afids", "box": "cit168"}
+SHIPPED_MODELS = {"landmark": "afids", "box": "cit168", "plane": "planes"}
 """Task -> folder under ``medrl/models/``."""
 
 

@@ -28,11 +28,12 @@ from medrl.utils.folder_lock import folder_lock
 
 if TYPE_CHECKING:
     from medrl.agents.search import SearchResult
+    from medrl.io.images import Volume
     from medrl.io.landmarks import Landmarks
 
 SUMMARY_NAME = "summary.csv"
 SUMMARY_COLUMNS = ("scan", "image", "output", "status", "seconds", "targets", "error")
-TASK_SUFFIXES = {"landmark": ".fcsv", "box": ".mrk.json"}
+TASK_SUFFIXES = {"landmark": ".fcsv", "box": ".mrk.json", "plane": ".mrk.json"}
 """The file ``medrl predict`` writes per scan, by task."""
 OK, SKIPPED, FAILED = "ok", "skipped", "failed"
 
@@ -185,6 +186,7 @@ class ScanPredictor:
         coordinate_system: str = "RAS",
         num_starts: int | None = None,
         task: str | None = None,
+        write_aligned: bool = False,
     ) -> None:
         from medrl.agents.checkpoint import load_model
 
@@ -192,15 +194,24 @@ class ScanPredictor:
         self.device = device
         self.coordinate_system = coordinate_system
         self.num_starts = num_starts
+        self.write_aligned = write_aligned
+        if write_aligned and self.model.kind != "plane":
+            raise InputError(
+                f"--write-aligned needs a plane model (MSP and AC-PC), not a {self.model.kind} "
+                "model"
+            )
 
     def search(self, job: ScanJob) -> SearchResult:
         """Read the scan and search it (nothing is written)."""
+        from medrl.io.images import read_image
+
+        return self._search(read_image(job.image))
+
+    def _search(self, volume: Volume) -> SearchResult:
         import torch
 
         from medrl.agents.search import search
-        from medrl.io.images import read_image
 
-        volume = read_image(job.image)
         with torch.inference_mode():
             return search(self.model, volume, self.device, num_starts=self.num_starts)
 
@@ -209,8 +220,17 @@ class ScanPredictor:
 
     def predict(self, job: ScanJob) -> int:
         """Read, search, write ``job.output`` atomically; return the number of targets."""
-        result = self.search(job)
-        if self.model.kind == "box":
+        from medrl.io.images import read_image
+
+        volume = read_image(job.image)
+        result = self._search(volume)
+        if self.model.kind == "plane":
+            from medrl.predict_planes import write_plane_outputs
+
+            write_plane_outputs(
+                job.output, volume, result, self.coordinate_system, self.write_aligned
+            )
+        elif self.model.kind == "box":
             from medrl.io.markups import write_boxes
 
             write_boxes(job.output, result.names, result.estimate, self.coordinate_system)
@@ -307,6 +327,7 @@ def predict_jobs(
     progress: bool = True,
     echo_outputs: bool = False,
     task: str | None = None,
+    write_aligned: bool = False,
 ) -> list[dict[str, Any]]:
     """Predict every job in this process; the summary is written even if interrupted.
 
@@ -316,7 +337,7 @@ def predict_jobs(
     from tqdm import tqdm
 
     _check_unique(jobs)
-    predictor = ScanPredictor(model_dir, device, coordinate_system, num_starts, task)
+    predictor = ScanPredictor(model_dir, device, coordinate_system, num_starts, task, write_aligned)
     rows: list[dict[str, Any]] = []
     bar = tqdm(jobs, desc="predict", unit="scan", file=sys.stderr, disable=not progress)
     try:
@@ -382,6 +403,11 @@ def run_from_args(args: Any) -> int:
             model_dir,
         )
     jobs = jobs_from_args(args, TASK_SUFFIXES[kind])
+    write_aligned = bool(getattr(args, "write_aligned", False))
+    if write_aligned and kind != "plane":
+        raise InputError(f"--write-aligned needs a plane model, not a {kind} model", model_dir)
+    if write_aligned and args.ray:
+        raise InputError("--write-aligned runs here only, not with --ray")
     options = {
         "model_dir": model_dir,
         "device": args.device,
@@ -403,5 +429,5 @@ def run_from_args(args: Any) -> int:
                 **options,
             )
         else:
-            predict_jobs(jobs, args.out, echo_outputs=True, **options)
+            predict_jobs(jobs, args.out, echo_outputs=True, write_aligned=write_aligned, **options)
     return 0

@@ -153,23 +153,30 @@ def transform_points(params: AugmentParams, points_ras: torch.Tensor) -> torch.T
 
 
 def grid_sinusoids(
-    freq: torch.Tensor, phase: torch.Tensor, centre_ras: torch.Tensor, offsets_mm: torch.Tensor
+    freq: torch.Tensor,
+    phase: torch.Tensor,
+    centre_ras: torch.Tensor,
+    offsets_mm: torch.Tensor,
+    axes: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """``sin(w . x + phase)`` (N, K, P^3) on the grid ``x = centre + (o_i, o_j, o_k)``.
+    """``sin(w . x + phase)`` (N, K, P^3) on the grid ``x = centre + sum_c o_c a_c``.
 
     The same values as evaluating every point, but the grid is separable: with complex
     exponentials only 3P values per mode need a transcendental function, the P^3 grid is
-    products. ``offsets_mm`` is (N, P) (the same along each axis) or (N, 3, P) (along R, A,
-    S); the grid is ordered [k, j, i] like a patch.
+    products. ``offsets_mm`` is (N, P) (the same along each axis) or (N, 3, P); the grid axes
+    ``a_c`` are the rows of ``axes`` (N, 3, 3), unit vectors in RAS (default: R, A, S, an
+    axis-aligned grid); the grid is ordered [k, j, i] like a patch.
     """
     n, k = phase.shape
     offsets_mm = per_axis_offsets(offsets_mm)
     p = offsets_mm.shape[2]
     base = torch.einsum("nkc,nc->nk", freq, centre_ras) + phase
     ones = torch.ones((), dtype=freq.dtype, device=freq.device)
+    # the frequency of each mode along each grid axis: w . a_c
+    along = freq if axes is None else torch.einsum("nkd,ncd->nkc", freq, axes.to(freq.dtype))
 
     def axis(c: int) -> torch.Tensor:
-        return torch.polar(ones.expand(n, k, p), freq[:, :, c, None] * offsets_mm[:, c, None, :])
+        return torch.polar(ones.expand(n, k, p), along[:, :, c, None] * offsets_mm[:, c, None, :])
 
     full = (
         torch.polar(ones.expand(n, k), base)[:, :, None, None, None]
@@ -188,35 +195,43 @@ def per_axis_offsets(offsets_mm: torch.Tensor) -> torch.Tensor:
 
 
 def transform_grid(
-    params: AugmentParams, centre_ras: torch.Tensor, offsets_mm: torch.Tensor
+    params: AugmentParams,
+    centre_ras: torch.Tensor,
+    offsets_mm: torch.Tensor,
+    axes: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """``T(x)`` (N, P^3, 3) on each patch grid ``x = centre + offsets`` ([k, j, i] order).
+    """``T(x)`` (N, P^3, 3) on each patch grid ``x = centre + sum_c o_c a_c`` ([k, j, i]).
 
-    ``offsets_mm`` is (N, P) or (N, 3, P) (see :func:`grid_sinusoids`). The fast path of
-    :func:`transform_points` for patches: both the affine part and the elastic modes are
-    separable along the grid axes.
+    ``offsets_mm`` is (N, P) or (N, 3, P) and ``axes`` (N, 3, 3) or None (see
+    :func:`grid_sinusoids`). The fast path of :func:`transform_points` for patches: both the
+    affine part and the elastic modes are separable along the grid axes, oblique ones too.
     """
     offsets_mm = per_axis_offsets(offsets_mm)
     n, _, p = offsets_mm.shape
     matrix = params.matrix
     base = torch.bmm(matrix, (centre_ras - params.centre_ras)[:, :, None])[:, :, 0]
     base = base + params.centre_ras + params.translation_mm
-    along = [offsets_mm[:, c, :, None] * matrix[:, None, :, c] for c in range(3)]  # (N, P, 3)
+    # the image of each grid axis under the affine part: M a_c (column c of M when a_c = e_c)
+    mapped = matrix if axes is None else torch.bmm(matrix, axes.to(matrix.dtype).transpose(1, 2))
+    along = [offsets_mm[:, c, :, None] * mapped[:, None, :, c] for c in range(3)]  # (N, P, 3)
     affine = (
         base[:, None, None, None, :]
         + along[2][:, :, None, None, :]
         + along[1][:, None, :, None, :]
         + along[0][:, None, None, :, :]
     ).reshape(n, p**3, 3)
-    waves = grid_sinusoids(params.elastic_freq, params.elastic_phase, centre_ras, offsets_mm)
+    waves = grid_sinusoids(params.elastic_freq, params.elastic_phase, centre_ras, offsets_mm, axes)
     return affine + torch.bmm(params.elastic_amp_mm, waves).transpose(1, 2)
 
 
 def grid_log_bias(
-    params: AugmentParams, centre_ras: torch.Tensor, offsets_mm: torch.Tensor
+    params: AugmentParams,
+    centre_ras: torch.Tensor,
+    offsets_mm: torch.Tensor,
+    axes: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Log of the multiplicative bias field (N, P^3) on each patch grid."""
-    waves = grid_sinusoids(params.bias_freq, params.bias_phase, centre_ras, offsets_mm)
+    waves = grid_sinusoids(params.bias_freq, params.bias_phase, centre_ras, offsets_mm, axes)
     return torch.bmm(params.bias_amp[:, None, :], waves)[:, 0]
 
 

@@ -72,7 +72,7 @@ AFIDS_CACHE_SUBDIR = Path("afids") / "v1"
 MANIFEST_NAME = "MANIFEST.json"
 _MANIFEST_FORMAT = 1
 
-AFIDS_TEMPLATES = ("MNI152NLin2009cAsym", "MNI152NLin6Asym")
+AFIDS_TEMPLATES = ("MNI152NLin2009cAsym", "MNI152NLin6Asym", "MNI152Lin", "MNI305")
 
 # Embedded landmark files, by (template, rater); rater None is the AFIDs-validator set.
 _LANDMARK_FILES: dict[tuple[str, str | None], str] = {
@@ -81,6 +81,8 @@ _LANDMARK_FILES: dict[tuple[str, str | None], str] = {
         "tpl-MNI152NLin2009cAsym_res-01_desc-groundtruth_afids.fcsv"
     ),
     ("MNI152NLin6Asym", None): "tpl-MNI152NLin6Asym_afids.fcsv",
+    ("MNI152Lin", None): "tpl-MNI152Lin_afids.fcsv",  # the SPM12 averages (medrl.data.spm12)
+    ("MNI305", None): "tpl-MNI305_afids.fcsv",
 }
 _RESOURCE_PACKAGE = "medrl.data"
 _RESOURCE_FOLDER = ("resources", "afids")

@@ -13,11 +13,16 @@ BUILTIN_PREFIX = "builtin:"
 
 
 def resolve_datalist(source: str) -> list[CaseSpec]:
-    """Case specs of a datalist file or a built-in data set name (``builtin:afids``)."""
+    """Case specs of a datalist file or a built-in data set (``builtin:afids``,
+    ``builtin:spm12``)."""
     if source.startswith(BUILTIN_PREFIX):
         name = source[len(BUILTIN_PREFIX) :]
+        if name == "spm12":
+            from medrl.data.spm12 import spm12_datalist
+
+            return spm12_datalist()
         if name != "afids":
-            raise InputError(f"unknown built-in data set {name!r} (known: afids)", source)
+            raise InputError(f"unknown built-in data set {name!r} (known: afids, spm12)", source)
         from medrl.data.builtin import afids_datalist
 
         return afids_datalist()

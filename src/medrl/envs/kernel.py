@@ -61,17 +61,19 @@ def render_observation(
     levels = poses.level[rep]
     flat = poses.frames.reshape(-1, dim)
     centres, offsets = task.grid(flat, levels, p)
+    axes = task.grid_axes(flat)
     scan, frame_params = poses.scan[rep], params.index(rep)
     context = task.context_grid(flat, levels, p)
     if context is not None:  # a second patch per frame: rendered in the same pass
         row = torch.arange(len(flat), device=device).repeat_interleave(2)
         centres, levels, scan = centres[row], levels[row], scan[row]
+        axes = None if axes is None else axes[row]
         offsets = torch.stack([offsets, context], dim=1).reshape(-1, 3, p)
         frame_params = frame_params.index(row)
         noise_values = None if noise_values is None else noise_values[row]
     channels = task.num_channels
     patches = render_patches(
-        scans, scan, levels, centres, frame_params, offsets, noise_values
+        scans, scan, levels, centres, frame_params, offsets, noise_values, axes
     ).reshape(n, frames * channels, p, p, p)
     obs = {
         "patch": patches,

@@ -53,6 +53,7 @@ def render_patches(
     params: AugmentParams,
     offsets_mm: torch.Tensor,
     noise: torch.Tensor | None = None,
+    axes: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Render patches (N, P, P, P) for N poses.
 
@@ -64,12 +65,14 @@ def render_patches(
         params: (N,) augmentation of each pose's episode.
         offsets_mm: (N, 3, P) sample offsets along R, A, S (or (N, P), the same on each axis).
         noise: optional (N, P^3) standard-normal noise, scaled by the episode's noise level.
+        axes: optional (N, 3, 3) unit grid axes (rows, RAS) of oblique patches; offsets are
+            then along these axes (default: R, A, S).
     """
     n = position_ras.shape[0]
     patch_size = offsets_mm.shape[-1]
     device = position_ras.device
     num_levels = len(scans[0].levels)
-    source_points = transform_grid(params, position_ras, offsets_mm)
+    source_points = transform_grid(params, position_ras, offsets_mm, axes)
     values = torch.zeros((n, patch_size**3), dtype=torch.float32, device=device)
     keys = scan_index * num_levels + level
     for key in torch.unique(keys).tolist():
@@ -86,5 +89,6 @@ def render_patches(
             image.tensor, grid, mode="bilinear", padding_mode="zeros", align_corners=True
         )
         values[rows] = sampled.reshape(len(rows), -1)
-    values = apply_intensity(params, values, grid_log_bias(params, position_ras, offsets_mm), noise)
+    log_bias = grid_log_bias(params, position_ras, offsets_mm, axes)
+    values = apply_intensity(params, values, log_bias, noise)
     return values.reshape(n, patch_size, patch_size, patch_size)

@@ -22,7 +22,7 @@ from medrl.errors import InputError
 from medrl.io.landmarks import MARKUPS_SCHEMA, CoordinateSystem
 from medrl.utils.atomic import atomic_open
 
-__all__ = ["ROI_TYPES", "read_boxes", "write_boxes"]
+__all__ = ["ROI_TYPES", "load_markups", "read_boxes", "write_boxes"]
 
 #: ROI types whose ``center``/``size``/``orientation`` describe the box.
 ROI_TYPES = ("Box", "BoundingBox")
@@ -192,6 +192,23 @@ def _read_roi(markup: dict[str, Any], index: int, path: Path) -> tuple[str, np.n
     return name, np.concatenate([centre, _size_along_world(orientation, size, path, where)])
 
 
+def load_markups(path: Path) -> list[Any]:
+    """The ``markups`` list of a Slicer ``.mrk.json``; InputError naming the file when it is
+    missing, not JSON or has no such list."""
+    if not path.is_file():
+        raise InputError("markups file not found", path)
+    try:
+        document = json.loads(path.read_text(encoding="utf-8-sig"))
+    except json.JSONDecodeError as exc:
+        raise InputError(f"not valid JSON: {exc.msg} (line {exc.lineno})", path) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise InputError(f"cannot read markups file: {exc}", path) from None
+    markups = document.get("markups") if isinstance(document, dict) else None
+    if not isinstance(markups, list):
+        raise InputError("not a Slicer markups file (no 'markups' list)", path)
+    return markups
+
+
 def read_boxes(path: str | Path) -> tuple[tuple[str, ...], np.ndarray]:
     """Read the ROI markups of a Slicer ``.mrk.json`` as named boxes in RAS mm.
 
@@ -208,17 +225,7 @@ def read_boxes(path: str | Path) -> tuple[tuple[str, ...], np.ndarray]:
             The message names the file and the markup.
     """
     path = Path(path)
-    if not path.is_file():
-        raise InputError("markups file not found", path)
-    try:
-        document = json.loads(path.read_text(encoding="utf-8-sig"))
-    except json.JSONDecodeError as exc:
-        raise InputError(f"not valid JSON: {exc.msg} (line {exc.lineno})", path) from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise InputError(f"cannot read markups file: {exc}", path) from None
-    markups = document.get("markups") if isinstance(document, dict) else None
-    if not isinstance(markups, list):
-        raise InputError("not a Slicer markups file (no 'markups' list)", path)
+    markups = load_markups(path)
     names: list[str] = []
     rows: list[np.ndarray] = []
     for index, markup in enumerate(markups):

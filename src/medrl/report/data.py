@@ -25,6 +25,7 @@ TRAINING_CURVES: tuple[tuple[str, str], ...] = (
 TABLES = {
     "landmark": ("overall", "per_landmark", "errors"),
     "box": ("boxes_overall", "boxes_per_structure", "boxes_raw"),
+    "plane": ("planes", "planes", "planes_raw"),
 }
 """The evaluation's tables (overall, per target, raw) of each task."""
 

@@ -151,10 +151,12 @@ def render_report(data: ReportData, max_scans: int = DEFAULT_MAX_SCANS, dpi: int
         f"<h1>medrl {_esc(data.task)} report: {_esc(data.run_dir.name)}</h1>",
         _run_facts(data),
     ]
-    if data.task == "box":
+    if data.task in ("box", "plane"):
         from medrl.report.boxes import render_box_sections
+        from medrl.report.planes import render_plane_sections
 
-        sections += render_box_sections(data, max_scans, dpi)
+        render = render_box_sections if data.task == "box" else render_plane_sections
+        sections += render(data, max_scans, dpi)
         sections.append("</body></html>\n")
         return "\n".join(sections)
     sections += [

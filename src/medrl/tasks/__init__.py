@@ -9,10 +9,20 @@ from medrl.errors import InputError
 from medrl.tasks.base import Poses, TargetTable, Task
 from medrl.tasks.box import BoxTask
 from medrl.tasks.landmark import LandmarkTask
+from medrl.tasks.plane import PlaneTask
 
-TASKS: dict[str, type[Task]] = {"landmark": LandmarkTask, "box": BoxTask}
+TASKS: dict[str, type[Task]] = {"landmark": LandmarkTask, "box": BoxTask, "plane": PlaneTask}
 
-__all__ = ["TASKS", "BoxTask", "LandmarkTask", "Poses", "TargetTable", "Task", "make_task"]
+__all__ = [
+    "TASKS",
+    "BoxTask",
+    "LandmarkTask",
+    "PlaneTask",
+    "Poses",
+    "TargetTable",
+    "Task",
+    "make_task",
+]
 
 
 def make_task(config: Config, state: dict[str, Any] | None = None) -> Task:

@@ -100,6 +100,18 @@ class Task:
     def num_actions(self) -> int:
         return len(self.actions)
 
+    def level_values(self, attribute: str, level: torch.Tensor) -> torch.Tensor:
+        """(N,) the levels' ``attribute`` (``step_mm``, ``spacing_mm``, ...) at levels (N,)."""
+        values = [getattr(lv, attribute) for lv in self.config.env.levels]
+        return torch.tensor(values, dtype=torch.float32, device=level.device)[level]
+
+    def start_shifts(self, num_starts: int) -> np.ndarray:
+        """(S, 3) shifts of the label-free starts: none first, then +/- the search's
+        ``start_offsets_mm`` along A (the longest axis of a head), S and R; S = 1 ... 7."""
+        axes = np.eye(3)[[1, 1, 2, 2, 0, 0]] * np.array([1, -1, 1, -1, 1, -1])[:, None]
+        shifts = np.concatenate([np.zeros((1, 3)), axes * self.config.search.start_offsets_mm])
+        return shifts[: max(1, min(num_starts, 7))]
+
     # ------------------------------------------------------------------ data
     def target_table(self, cases: list[Case], names: Sequence[str] = ()) -> TargetTable:
         raise NotImplementedError

@@ -208,12 +208,8 @@ class BoxTask(Task):
         return out
 
     # ------------------------------------------------------------------ dynamics
-    def _fraction(self, level: torch.Tensor) -> torch.Tensor:
-        values = [lv.step_fraction for lv in self.config.env.levels]
-        return torch.tensor(values, dtype=torch.float32, device=level.device)[level]
-
     def move(self, pose: torch.Tensor, action: torch.Tensor, level: torch.Tensor) -> torch.Tensor:
-        fraction = self._fraction(level)[:, None]
+        fraction = self.level_values("step_fraction", level)[:, None]
         centre, size = pose[:, :3], pose[:, 3:]
         centre = centre + _TRANSLATIONS.to(pose.device)[action] * fraction * size
         size = size * torch.exp(_LOG_SCALES.to(pose.device)[action] * torch.log1p(fraction))
@@ -234,7 +230,7 @@ class BoxTask(Task):
         return box_iou_giou(pose, goal)[0] > self.config.task.box_success_iou
 
     def tolerance(self, pose: torch.Tensor, level: torch.Tensor) -> torch.Tensor:
-        step = 0.25 * self._fraction(level)[:, None] * pose[:, 3:]
+        step = 0.25 * self.level_values("step_fraction", level)[:, None] * pose[:, 3:]
         return torch.cat([step, step], dim=1)
 
     def start_offset(self, level: int, rng: np.random.Generator) -> np.ndarray:
@@ -296,9 +292,7 @@ class BoxTask(Task):
                 f"the box model has no start prior for its {num_targets} structures "
                 "(model.yaml task.state); retrain it"
             )
-        axes = np.eye(3)[[1, 1, 2, 2, 0, 0]] * np.array([1, -1, 1, -1, 1, -1])[:, None]
-        shifts = np.concatenate([np.zeros((1, 3)), axes * self.config.search.start_offsets_mm])
-        shifts = shifts[: max(1, min(num_starts, 7))]
+        shifts = self.start_shifts(num_starts)
         centres = scan.intensity_centre_ras + self.prior_offset_ras[:, None, :] + shifts[None]
         margin = self.config.env.levels[0].start_margin_mm
         sizes = np.broadcast_to(self.prior_size_mm[:, None, :] + 2 * margin, centres.shape)

@@ -73,10 +73,6 @@ class LandmarkTask(Task):
     primary_score: ClassVar[tuple[str, bool]] = ("error_mm", False)
     output_suffix: ClassVar[str] = ".fcsv"
 
-    def _level_values(self, attribute: str, level: torch.Tensor) -> torch.Tensor:
-        values = [getattr(lv, attribute) for lv in self.config.env.levels]
-        return torch.tensor(values, dtype=torch.float32, device=level.device)[level]
-
     # ------------------------------------------------------------------ data
     def target_table(self, cases: list[Case], names: Sequence[str] = ()) -> TargetTable:
         return landmark_table(cases, names)
@@ -95,7 +91,7 @@ class LandmarkTask(Task):
 
     # ------------------------------------------------------------------ dynamics
     def move(self, pose: torch.Tensor, action: torch.Tensor, level: torch.Tensor) -> torch.Tensor:
-        step = self._level_values("step_mm", level)
+        step = self.level_values("step_mm", level)
         return pose + action_vectors(pose.device)[action] * step[:, None]
 
     def distance(self, pose: torch.Tensor, goal: torch.Tensor) -> torch.Tensor:
@@ -109,7 +105,7 @@ class LandmarkTask(Task):
         return self.distance(pose, goal) < self.config.env.success_radius_mm
 
     def tolerance(self, pose: torch.Tensor, level: torch.Tensor) -> torch.Tensor:
-        return (0.25 * self._level_values("step_mm", level))[:, None].expand(-1, 3)
+        return (0.25 * self.level_values("step_mm", level))[:, None].expand(-1, 3)
 
     def start_offset(self, level: int, rng: np.random.Generator) -> np.ndarray:
         direction = rng.normal(size=3)
@@ -123,7 +119,7 @@ class LandmarkTask(Task):
     def grid(
         self, pose: torch.Tensor, level: torch.Tensor, patch_size: int
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        offsets = cube_offsets(self._level_values("spacing_mm", level), patch_size)
+        offsets = cube_offsets(self.level_values("spacing_mm", level), patch_size)
         return pose, offsets[:, None, :].expand(-1, 3, -1)
 
     def scores(self, estimate: np.ndarray, truth: np.ndarray) -> dict[str, np.ndarray]:
@@ -131,9 +127,5 @@ class LandmarkTask(Task):
 
     # ------------------------------------------------------------------ search
     def initial(self, scan: ScanPyramid, num_starts: int, num_targets: int) -> np.ndarray:
-        centre = scan.intensity_centre_ras
-        # Centre first, then +/- along A (the longest axis of a head), S, R.
-        axes = np.eye(3)[[1, 1, 2, 2, 0, 0]] * np.array([1, -1, 1, -1, 1, -1])[:, None]
-        offsets = np.concatenate([np.zeros((1, 3)), axes * self.config.search.start_offsets_mm])
-        starts = centre + offsets[: max(1, min(num_starts, 7))]
+        starts = scan.intensity_centre_ras + self.start_shifts(num_starts)
         return np.broadcast_to(starts, (num_targets, *starts.shape)).copy()
