@@ -127,5 +127,5 @@ def test_evaluate_and_report_a_plane_model(plane_run: Path, data, tmp_path: Path
     assert by[("affine-baseline", "MSP")]["angle_deg_mean"] < 5.0
     assert all(0 <= r["share_within_2deg_2mm"] <= 1 for r in rows)
     assert main(["report", str(out), "--dpi", "40"]) == 0
-    page = (out / "report.html").read_text()
+    page = (out / "report.html").read_text(encoding="utf-8")
     assert "medrl plane report" in page and page.count("data:image/png;base64,") == 2

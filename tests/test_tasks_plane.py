@@ -57,3 +57,16 @@ def test_training_starts_lie_within_the_level_angle_and_radius() -> None:
         assert angles.max() <= spec.start_angle_deg + 1e-3
         assert angles.mean() > 0.5 * spec.start_angle_deg  # uniform in a ball: mostly far
         assert shifts.max() <= spec.start_radius_mm + 1e-3
+
+
+def test_the_acpc_plane_is_made_to_contain_the_msp_normal() -> None:
+    task = _task()
+    msp = np.array([0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0, 0.0])
+    tilted = np.array([0.0, 2.0, -4.0, 0.1, 0.05, 0.99, 0.0, 1.0, 0.0])  # rolled towards R
+    out = task.finalize(np.stack([msp, tilted]), ["MSP", "ACPC"])
+    np.testing.assert_allclose(out[0], msp)
+    assert abs(out[1, 3:6] @ msp[3:6]) < 1e-12 and abs(np.linalg.norm(out[1, 3:6]) - 1) < 1e-12
+    assert abs(out[1, 3:6] @ out[1, 6:9]) < 1e-12
+    np.testing.assert_allclose(out[1, :3], tilted[:3])  # the plane still passes through AC
+    # one plane alone is left as it is
+    np.testing.assert_allclose(task.finalize(tilted[None], ["ACPC"]), tilted[None])

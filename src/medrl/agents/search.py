@@ -163,7 +163,8 @@ def _run_levels(
             active[rows[repeats > env.oscillation_repeats]] = False
         pose = task.settle(recent)
         per_start = pose.reshape(num_targets, num_starts, dim)
-        stage.level_estimates.append(task.combine(per_start).cpu().numpy().astype(np.float64))
+        combined = task.combine(per_start).cpu().numpy().astype(np.float64)
+        stage.level_estimates.append(task.finalize(combined, model.names))
     stage.paths.append(pose)
     stage.levels.append(len(used) - 1 + level_offset)
     return stage

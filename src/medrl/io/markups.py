@@ -12,7 +12,7 @@ Only boxes whose axes are world axes (up to order and sign) can be read.
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +22,7 @@ from medrl.errors import InputError
 from medrl.io.landmarks import MARKUPS_SCHEMA, CoordinateSystem
 from medrl.utils.atomic import atomic_open
 
-__all__ = ["ROI_TYPES", "load_markups", "read_boxes", "write_boxes"]
+__all__ = ["ROI_TYPES", "load_markups", "read_boxes", "read_named_markups", "write_boxes"]
 
 #: ROI types whose ``center``/``size``/``orientation`` describe the box.
 ROI_TYPES = ("Box", "BoundingBox")
@@ -224,18 +224,26 @@ def read_boxes(path: str | Path) -> tuple[tuple[str, ...], np.ndarray]:
             system or units, or a rotated ROI (only world-axis-aligned boxes are supported).
             The message names the file and the markup.
     """
-    path = Path(path)
-    markups = load_markups(path)
+    return read_named_markups(Path(path), "ROI", _read_roi)
+
+
+def read_named_markups(
+    path: Path,
+    markup_type: str,
+    read_one: Callable[[dict[str, Any], int, Path], tuple[str, np.ndarray]],
+) -> tuple[tuple[str, ...], np.ndarray]:
+    """Every markup of ``markup_type`` in a Slicer ``.mrk.json``, read by ``read_one`` into a
+    name and a row; other types are skipped. InputError for a repeated name or none found."""
     names: list[str] = []
     rows: list[np.ndarray] = []
-    for index, markup in enumerate(markups):
-        if not isinstance(markup, dict) or markup.get("type") != "ROI":
+    for index, markup in enumerate(load_markups(path)):
+        if not isinstance(markup, dict) or markup.get("type") != markup_type:
             continue
-        name, box = _read_roi(markup, index, path)
+        name, row = read_one(markup, index, path)
         if name in names:
-            raise InputError(f"markup {index + 1}: duplicate ROI name {name!r}", path)
+            raise InputError(f"markup {index + 1}: duplicate {markup_type} name {name!r}", path)
         names.append(name)
-        rows.append(box)
+        rows.append(row)
     if not rows:
-        raise InputError("no ROI markups in file", path)
+        raise InputError(f"no {markup_type} markups in file", path)
     return tuple(names), np.asarray(rows, dtype=np.float64)

@@ -20,7 +20,7 @@ import numpy as np
 from medrl.errors import InputError
 from medrl.geometry.planes import in_plane_axis
 from medrl.io.landmarks import MARKUPS_SCHEMA
-from medrl.io.markups import _FLIP, _numbers, _system, load_markups
+from medrl.io.markups import _FLIP, _numbers, _system, read_named_markups
 from medrl.utils.atomic import atomic_open
 
 __all__ = ["read_planes", "write_planes"]
@@ -145,18 +145,4 @@ def read_planes(path: str | Path) -> tuple[tuple[str, ...], np.ndarray]:
     InputError naming the file and markup for a missing or malformed file, no plane, a plane
     without name, centre or normal, or a duplicate name. Other markup types are skipped.
     """
-    path = Path(path)
-    markups = load_markups(path)
-    names: list[str] = []
-    rows: list[np.ndarray] = []
-    for index, markup in enumerate(markups):
-        if not isinstance(markup, dict) or markup.get("type") != "Plane":
-            continue
-        name, pose = _read_plane(markup, index, path)
-        if name in names:
-            raise InputError(f"markup {index + 1}: duplicate plane name {name!r}", path)
-        names.append(name)
-        rows.append(pose)
-    if not rows:
-        raise InputError("no plane markups in file", path)
-    return tuple(names), np.asarray(rows, dtype=np.float64)
+    return read_named_markups(Path(path), "Plane", _read_plane)

@@ -209,6 +209,11 @@ class Task:
         """(T, S, D) label-free search starts of every target."""
         raise NotImplementedError
 
+    def finalize(self, estimate: np.ndarray, names: Sequence[str]) -> np.ndarray:
+        """(T, D) estimates made consistent with what is known to relate the targets named
+        ``names`` (default: unchanged). Applied to every level's estimate of a search."""
+        return estimate
+
     def consensus_starts(self, estimate: np.ndarray) -> np.ndarray | None:
         """(T, 1, D) where the targets' reference layout, fitted to the estimates (T, D) of a
         search, puts every target: the starts of a second search (``search.consensus_level``).

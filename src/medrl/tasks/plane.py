@@ -271,6 +271,24 @@ class PlaneTask(Task):
         axis = np.broadcast_to(self.prior_axis_ras[:, None, :], centres.shape)
         return np.concatenate([centres, normals, axis], axis=2)
 
+    def finalize(self, estimate: np.ndarray, names: Sequence[str]) -> np.ndarray:
+        """The AC-PC plane contains the MSP's normal (its definition): its normal is made
+        perpendicular to the found MSP's. On 6 validation moves of the training scans this took
+        the AC-PC angle error from 1.58 to 1.07 degrees (BENCHMARKS.md)."""
+        names = list(names)
+        if not {"MSP", "ACPC"} <= set(names):
+            return estimate
+        msp, acpc = names.index("MSP"), names.index("ACPC")
+        out = estimate.copy()
+        right = out[msp, 3:6] / np.linalg.norm(out[msp, 3:6])
+        up = out[acpc, 3:6] - (out[acpc, 3:6] @ right) * right
+        if np.linalg.norm(up) < 1e-6:  # the planes were found parallel: nothing to keep
+            return estimate
+        out[acpc, 3:6] = up / np.linalg.norm(up)
+        axis = out[acpc, 6:9] - (out[acpc, 6:9] @ out[acpc, 3:6]) * out[acpc, 3:6]
+        out[acpc, 6:9] = axis / np.linalg.norm(axis)
+        return out
+
     def settle(self, recent: torch.Tensor) -> torch.Tensor:
         return orthonormal(torch.nanmean(recent[:, -4:], dim=1))
 
