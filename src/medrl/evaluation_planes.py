@@ -13,7 +13,6 @@ Reference figures of Alansary et al. (MICCAI 2018, brain MRI, distance): MSP 1.5
 from __future__ import annotations
 
 import json
-import sys
 import time
 from pathlib import Path
 
@@ -202,5 +201,4 @@ def print_plane_tables(tables: dict) -> None:
     print(format_table(tables["planes"], ["method", "plane", *PLANE_KEYS,
                                           "seconds_per_scan_median"]))  # fmt: skip
     reference = ", ".join(f"{k} {v} mm" for k, v in ALANSARY_2018.items())
-    print(f"\nreference, Alansary et al. 2018 (brain MRI, not this data): {reference}",
-          file=sys.stdout)  # fmt: skip
+    print(f"\nreference, Alansary et al. 2018 (brain MRI, not this data): {reference}")

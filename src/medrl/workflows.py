@@ -14,7 +14,11 @@ import torch
 
 from medrl.agents.checkpoint import load_model
 from medrl.agents.dqn import Trainer
-from medrl.agents.validation import select_consensus_level, select_search_levels
+from medrl.agents.validation import (
+    has_reference_layout,
+    select_consensus_level,
+    select_search_levels,
+)
 from medrl.config import Config
 from medrl.data.sources import load_split
 from medrl.distributed.ddp import DistContext, init_distributed, shutdown
@@ -123,10 +127,14 @@ def _warn_if_oversubscribed(config: Config) -> None:
 
 def _export(trainer: Trainer, config: Config, model_dir: Path) -> None:
     trainer.save_model(model_dir)
-    if config.search.levels == 0 and len(config.env.levels) > 1:
-        cases = load_split(config.train.datalist, "train")
+    choose_levels = config.search.levels == 0 and len(config.env.levels) > 1
+    choose_consensus = config.search.consensus_level is None and has_reference_layout(trainer.task)
+    if not (choose_levels or choose_consensus):
+        return
+    cases = load_split(config.train.datalist, "train")
+    key = trainer.task.primary_score[0]
+    if choose_levels:
         levels, means = select_search_levels(load_model(model_dir), cases)
-        key = trainer.task.primary_score[0]
         shown = ", ".join(f"{i + 1}: {m:.2f}" for i, m in enumerate(means))
         print(
             f"validation (training scans, rigidly moved), mean {key} after each level: "
@@ -137,11 +145,9 @@ def _export(trainer: Trainer, config: Config, model_dir: Path) -> None:
         name = "mm" if key == "error_mm" else key  # the landmark models' key stays as it was
         trainer.extra_meta[f"search_level_validation_mean_{name}"] = means
         trainer.save_model(model_dir)
-    if trainer.config.search.consensus_level is None:
-        cases = load_split(config.train.datalist, "train")
+    if choose_consensus:
         level, scores = select_consensus_level(load_model(model_dir), cases)
         if scores:
-            key = trainer.task.primary_score[0]
             shown = ", ".join(f"{k}: {v:.3f}" for k, v in scores.items())
             print(
                 f"validation (training scans, rigidly moved), mean {key} by "

@@ -209,6 +209,11 @@ def select_search_levels(
     return int(np.nanargmin(ranked)) + 1, means
 
 
+def has_reference_layout(task: Task) -> bool:
+    """Whether the task can fit a reference layout of its targets for a second search."""
+    return type(task).consensus_starts is not Task.consensus_starts
+
+
 def select_consensus_level(
     model: Model,
     cases: list[Case],
@@ -222,7 +227,7 @@ def select_consensus_level(
     tie, no second search. Returns the choice and the mean score of every option (-1: off);
     -1 and no scores for a task without a reference layout.
     """
-    if type(model.task).consensus_starts is Task.consensus_starts:
+    if not has_reference_layout(model.task):
         return -1, {}
     levels = model.config.search.levels or len(model.config.env.levels)
     key, higher_is_better = model.task.primary_score

@@ -82,36 +82,63 @@ def write_boxes(
     for name, box in zip(names, array, strict=True):
         centre = [float(v) for v in (box[:3] * _FLIP if system == "LPS" else box[:3])]
         markups.append(
-            {
-                "type": "ROI",
-                "name": name,
-                "coordinateSystem": system,
-                "coordinateUnits": "mm",
-                "locked": False,
-                "fixedNumberOfControlPoints": False,
-                "labelFormat": "%N-%d",
-                "lastUsedControlPointNumber": 1,
-                "roiType": "Box",
-                "insideOut": False,
-                "center": centre,
-                "orientation": orientation,
-                "size": [float(v) for v in box[3:]],
-                "controlPoints": [
-                    {
-                        "id": "1",
-                        "label": name,
-                        "description": "",
-                        "associatedNodeID": "",
-                        "position": centre,
-                        "orientation": orientation,
-                        "selected": True,
-                        "locked": False,
-                        "visibility": True,
-                        "positionStatus": "defined",
-                    }
-                ],
-            }
+            single_point_markup(
+                "ROI",
+                name,
+                system,
+                centre,
+                orientation,
+                roiType="Box",
+                insideOut=False,
+                center=centre,
+                orientation=orientation,
+                size=[float(v) for v in box[3:]],
+            )
         )
+    write_markups(path, markups)
+
+
+def single_point_markup(
+    markup_type: str,
+    name: str,
+    system: str,
+    point_position: list[float],
+    point_orientation: list[float],
+    description: str = "",
+    **fields: Any,
+) -> dict[str, Any]:
+    """One Slicer markup of ``markup_type`` named ``name`` with one control point at
+    ``point_position`` (as Slicer 5 writes ROIs and planes), plus the type's own ``fields``
+    (``center``, ``orientation``, ...)."""
+    return {
+        "type": markup_type,
+        "name": name,
+        "coordinateSystem": system,
+        "coordinateUnits": "mm",
+        "locked": False,
+        "fixedNumberOfControlPoints": False,
+        "labelFormat": "%N-%d",
+        "lastUsedControlPointNumber": 1,
+        **fields,
+        "controlPoints": [
+            {
+                "id": "1",
+                "label": name,
+                "description": description,
+                "associatedNodeID": "",
+                "position": point_position,
+                "orientation": point_orientation,
+                "selected": True,
+                "locked": False,
+                "visibility": True,
+                "positionStatus": "defined",
+            }
+        ],
+    }
+
+
+def write_markups(path: Path, markups: list[dict[str, Any]]) -> None:
+    """A Slicer ``.mrk.json`` holding ``markups``, written atomically."""
     with atomic_open(path, "w", encoding="utf-8") as handle:
         json.dump({"@schema": MARKUPS_SCHEMA, "markups": markups}, handle, indent=2)
         handle.write("\n")

@@ -10,7 +10,6 @@ directions negated).
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -19,9 +18,14 @@ import numpy as np
 
 from medrl.errors import InputError
 from medrl.geometry.planes import in_plane_axis
-from medrl.io.landmarks import MARKUPS_SCHEMA
-from medrl.io.markups import _FLIP, _numbers, _system, read_named_markups
-from medrl.utils.atomic import atomic_open
+from medrl.io.markups import (
+    _FLIP,
+    _numbers,
+    _system,
+    read_named_markups,
+    single_point_markup,
+    write_markups,
+)
 
 __all__ = ["read_planes", "write_planes"]
 
@@ -62,44 +66,27 @@ def write_planes(
     for index, (name, pose) in enumerate(zip(names, array, strict=True)):
         frame = flip[:, None] * _frame(pose)
         centre = [float(v) for v in pose[:3] * flip]
+        orientation = [float(v) for v in frame.reshape(-1)]
         description = descriptions[index] if index < len(descriptions) else ""
         markups.append(
-            {
-                "type": "Plane",
-                "name": name,
-                "coordinateSystem": system,
-                "coordinateUnits": "mm",
-                "locked": False,
-                "fixedNumberOfControlPoints": False,
-                "labelFormat": "%N-%d",
-                "lastUsedControlPointNumber": 1,
-                "planeType": "pointNormal",
-                "sizeMode": "absolute",
-                "autoScalingSizeFactor": 1.0,
-                "center": centre,
-                "normal": [float(v) for v in frame[:, 2]],
-                "size": [DISPLAY_SIZE_MM, DISPLAY_SIZE_MM],
-                "planeBounds": [-DISPLAY_SIZE_MM / 2, DISPLAY_SIZE_MM / 2] * 2,
-                "orientation": [float(v) for v in frame.reshape(-1)],
-                "controlPoints": [
-                    {
-                        "id": "1",
-                        "label": name,
-                        "description": description,
-                        "associatedNodeID": "",
-                        "position": centre,
-                        "orientation": [float(v) for v in frame.reshape(-1)],
-                        "selected": True,
-                        "locked": False,
-                        "visibility": True,
-                        "positionStatus": "defined",
-                    }
-                ],
-            }
+            single_point_markup(
+                "Plane",
+                name,
+                system,
+                centre,
+                orientation,
+                description,
+                planeType="pointNormal",
+                sizeMode="absolute",
+                autoScalingSizeFactor=1.0,
+                center=centre,
+                normal=[float(v) for v in frame[:, 2]],
+                size=[DISPLAY_SIZE_MM, DISPLAY_SIZE_MM],
+                planeBounds=[-DISPLAY_SIZE_MM / 2, DISPLAY_SIZE_MM / 2] * 2,
+                orientation=orientation,
+            )
         )
-    with atomic_open(path, "w", encoding="utf-8") as handle:
-        json.dump({"@schema": MARKUPS_SCHEMA, "markups": markups}, handle, indent=2)
-        handle.write("\n")
+    write_markups(path, markups)
 
 
 def _read_plane(markup: dict[str, Any], index: int, path: Path) -> tuple[str, np.ndarray]:

@@ -29,9 +29,8 @@ from medrl.report.figures import (
     TRUTH_COLOUR,
     method_colour,
     png_bytes,
-    training_curves,
 )
-from medrl.report.html import describe_scan, esc, img, table
+from medrl.report.html import describe_scan, esc, img, table, training_section
 from medrl.report.slices import PLANES, ScanImage, rebuild_scan, sample_plane
 
 BOX_METHODS = ("agent", "affine-atlas-baseline")
@@ -199,13 +198,7 @@ def render_box_sections(data: ReportData, max_scans: int, dpi: int) -> list[str]
         img(iou_bars(data.per_landmark), "IoU per structure with the 0.5 line"),
         _per_structure_table(data),
     ]
-    curves = training_curves(data.scalars)
-    sections.append("<h2>Training curves</h2>")
-    sections.append(
-        img(curves, "training curves")
-        if curves is not None
-        else '<p class="note">No training logs (RUN_DIR/tensorboard) were found.</p>'
-    )
+    sections += training_section(data.scalars)
     shown_cases = data.cases if max_scans <= 0 else data.cases[:max_scans]
     sections.append("<h2>Scans: the boxes on three slices through each true box</h2>")
     swatches = [("truth", TRUTH_COLOUR), *BOX_COLOURS.items()]

@@ -9,7 +9,8 @@ from typing import Any
 import numpy as np
 
 from medrl.metrics.localization import FAILURE_THRESHOLD_MM
-from medrl.report.figures import data_uri
+from medrl.report.data import Scalars
+from medrl.report.figures import data_uri, training_curves
 
 STYLE = """
 body { font-family: system-ui, sans-serif; margin: 1.5em auto; max-width: 1250px;
@@ -77,3 +78,15 @@ def describe_scan(record: dict[str, Any]) -> str:
     if record["scan"].get("elastic"):
         moved = f"warped by a {record['scan']['elastic']['elastic_mm']:g} mm elastic field, {moved}"
     return f"image {record['scan']['image']} ({moved})"
+
+
+def training_section(scalars: dict[str, Scalars]) -> list[str]:
+    """The "Training curves" heading and the curves of the run's logs (or a note that none
+    were found)."""
+    curves = training_curves(scalars)
+    shown = (
+        img(curves, "training curves")
+        if curves is not None
+        else '<p class="note">No training logs (RUN_DIR/tensorboard) were found.</p>'
+    )
+    return ["<h2>Training curves</h2>", shown]

@@ -18,10 +18,9 @@ from medrl.report.figures import (
     TRUTH_COLOUR,
     cumulative_errors,
     error_bars,
-    training_curves,
 )
 from medrl.report.html import STYLE as _STYLE
-from medrl.report.html import describe_scan
+from medrl.report.html import describe_scan, training_section
 from medrl.report.html import esc as _esc
 from medrl.report.html import img as _img
 from medrl.report.html import table as _table
@@ -168,13 +167,8 @@ def render_report(data: ReportData, max_scans: int = DEFAULT_MAX_SCANS, dpi: int
         _img(error_bars(data.per_landmark), "error per landmark (bars) with the failure line"),
         _img(cumulative_errors(data.errors), "cumulative error curve"),
         _per_landmark_table(data),
-        "<h2>Training curves</h2>",
+        *training_section(data.scalars),
     ]
-    curves = training_curves(data.scalars)
-    if curves is None:
-        sections.append('<p class="note">No training logs (RUN_DIR/tensorboard) were found.</p>')
-    else:
-        sections.append(_img(curves, "training curves"))
     shown = data.cases if max_scans <= 0 else data.cases[:max_scans]
     sections.append("<h2>Scans: three slices through each true landmark</h2>")
     sections.append(

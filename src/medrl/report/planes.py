@@ -22,8 +22,8 @@ import numpy as np
 from medrl.errors import MedrlError
 from medrl.geometry.planes import plane_angle_deg, plane_distance_mm
 from medrl.report.data import ReportData
-from medrl.report.figures import METHOD_COLOURS, TRUTH_COLOUR, png_bytes, training_curves
-from medrl.report.html import describe_scan, esc, img, table
+from medrl.report.figures import METHOD_COLOURS, TRUTH_COLOUR, png_bytes
+from medrl.report.html import describe_scan, esc, img, table, training_section
 from medrl.report.slices import PLANES, ScanImage, rebuild_scan, sample_plane
 
 PLANE_METHODS = ("agent", "affine-baseline")
@@ -129,13 +129,7 @@ def render_plane_sections(data: ReportData, max_scans: int, dpi: int) -> list[st
             f'<p class="note">Reference, Alansary et al. 2018 (brain MRI; another data set, '
             f"for scale only): {esc(shown)}.</p>"
         )
-    curves = training_curves(data.scalars)
-    sections.append("<h2>Training curves</h2>")
-    sections.append(
-        img(curves, "training curves")
-        if curves is not None
-        else '<p class="note">No training logs (RUN_DIR/tensorboard) were found.</p>'
-    )
+    sections += training_section(data.scalars)
     shown_cases = data.cases if max_scans <= 0 else data.cases[:max_scans]
     sections.append("<h2>Scans: where each plane cuts three slices</h2>")
     swatches = [("truth", TRUTH_COLOUR), *((m, METHOD_COLOURS[m]) for m in PLANE_METHODS)]
