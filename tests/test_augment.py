@@ -210,3 +210,37 @@ def test_oblique_patch_grids_equal_the_pointwise_transform() -> None:
         grid_log_bias(params, centres, offsets, axes), log_bias(params, points), atol=1e-4,
         rtol=1e-4,
     )  # fmt: skip
+
+
+def test_the_intensity_lookup_table_swaps_tissue_order_only_when_drawn() -> None:
+    """A random lookup table maps the knots to its values and interpolates between them; an
+    episode that does not draw it (and every episode of a config without it) is unchanged."""
+    from medrl.data.augment import LUT_KNOTS, apply_intensity, remap_intensity
+
+    lut = torch.tensor([[0.0, 0.9, 0.1, 0.5, 0.3, 0.7]])
+    knots = torch.linspace(0, 1, LUT_KNOTS)[None]
+    torch.testing.assert_close(remap_intensity(lut, knots), lut)
+    middle = remap_intensity(lut, torch.tensor([[0.1, 0.3, 1.4, -0.2]]))
+    torch.testing.assert_close(middle, torch.tensor([[0.45, 0.5, 0.7, 0.0]]))
+    plain = dataclasses.replace(SPATIAL_ONLY, intensity_remap=0.0)
+    always = dataclasses.replace(SPATIAL_ONLY, intensity_remap=1.0)
+    seeds, centres = np.arange(40), np.zeros((40, 3))
+    off, on = batch_params(plain, seeds, centres), batch_params(always, seeds, centres)
+    assert float(off.remap.sum()) == 0 and float(on.remap.min()) == 1
+    # the lookup table is drawn last: every other parameter is the same with or without it
+    for name in ("matrix", "elastic_amp_mm", "log_gamma", "noise_std"):
+        torch.testing.assert_close(getattr(off, name), getattr(on, name))
+    values = torch.rand(40, 50) * 1.2
+    zero = torch.zeros_like(values)
+    torch.testing.assert_close(apply_intensity(off, values, zero, None), values)
+    remapped = apply_intensity(on, values, zero, None)
+    torch.testing.assert_close(remapped, remap_intensity(on.lut, values))
+    # darker and brighter swap in some episodes: the order of two intensities is not kept
+    dark, bright = (
+        remap_intensity(on.lut, torch.full((40, 1), 0.3)),
+        remap_intensity(on.lut, torch.full((40, 1), 0.8)),
+    )
+    assert 0 < int((dark > bright).sum()) < 40
+    half = batch_params(dataclasses.replace(SPATIAL_ONLY, intensity_remap=0.5), np.arange(400),
+                        np.zeros((400, 3)))  # fmt: skip
+    assert 0.4 < float(half.remap.mean()) < 0.6

@@ -77,6 +77,14 @@ def _plane_world(config: Config) -> tuple[Task, list, TargetTable]:
     return _world(config, [case])
 
 
+def _slice_world(config: Config) -> tuple[Task, list, TargetTable]:
+    """The landmark phantom's blobs; its grid is turned 20 degrees against the world, so the
+    slice axis is oblique."""
+    volume, blobs = blob_volume(shape_zyx=(40, 40, 40), spacing_mm=(1.5, 1.5, 1.5))
+    case = Case("oblique-blobs", volume, Landmarks(("a", "b", "c"), blobs), "train")
+    return _world(config, [case])
+
+
 def _world(config: Config, cases: list[Case]) -> tuple[Task, list, TargetTable]:
     task = make_task(config)
     table = task.target_table(cases)
@@ -85,7 +93,12 @@ def _world(config: Config, cases: list[Case]) -> tuple[Task, list, TargetTable]:
     return task, scans, table
 
 
-WORLDS = {"landmark": _landmark_world, "box": _box_world, "plane": _plane_world}
+WORLDS = {
+    "landmark": _landmark_world,
+    "box": _box_world,
+    "plane": _plane_world,
+    "slice": _slice_world,
+}
 
 
 @pytest.fixture(scope="module", params=sorted(TASKS))

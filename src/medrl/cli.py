@@ -10,7 +10,12 @@ from pathlib import Path
 from medrl.errors import InputError, MedrlError
 
 DEMO_CONFIG = "afids"
-TASK_NAMES = ("landmark", "box", "plane")  # medrl.tasks.TASKS, without importing torch for --help
+TASK_NAMES = (
+    "landmark",
+    "box",
+    "plane",
+    "slice",
+)  # medrl.tasks.TASKS, without importing torch for --help
 
 
 def _configs_dir() -> Path:
@@ -67,6 +72,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from medrl.evaluation import evaluate, print_tables
     from medrl.evaluation_boxes import evaluate_boxes, print_box_tables
     from medrl.evaluation_planes import evaluate_planes, print_plane_tables
+    from medrl.evaluation_slices import evaluate_slices, print_slice_tables
     from medrl.predict import default_model_dir
     from medrl.utils.folder_lock import folder_lock
 
@@ -91,8 +97,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
             f"{atlas_source!r} ({exc}); pass --atlas DATALIST, a datalist whose first 'train' "
             "case is the atlas"
         ) from exc
-    runs = {"box": evaluate_boxes, "plane": evaluate_planes}
-    printers = {"box": print_box_tables, "plane": print_plane_tables}
+    runs = {"box": evaluate_boxes, "plane": evaluate_planes, "slice": evaluate_slices}
+    printers = {"box": print_box_tables, "plane": print_plane_tables, "slice": print_slice_tables}
     run = runs.get(model.kind, evaluate)
     with folder_lock(args.out, "output folder", "medrl " + shlex.join(args.argv)):
         tables = run(
@@ -173,7 +179,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     train = sub.add_parser("train", help="train an agent (resumes a killed run)")
     train.add_argument(
-        "--config", help="YAML config file or preset name (afids, cit168-box, smoke)"
+        "--config",
+        help="YAML config file or preset name (afids, cit168-box, afids-planes, afids-slices, "
+        "smoke)",
     )
     train.add_argument(
         "--set",
@@ -224,7 +232,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.set_defaults(func=cmd_evaluate)
 
     predict = sub.add_parser(
-        "predict", help="find landmarks, boxes or planes in scans (no labels needed)"
+        "predict", help="find landmarks, boxes, planes or slices in scans (no labels needed)"
     )
     scans = predict.add_mutually_exclusive_group(required=True)
     scans.add_argument("--image", action="append", help="scan file or DICOM folder (repeatable)")
@@ -239,8 +247,9 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument(
         "--task",
         choices=TASK_NAMES,
-        help="landmark (.fcsv), box (.mrk.json with ROIs) or plane (.mrk.json with the MSP and "
-        "AC-PC planes); default: the model's",
+        help="landmark (.fcsv), box (.mrk.json with ROIs), plane (.mrk.json with the MSP and "
+        "AC-PC planes) or slice (.slices.json: the slice through each target); default: the "
+        "model's",
     )
     predict.add_argument("--coordinate-system", choices=["RAS", "LPS"], default="RAS")
     predict.add_argument(
@@ -248,6 +257,13 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="plane models: also write each scan resampled into AC-PC space (AC at the origin, "
         "axes along the MSP and AC-PC planes) as NAME_acpc.nii.gz",
+    )
+    predict.add_argument(
+        "--slice-axis",
+        type=int,
+        choices=[0, 1, 2],
+        help="slice models: the voxel axis (0, 1, 2 = i, j, k) to move through (default: the "
+        "model's, normally the one closest to superior-inferior)",
     )
     _add_search_options(predict)
     predict.set_defaults(func=cmd_predict)

@@ -63,7 +63,8 @@ class TaskConfig:
 
     kind: str = "landmark"
     """``landmark`` (a point), ``box`` (a world-axis-aligned box around a structure) or
-    ``plane`` (a view plane: MSP, AC-PC)."""
+    ``plane`` (a view plane: MSP, AC-PC) or ``slice`` (a slice of the scan's own slice axis
+    through a landmark)."""
     box_context: float = 1.5
     """Box task: the observation spans this many times the box, plus the margin."""
     box_margin_mm: float = 4.0
@@ -82,6 +83,12 @@ class TaskConfig:
     spacing through the slab is the level's)."""
     plane_context: float = 2.0
     """Plane task: a second slab this many times wider and thicker (0: none)."""
+    slice_axis: int = -1
+    """Slice task: the voxel axis (0, 1, 2) whose slices the agent moves through; -1: the one
+    closest to superior-inferior (the slab settings are the plane task's)."""
+    slice_inplane_weight: float = 0.5
+    """Slice task: the distance adds this weight x how far the view's centre lies from the
+    target within the slice (the agent also moves in the slice, to see the target)."""
 
 
 @dataclass(frozen=True)
@@ -122,6 +129,9 @@ class AugmentConfig:
     elastic_wavelength_mm: tuple[float, float] = (80.0, 200.0)
     gamma: float = 0.3
     """log-gamma drawn from [-gamma, gamma]."""
+    intensity_remap: float = 0.0
+    """Probability that an episode's intensities pass through a random lookup table (another
+    contrast: tissues swap brightness, as between T1w, T2w and PD); 0: never."""
     contrast: float = 0.2
     bias_field: float = 0.3
     noise_std: float = 0.03

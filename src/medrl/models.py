@@ -7,7 +7,7 @@ from pathlib import Path
 
 from medrl.errors import InputError
 
-SHIPPED_MODELS = {"landmark": "afids", "box": "cit168", "plane": "planes"}
+SHIPPED_MODELS = {"landmark": "afids", "box": "cit168", "plane": "planes", "slice": "slices"}
 """Task -> folder under ``medrl/models/``."""
 
 

@@ -33,7 +33,12 @@ if TYPE_CHECKING:
 
 SUMMARY_NAME = "summary.csv"
 SUMMARY_COLUMNS = ("scan", "image", "output", "status", "seconds", "targets", "error")
-TASK_SUFFIXES = {"landmark": ".fcsv", "box": ".mrk.json", "plane": ".mrk.json"}
+TASK_SUFFIXES = {
+    "landmark": ".fcsv",
+    "box": ".mrk.json",
+    "plane": ".mrk.json",
+    "slice": ".slices.json",
+}
 """The file ``medrl predict`` writes per scan, by task."""
 OK, SKIPPED, FAILED = "ok", "skipped", "failed"
 
@@ -187,7 +192,10 @@ class ScanPredictor:
         num_starts: int | None = None,
         task: str | None = None,
         write_aligned: bool = False,
+        slice_axis: int | None = None,
     ) -> None:
+        from dataclasses import replace
+
         from medrl.agents.checkpoint import load_model
 
         self.model = load_model(model_dir or default_model_dir(task or "landmark"), device, task)
@@ -200,6 +208,16 @@ class ScanPredictor:
                 f"--write-aligned needs a plane model (MSP and AC-PC), not a {self.model.kind} "
                 "model"
             )
+        if slice_axis is not None:
+            if self.model.kind != "slice":
+                raise InputError(f"--slice-axis needs a slice model, not a {self.model.kind} model")
+            if slice_axis not in (0, 1, 2):
+                raise InputError(
+                    f"--slice-axis must be 0, 1 or 2 (the voxel axis i, j, k), not {slice_axis}"
+                )
+            config = self.model.config
+            config = replace(config, task=replace(config.task, slice_axis=slice_axis))
+            self.model.config = self.model.task.config = config
 
     def search(self, job: ScanJob) -> SearchResult:
         """Read the scan and search it (nothing is written)."""
@@ -230,6 +248,10 @@ class ScanPredictor:
             write_plane_outputs(
                 job.output, volume, result, self.coordinate_system, self.write_aligned
             )
+        elif self.model.kind == "slice":
+            from medrl.predict_slices import write_slices
+
+            write_slices(job.output, volume, result, self.coordinate_system)
         elif self.model.kind == "box":
             from medrl.io.markups import write_boxes
 
@@ -328,6 +350,7 @@ def predict_jobs(
     echo_outputs: bool = False,
     task: str | None = None,
     write_aligned: bool = False,
+    slice_axis: int | None = None,
 ) -> list[dict[str, Any]]:
     """Predict every job in this process; the summary is written even if interrupted.
 
@@ -337,7 +360,9 @@ def predict_jobs(
     from tqdm import tqdm
 
     _check_unique(jobs)
-    predictor = ScanPredictor(model_dir, device, coordinate_system, num_starts, task, write_aligned)
+    predictor = ScanPredictor(
+        model_dir, device, coordinate_system, num_starts, task, write_aligned, slice_axis
+    )
     rows: list[dict[str, Any]] = []
     bar = tqdm(jobs, desc="predict", unit="scan", file=sys.stderr, disable=not progress)
     try:
@@ -408,6 +433,11 @@ def run_from_args(args: Any) -> int:
         raise InputError(f"--write-aligned needs a plane model, not a {kind} model", model_dir)
     if write_aligned and args.ray:
         raise InputError("--write-aligned runs here only, not with --ray")
+    slice_axis = getattr(args, "slice_axis", None)
+    if slice_axis is not None and kind != "slice":
+        raise InputError(f"--slice-axis needs a slice model, not a {kind} model", model_dir)
+    if slice_axis is not None and args.ray:
+        raise InputError("--slice-axis runs here only, not with --ray")
     options = {
         "model_dir": model_dir,
         "device": args.device,
@@ -429,5 +459,12 @@ def run_from_args(args: Any) -> int:
                 **options,
             )
         else:
-            predict_jobs(jobs, args.out, echo_outputs=True, write_aligned=write_aligned, **options)
+            predict_jobs(
+                jobs,
+                args.out,
+                echo_outputs=True,
+                write_aligned=write_aligned,
+                slice_axis=slice_axis,
+                **options,
+            )
     return 0

@@ -7,8 +7,11 @@ Nothing is resampled up front. An episode's augmented image is defined pointwise
 where ``x`` is a point of the augmented world (RAS mm), ``M`` combines a rotation and
 (an)isotropic scaling about the image centre ``c``, ``t`` is a translation and ``d`` a smooth
 elastic displacement: a sum of a few random sinusoidal modes (infinitely differentiable, with
-a gradient small enough for ``T`` to stay invertible). ``g`` applies gamma, contrast, a smooth
-multiplicative bias field and noise. Patches are rendered by pushing their sample points
+a gradient small enough for ``T`` to stay invertible). ``g`` applies, with probability
+``intensity_remap``, a random lookup table (a piecewise-linear map of the normalised intensity,
+0 kept at 0 so air stays dark, knots at 0.2 ... 1 drawn uniformly in [0, 1]: tissues change
+their order of brightness, as between T1w, T2w and PD contrasts), then gamma, contrast, a
+smooth multiplicative bias field and noise. Patches are rendered by pushing their sample points
 through ``T``, so an augmented episode costs no more than a plain one, and a transition in the
 replay is re-rendered from the episode's seed alone.
 
@@ -27,6 +30,8 @@ import torch
 from medrl.config import AugmentConfig
 
 _NUM_BIAS_MODES = 3
+LUT_KNOTS = 6
+"""Knots of the random intensity lookup table at 0, 0.2, ..., 1 (normalised intensity)."""
 
 
 @dataclass(frozen=True)
@@ -45,6 +50,8 @@ class AugmentParams:
     log_gamma: torch.Tensor  # (N,)
     contrast: torch.Tensor  # (N,)
     noise_std: torch.Tensor  # (N,)
+    remap: torch.Tensor  # (N,) 1: the lookup table applies, 0: it does not
+    lut: torch.Tensor  # (N, LUT_KNOTS) output values at the knots
 
     def __len__(self) -> int:
         return int(self.matrix.shape[0])
@@ -102,6 +109,9 @@ def sample_params(
         "log_gamma": np.float64(on * rng.uniform(-config.gamma, config.gamma)),
         "contrast": np.float64(1 + on * rng.uniform(-config.contrast, config.contrast)),
         "noise_std": np.float64(on * rng.uniform(0, config.noise_std)),
+        # drawn last, so that every earlier parameter is what it was before the lookup table
+        "remap": np.float64(on * (rng.uniform() < config.intensity_remap)),
+        "lut": np.concatenate([[0.0], rng.uniform(0.0, 1.0, LUT_KNOTS - 1)]),
     }
 
 
@@ -266,13 +276,28 @@ def inverse_transform_points(
     raise RuntimeError("the augmentation's elastic field is not invertible; lower elastic_mm")
 
 
+def remap_intensity(lut: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+    """Values (N, M), clamped to [0, 1], through piecewise-linear lookup tables (N, K) with
+    knots evenly spaced over [0, 1]."""
+    knots = lut.shape[1] - 1
+    position = torch.clamp(values, 0.0, 1.0) * knots
+    lower = torch.clamp(position.floor().long(), max=knots - 1)
+    fraction = position - lower
+    low = torch.gather(lut, 1, lower)
+    high = torch.gather(lut, 1, lower + 1)
+    return low + (high - low) * fraction
+
+
 def apply_intensity(
     params: AugmentParams,
     values: torch.Tensor,
     log_bias_field: torch.Tensor,
     noise: torch.Tensor | None,
 ) -> torch.Tensor:
-    """Gamma, contrast, bias field (given as its log, (N, M)) and noise on values (N, M)."""
+    """Lookup table (where ``remap``), gamma, contrast, bias field (given as its log, (N, M))
+    and noise on values (N, M)."""
+    if bool((params.remap > 0).any()):
+        values = torch.where(params.remap[:, None] > 0, remap_intensity(params.lut, values), values)
     gamma = torch.exp(params.log_gamma)[:, None]
     out = torch.clamp(values, min=0.0) ** gamma * params.contrast[:, None]
     out = out * torch.exp(log_bias_field)

@@ -26,6 +26,7 @@ TABLES = {
     "landmark": ("overall", "per_landmark", "errors"),
     "box": ("boxes_overall", "boxes_per_structure", "boxes_raw"),
     "plane": ("planes", "planes", "planes_raw"),
+    "slice": ("slices", "slices", "slices_raw"),
 }
 """The evaluation's tables (overall, per target, raw) of each task."""
 

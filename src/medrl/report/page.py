@@ -150,11 +150,16 @@ def render_report(data: ReportData, max_scans: int = DEFAULT_MAX_SCANS, dpi: int
         f"<h1>medrl {_esc(data.task)} report: {_esc(data.run_dir.name)}</h1>",
         _run_facts(data),
     ]
-    if data.task in ("box", "plane"):
+    if data.task in ("box", "plane", "slice"):
         from medrl.report.boxes import render_box_sections
         from medrl.report.planes import render_plane_sections
+        from medrl.report.target_slices import render_slice_sections
 
-        render = render_box_sections if data.task == "box" else render_plane_sections
+        render = {
+            "box": render_box_sections,
+            "plane": render_plane_sections,
+            "slice": render_slice_sections,
+        }[data.task]
         sections += render(data, max_scans, dpi)
         sections.append("</body></html>\n")
         return "\n".join(sections)

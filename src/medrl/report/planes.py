@@ -11,6 +11,7 @@ reference figures of Alansary et al. 2018.
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from typing import Any
 
 import matplotlib
@@ -79,10 +80,10 @@ def plane_figure(
 
 def _scan_section(record: dict[str, Any], cache: dict, dpi: int) -> str:
     case = str(record["case"])
-    names = [str(n) for n in record["planes"]]
-    truth = np.asarray(record["truth_planes"], dtype=np.float64)
+    names = [str(n) for n in record["targets"]]
+    truth = np.asarray(record["truth_poses"], dtype=np.float64)
     predictions = {
-        m: np.asarray(record["resume"][m]["planes"], dtype=np.float64) for m in PLANE_METHODS
+        m: np.asarray(record["resume"][m]["poses"], dtype=np.float64) for m in PLANE_METHODS
     }
     parts = [f'<section class="scan"><h3>{esc(case)}</h3>',
              f'<p class="note">{esc(describe_scan(record))}</p>']  # fmt: skip
@@ -110,8 +111,6 @@ def _scan_section(record: dict[str, Any], cache: dict, dpi: int) -> str:
 
 def render_plane_sections(data: ReportData, max_scans: int, dpi: int) -> list[str]:
     """The body of a plane report (the page frame and the facts table come from the caller)."""
-    from tqdm import tqdm
-
     from medrl.evaluation_planes import PLANE_KEYS
 
     keys = [*PLANE_KEYS, "seconds_per_scan_median"]
@@ -130,14 +129,29 @@ def render_plane_sections(data: ReportData, max_scans: int, dpi: int) -> list[st
             f"for scale only): {esc(shown)}.</p>"
         )
     sections += training_section(data.scalars)
-    shown_cases = data.cases if max_scans <= 0 else data.cases[:max_scans]
-    sections.append("<h2>Scans: where each plane cuts three slices</h2>")
+    sections += scan_gallery(data, max_scans, dpi, "where each plane cuts three slices",
+                             _scan_section)  # fmt: skip
+    return sections
+
+
+def scan_gallery(
+    data: ReportData,
+    max_scans: int,
+    dpi: int,
+    title: str,
+    scan_section: Callable[[dict[str, Any], dict, int], str],
+) -> list[str]:
+    """The per-scan part of a plane-family report: a heading, the colour key of truth, agent
+    and baseline, and ``scan_section(record, image cache, dpi)`` of each scan drawn."""
+    from tqdm import tqdm
+
+    shown = data.cases if max_scans <= 0 else data.cases[:max_scans]
     swatches = [("truth", TRUTH_COLOUR), *((m, METHOD_COLOURS[m]) for m in PLANE_METHODS)]
     key = "".join(
         f'<span><i class="swatch" style="background:{c}"></i>{esc(m)}</span>' for m, c in swatches
     )
-    sections.append(f'<p class="key">{key}</p>')
+    sections = [f"<h2>Scans: {esc(title)}</h2>", f'<p class="key">{key}</p>']
     cache: dict = {}
-    for record in tqdm(shown_cases, desc="report", unit="scan", file=sys.stderr):
-        sections.append(_scan_section(record, cache, dpi))
+    for record in tqdm(shown, desc="report", unit="scan", file=sys.stderr):
+        sections.append(scan_section(record, cache, dpi))
     return sections

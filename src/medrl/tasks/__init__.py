@@ -10,8 +10,14 @@ from medrl.tasks.base import Poses, TargetTable, Task
 from medrl.tasks.box import BoxTask
 from medrl.tasks.landmark import LandmarkTask
 from medrl.tasks.plane import PlaneTask
+from medrl.tasks.slice import SliceTask
 
-TASKS: dict[str, type[Task]] = {"landmark": LandmarkTask, "box": BoxTask, "plane": PlaneTask}
+TASKS: dict[str, type[Task]] = {
+    "landmark": LandmarkTask,
+    "box": BoxTask,
+    "plane": PlaneTask,
+    "slice": SliceTask,
+}
 
 __all__ = [
     "TASKS",
@@ -19,6 +25,7 @@ __all__ = [
     "LandmarkTask",
     "PlaneTask",
     "Poses",
+    "SliceTask",
     "TargetTable",
     "Task",
     "make_task",
