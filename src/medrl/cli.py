@@ -259,6 +259,12 @@ def build_parser() -> argparse.ArgumentParser:
         "axes along the MSP and AC-PC planes) as NAME_acpc.nii.gz",
     )
     predict.add_argument(
+        "--strict",
+        action="store_true",
+        help="landmark models: fail a scan whose landmarks do not have the model's layout (not "
+        "a brain it knows: noise, another body part) instead of writing them with a warning",
+    )
+    predict.add_argument(
         "--slice-axis",
         type=int,
         choices=[0, 1, 2],

@@ -32,7 +32,16 @@ if TYPE_CHECKING:
     from medrl.io.landmarks import Landmarks
 
 SUMMARY_NAME = "summary.csv"
-SUMMARY_COLUMNS = ("scan", "image", "output", "status", "seconds", "targets", "error")
+SUMMARY_COLUMNS = (
+    "scan",
+    "image",
+    "output",
+    "status",
+    "seconds",
+    "targets",
+    "error",
+    "warning",
+)
 TASK_SUFFIXES = {
     "landmark": ".fcsv",
     "box": ".mrk.json",
@@ -193,6 +202,7 @@ class ScanPredictor:
         task: str | None = None,
         write_aligned: bool = False,
         slice_axis: int | None = None,
+        strict: bool = False,
     ) -> None:
         from dataclasses import replace
 
@@ -203,6 +213,8 @@ class ScanPredictor:
         self.coordinate_system = coordinate_system
         self.num_starts = num_starts
         self.write_aligned = write_aligned
+        self.strict = strict
+        self.warning = ""
         if write_aligned and self.model.kind != "plane":
             raise InputError(
                 f"--write-aligned needs a plane model (MSP and AC-PC), not a {self.model.kind} "
@@ -258,7 +270,17 @@ class ScanPredictor:
             write_boxes(job.output, result.names, result.estimate, self.coordinate_system)
         else:
             from medrl.io.landmarks import write_landmarks
+            from medrl.predict_confidence import (
+                confidence_path,
+                landmark_check,
+                write_confidence,
+            )
 
+            check = landmark_check(getattr(self.model.task, "reference_points_ras", None), result)
+            if check is not None:  # the sidecar first: the .fcsv marks a finished scan
+                self.warning = write_confidence(
+                    confidence_path(job.output), result, check, self.strict, str(job.image)
+                )
             write_landmarks(result.landmarks, job.output, self.coordinate_system)
         return len(result.names)
 
@@ -268,9 +290,11 @@ class ScanPredictor:
         if job.output.is_file() and not overwrite:
             return {**row, "status": SKIPPED}
         started = time.perf_counter()
+        self.warning = ""
         try:
             row["targets"] = self.predict(job)
             row["status"] = OK
+            row["warning"] = self.warning
         except Exception as exc:  # one bad scan must not stop an archive run
             row["status"] = FAILED
             row["error"] = (
@@ -290,6 +314,7 @@ def summary_row(job: ScanJob, status: str = "") -> dict[str, Any]:
         "seconds": 0.0,
         "targets": "",
         "error": "",
+        "warning": "",
     }
     if status:
         row["status"] = status
@@ -351,6 +376,7 @@ def predict_jobs(
     task: str | None = None,
     write_aligned: bool = False,
     slice_axis: int | None = None,
+    strict: bool = False,
 ) -> list[dict[str, Any]]:
     """Predict every job in this process; the summary is written even if interrupted.
 
@@ -361,7 +387,7 @@ def predict_jobs(
 
     _check_unique(jobs)
     predictor = ScanPredictor(
-        model_dir, device, coordinate_system, num_starts, task, write_aligned, slice_axis
+        model_dir, device, coordinate_system, num_starts, task, write_aligned, slice_axis, strict
     )
     rows: list[dict[str, Any]] = []
     bar = tqdm(jobs, desc="predict", unit="scan", file=sys.stderr, disable=not progress)
@@ -371,6 +397,8 @@ def predict_jobs(
             rows.append(row)
             if row["status"] == FAILED:
                 bar.write(f"failed: {job.image}: {row['error']}", file=sys.stderr)
+            elif row.get("warning"):
+                bar.write(f"warning: {job.image}: {row['warning']}", file=sys.stderr)
             bar.set_postfix(count_status(rows))
     finally:
         bar.close()
@@ -438,6 +466,9 @@ def run_from_args(args: Any) -> int:
         raise InputError(f"--slice-axis needs a slice model, not a {kind} model", model_dir)
     if slice_axis is not None and args.ray:
         raise InputError("--slice-axis runs here only, not with --ray")
+    strict = bool(getattr(args, "strict", False))
+    if strict and args.ray:
+        raise InputError("--strict runs here only, not with --ray")
     options = {
         "model_dir": model_dir,
         "device": args.device,
@@ -465,6 +496,7 @@ def run_from_args(args: Any) -> int:
                 echo_outputs=True,
                 write_aligned=write_aligned,
                 slice_axis=slice_axis,
+                strict=strict,
                 **options,
             )
     return 0

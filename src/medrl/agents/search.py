@@ -67,8 +67,9 @@ class SearchResult:
     """The estimate (targets, D) after each level of the first search, coarse to fine."""
     consensus_starts: np.ndarray | None = None
     """(targets, D) where the task's reference layout, fitted to the first search, put every
-    target: the start of the second search (None without one). The second search's poses
-    follow the first's in ``paths``, their levels offset by the number of levels."""
+    target: the start of the second search (None without one; NaN rows for targets the task
+    did not search again). The second search's poses follow the first's in ``paths``, their
+    levels offset by the number of levels."""
 
     @property
     def landmarks(self) -> Landmarks:
@@ -108,14 +109,17 @@ def _run_levels(
     first_level: int,
     level_offset: int,
     device: torch.device,
+    targets: np.ndarray | None = None,
 ) -> _Stage:
-    """Greedy moves from ``starts`` (T, S, D), level by level from ``first_level``; the path
-    labels its poses with level + ``level_offset``."""
+    """Greedy moves from ``starts`` (T, S, D) of the model's targets ``targets`` (T,) (default:
+    all, in order), level by level from ``first_level``; the path labels its poses with level
+    + ``level_offset``."""
     config, task = model.config, model.task
     env = config.env
     num_targets, num_starts = starts.shape[:2]
     n, dim = num_targets * num_starts, task.pose_dim
-    target = torch.arange(num_targets, device=device).repeat_interleave(num_starts)
+    which = np.arange(num_targets) if targets is None else np.asarray(targets, dtype=np.int64)
+    target = torch.as_tensor(which, device=device).repeat_interleave(num_starts)
     pose = torch.as_tensor(starts.reshape(n, dim), dtype=torch.float32).to(device)
     identity = _no_augmentation(scan, device)
 
@@ -164,7 +168,8 @@ def _run_levels(
         pose = task.settle(recent)
         per_start = pose.reshape(num_targets, num_starts, dim)
         combined = task.combine(per_start).cpu().numpy().astype(np.float64)
-        stage.level_estimates.append(task.finalize(combined, model.names))
+        names = [model.names[t] for t in which]
+        stage.level_estimates.append(task.finalize(combined, names))
     stage.paths.append(pose)
     stage.levels.append(len(used) - 1 + level_offset)
     return stage
@@ -204,16 +209,30 @@ def search(
         )
     if consensus_level is not None and consensus_level >= 0:
         consensus = task.consensus_starts(estimate)
+    redo = np.zeros(num_targets, dtype=bool)
     if consensus is not None:
-        # the second search runs from one start per target; every start's path shows it
+        redo = np.isfinite(consensus).reshape(num_targets, -1).all(axis=1)
+    if consensus is not None and redo.any():
+        # the second search runs from one start per target it redoes (a task leaves NaN
+        # starts for targets whose first estimate stands); every start's path shows it
         assert consensus_level is not None
         offset = len(config.env.levels)
-        second = _run_levels(model, scan, consensus, consensus_level, offset, device)
-        estimate = second.level_estimates[-1]
-        repeated = [p.repeat_interleave(num_starts, dim=0) for p in second.paths]
-        paths, levels = paths + repeated, levels + second.levels
+        rows = np.flatnonzero(redo)
+        second = _run_levels(
+            model, scan, consensus[rows], consensus_level, offset, device, targets=rows
+        )
+        estimate = estimate.copy()
+        estimate[rows] = task.consensus_merge(consensus[rows, 0], second.level_estimates[-1])
+        final = paths[-1].reshape(num_targets, num_starts, -1)
+        rows_t = torch.as_tensor(rows, device=final.device)
+        for path in second.paths:
+            full = final.clone()
+            full[rows_t] = path[:, None, :].to(final.dtype)
+            paths = [*paths, full.reshape(num_targets * num_starts, -1)]
+        levels = levels + second.levels
         steps += second.steps
-        consensus = consensus[:, 0]
+    if consensus is not None:
+        consensus = np.where(redo[:, None], consensus[:, 0], np.nan)
     n = num_targets * num_starts
     stacked = torch.stack(paths, dim=1).cpu().numpy().astype(np.float64)  # (n, T, D)
     level_stack = np.tile(np.asarray(levels, dtype=np.int64), (n, 1))

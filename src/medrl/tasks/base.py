@@ -220,6 +220,11 @@ class Task:
         None when the task has no reference layout or the estimates do not determine one."""
         return None
 
+    def consensus_merge(self, starts: np.ndarray, second: np.ndarray) -> np.ndarray:
+        """(R, D) the estimates of the targets searched again, from their second-search starts
+        (R, D) and where that search ended (R, D) (default: where it ended)."""
+        return second
+
     def settle(self, recent: torch.Tensor) -> torch.Tensor:
         """(N, D) where a level's search ends, from its recent poses (N, W, D)."""
         return torch.nanmean(recent[:, -4:], dim=1)

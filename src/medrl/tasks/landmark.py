@@ -5,16 +5,23 @@ Pose: a point (R, A, S) in mm. Actions: one step of the level's ``step_mm`` alon
 ``env.reward_clip_mm``; an episode succeeds within ``env.success_radius_mm``. The observation
 is a cube of ``P^3`` voxels at the level's spacing, centred on the point. Label-free search
 starts at the scan's intensity centre (and +/- ``search.start_offsets_mm`` along A, S, R).
+
+The model keeps a reference layout, the landmarks of the first fully annotated training scan.
+:meth:`LandmarkTask.consensus_starts` fits it to the found points (:mod:`medrl.confidence`)
+and searches again, from where the other landmarks put it, every landmark that lies more than
+:data:`medrl.confidence.OUTLIER_MM` from there; the others keep their first estimate. A second
+search that walks back away from the layout's position leaves the layout's position.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
 
+from medrl.confidence import OUTLIER_MM, check_layout
 from medrl.data.augment import AugmentParams, inverse_transform_points
 from medrl.data.datalist import Case
 from medrl.envs.pyramid import ScanPyramid
@@ -73,6 +80,27 @@ class LandmarkTask(Task):
     primary_score: ClassVar[tuple[str, bool]] = ("error_mm", False)
     output_suffix: ClassVar[str] = ".fcsv"
 
+    # ------------------------------------------------------------------ model state
+    def state_dict(self) -> dict[str, Any]:
+        if not len(self.reference_points_ras):
+            return {}
+        return {"reference_points_ras": self.reference_points_ras.round(3).tolist()}
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        try:
+            self.reference_points_ras = np.asarray(
+                state.get("reference_points_ras", []), dtype=np.float64
+            ).reshape(-1, 3)
+        except ValueError as exc:
+            raise InputError(f"task.state of the landmark model is malformed: {exc}") from exc
+
+    def fit(self, scans: list[ScanPyramid], table: TargetTable) -> None:
+        """The reference layout: the landmarks of the first scan that has all of them."""
+        for poses in table.poses:
+            if np.isfinite(poses).all():
+                self.reference_points_ras = np.asarray(poses, dtype=np.float64)
+                return
+
     # ------------------------------------------------------------------ data
     def target_table(self, cases: list[Case], names: Sequence[str] = ()) -> TargetTable:
         return landmark_table(cases, names)
@@ -129,3 +157,21 @@ class LandmarkTask(Task):
     def initial(self, scan: ScanPyramid, num_starts: int, num_targets: int) -> np.ndarray:
         starts = scan.intensity_centre_ras + self.start_shifts(num_starts)
         return np.broadcast_to(starts, (num_targets, *starts.shape)).copy()
+
+    def consensus_starts(self, estimate: np.ndarray) -> np.ndarray | None:
+        """Where the fitted layout puts the landmarks that lie far from it (NaN rows: the
+        others, kept); None without a layout or on a scan whose layout is implausible."""
+        if self.reference_points_ras.shape != estimate.shape:
+            return None
+        check = check_layout(self.reference_points_ras, estimate)
+        if not check.plausible:
+            return None
+        starts = np.where(check.outliers[:, None], check.expected_ras, np.nan)
+        return starts[:, None, :]
+
+    def consensus_merge(self, starts: np.ndarray, second: np.ndarray) -> np.ndarray:
+        """A second search that walks away from where the other landmarks put the landmark
+        (further than :data:`medrl.confidence.OUTLIER_MM`) went back to the first search's
+        mistake: the layout's position stands instead (its confidence stays low)."""
+        away = np.linalg.norm(second - starts, axis=1) > OUTLIER_MM
+        return np.where(away[:, None], starts, second)

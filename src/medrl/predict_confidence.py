@@ -1,0 +1,70 @@
+"""What ``medrl predict`` writes beside a landmark model's ``.fcsv``: each landmark's agreement
+with the others (:mod:`medrl.confidence`), ``NAME_confidence.csv``::
+
+    name,description,residual_mm,confidence,flag
+    1,AC,1.42,0.980,ok
+    26,L ventral occipital horn,21.7,0.009,check
+
+``flag`` is ``check`` for a landmark further than :data:`medrl.confidence.OUTLIER_MM` from where
+the other landmarks put it, ``layout`` for one whose point is where the others put it (both
+searches disagreed with them; the residual is the first detection's), and ``scan`` on every
+row when the scan as a whole does not have the model's layout (then every confidence is 0 and
+``medrl predict`` warns, or fails the scan with ``--strict``).
+"""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import numpy as np
+
+from medrl.agents.search import SearchResult
+from medrl.confidence import LandmarkConfidence, search_confidence
+from medrl.errors import InputError
+from medrl.utils.atomic import atomic_open
+
+CONFIDENCE_SUFFIX = "_confidence.csv"
+COLUMNS = ("name", "description", "residual_mm", "confidence", "flag")
+
+
+def confidence_path(landmarks_path: Path) -> Path:
+    """``NAME.fcsv`` -> ``NAME_confidence.csv`` beside it."""
+    return landmarks_path.with_name(landmarks_path.stem + CONFIDENCE_SUFFIX)
+
+
+def landmark_check(
+    reference_ras: np.ndarray | None, result: SearchResult
+) -> LandmarkConfidence | None:
+    """The confidence of a landmark search, or None for a model without a layout."""
+    if reference_ras is None:
+        return None
+    reference = np.asarray(reference_ras, dtype=np.float64)
+    if reference.shape != result.estimate.shape:
+        return None
+    first = result.level_estimates[-1] if result.level_estimates else result.estimate
+    return search_confidence(reference, first, result.estimate, result.consensus_starts)
+
+
+def write_confidence(
+    path: Path, result: SearchResult, check: LandmarkConfidence, strict: bool, source: str
+) -> str:
+    """Write the sidecar atomically and return the scan's warning ("" when plausible);
+    InputError naming the scan, before anything is written, when ``strict`` and implausible."""
+    warning = ""
+    if not check.plausible:
+        warning = f"not a brain the model knows: {check.reason}; every confidence is 0"
+        if strict:
+            raise InputError(f"{warning} (--strict)", source)
+    with atomic_open(path, "w", encoding="utf-8", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(COLUMNS)
+        descriptions = list(result.descriptions) + [""] * len(result.names)
+        for row, name in enumerate(result.names):
+            flag = check.flags[row]
+            residual = check.residual_mm[row]
+            writer.writerow(
+                [name, descriptions[row], "" if not np.isfinite(residual) else f"{residual:.2f}",
+                 f"{check.confidence[row]:.3f}", flag]
+            )  # fmt: skip
+    return warning

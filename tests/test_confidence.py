@@ -1,0 +1,118 @@
+"""Landmark confidence from the layout of the other landmarks: residuals of a robust affine
+fit, outliers searched again, the layout's position when the search disagrees twice, and scans
+that are not a brain the model knows (noise) flagged, with a warning or, with --strict, a
+failed scan and nothing written."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from medrl.cli import main
+from medrl.confidence import OUTLIER_MM, check_layout, search_confidence
+from medrl.io.images import Volume, write_image
+from medrl.models import default_model_dir
+from medrl.tasks.landmark import LandmarkTask
+
+RNG = np.random.default_rng(3)
+REFERENCE = RNG.normal(0.0, 30.0, size=(32, 3))  # a head-sized layout of 32 points
+
+
+def _moved(points: np.ndarray, scale: float = 1.05) -> np.ndarray:
+    angle = np.radians(12.0)
+    rotation = np.array([[np.cos(angle), -np.sin(angle), 0], [np.sin(angle), np.cos(angle), 0],
+                         [0, 0, 1]])  # fmt: skip
+    return points @ (scale * rotation).T + np.array([4.0, -7.0, 11.0])
+
+
+def test_an_affine_copy_is_plausible_and_a_detection_off_the_layout_is_an_outlier() -> None:
+    found = _moved(REFERENCE) + RNG.normal(0.0, 1.0, size=REFERENCE.shape)  # people differ
+    found[5] += np.array([0.0, 25.0, 0.0])  # a failed detection, 25 mm off
+    check = check_layout(REFERENCE, found)
+    assert check.plausible and check.reason == ""
+    assert check.outliers.tolist() == [i == 5 for i in range(32)]
+    assert check.residual_mm[5] == pytest.approx(25.0, abs=4.0)
+    assert np.median(check.residual_mm) < 2.5
+    # where the others put landmark 5: close to its true place
+    np.testing.assert_allclose(check.expected_ras[5], _moved(REFERENCE)[5], atol=3.0)
+    assert check.confidence[5] < 0.05 < 0.9 < np.median(check.confidence)
+
+
+@pytest.mark.parametrize(
+    ("found", "reason"),
+    [
+        (RNG.uniform(-30, 30, size=(32, 3)), "layout"),  # no layout at all
+        (_moved(REFERENCE) * np.array([-1.0, 1.0, 1.0]), "mirrored"),
+        (_moved(REFERENCE, scale=0.3), "scaled"),
+    ],
+)
+def test_points_without_the_layout_are_implausible_and_get_no_confidence(found, reason) -> None:
+    check = check_layout(REFERENCE, found)
+    assert not check.plausible and reason in check.reason
+    assert float(check.confidence.max()) == 0.0
+
+
+def test_a_landmark_replaced_by_the_layout_keeps_its_first_residual() -> None:
+    first = _moved(REFERENCE)
+    first[7] += np.array([30.0, 0.0, 0.0])
+    final = first.copy()
+    starts = np.full_like(first, np.nan)
+    starts[7] = check_layout(REFERENCE, first).expected_ras[7]
+    final[7] = starts[7]  # the second search walked away again: the layout's position stands
+    confidence = search_confidence(REFERENCE, first, final, starts)
+    assert confidence.flags[7] == "layout"
+    assert confidence.residual_mm[7] > OUTLIER_MM and confidence.confidence[7] < 0.05
+    assert set(confidence.flags) - {"layout"} == {"ok"}
+
+
+def test_the_landmark_task_searches_again_only_the_outliers_and_keeps_the_layout_position() -> None:
+    from medrl.config import Config
+
+    task = LandmarkTask(Config(), {"reference_points_ras": REFERENCE.tolist()})
+    found = _moved(REFERENCE)
+    found[3] += np.array([0.0, 0.0, -20.0])
+    starts = task.consensus_starts(found)
+    assert starts is not None and starts.shape == (32, 1, 3)
+    redo = np.isfinite(starts[:, 0]).all(axis=1)
+    assert redo.tolist() == [i == 3 for i in range(32)]
+    np.testing.assert_allclose(starts[3, 0], _moved(REFERENCE)[3], atol=1.0)
+    # a second search that ends near its start is kept, one that walks away is not
+    near, away = starts[3] + 2.0, starts[3] + 15.0
+    np.testing.assert_allclose(task.consensus_merge(starts[3], near), near)
+    np.testing.assert_allclose(task.consensus_merge(starts[3], away), starts[3])
+    # noise-like detections: no second search at all
+    assert task.consensus_starts(RNG.uniform(-30, 30, size=(32, 3))) is None
+    # the state round-trips through model.yaml
+    assert LandmarkTask(Config(), task.state_dict()).reference_points_ras.shape == (32, 3)
+
+
+@pytest.fixture(scope="module")
+def noise_scan(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("noise")
+    array = np.random.default_rng(0).random((60, 60, 60)).astype(np.float32)
+    write_image(Volume(array, np.ones(3), np.zeros(3), np.eye(3), "noise"), folder / "noise.nii")
+    return folder / "noise.nii"
+
+
+def test_predict_warns_on_noise_and_writes_zero_confidence(noise_scan: Path, tmp_path) -> None:
+    assert default_model_dir("landmark").is_dir()
+    out = tmp_path / "pred"
+    assert main(["predict", "--image", str(noise_scan), "--out", str(out)]) == 0
+    with open(out / "noise_confidence.csv", encoding="utf-8") as handle:
+        rows = list(csv.DictReader(handle))
+    assert len(rows) == 32 and {r["flag"] for r in rows} == {"scan"}
+    assert max(float(r["confidence"]) for r in rows) == 0.0
+    with open(out / "summary.csv", encoding="utf-8") as handle:
+        summary = list(csv.DictReader(handle))
+    assert summary[0]["status"] == "ok" and "not a brain the model knows" in summary[0]["warning"]
+
+
+def test_strict_fails_a_noise_scan_and_writes_nothing_for_it(noise_scan: Path, tmp_path) -> None:
+    out = tmp_path / "strict"
+    code = main(["predict", "--image", str(noise_scan), "--out", str(out), "--strict"])
+    assert code != 0
+    assert not (out / "noise.fcsv").exists() and not (out / "noise_confidence.csv").exists()
+    assert "--strict" in (out / "summary.csv").read_text(encoding="utf-8")
