@@ -407,7 +407,14 @@ def test_train_predict_evaluate_end_to_end(data: dict[str, Path], tmp_path: Path
     argv = ["predict", "--model", str(model), "--image", str(data["test"]), "--out", str(out)]
     assert main(argv) == 0
     written = out / "test.fcsv"
-    assert sorted(p.name for p in out.iterdir()) == ["summary.csv", "test.fcsv"]
+    # the landmarks, and beside them each landmark's agreement with the others' layout
+    assert sorted(p.name for p in out.iterdir()) == [
+        "summary.csv",
+        "test.fcsv",
+        "test_confidence.csv",
+    ]
+    header_line = (out / "test_confidence.csv").read_text(encoding="utf-8").splitlines()[0]
+    assert header_line == "name,description,residual_mm,confidence,flag"
     found = read_landmarks(written)
     assert found.names == BLOB_NAMES
     assert found.descriptions == ("a", "b", "c")

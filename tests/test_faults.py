@@ -66,6 +66,8 @@ def medrl(*args: str, env: dict[str, str] | None = None, **kwargs) -> subprocess
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        encoding="utf-8",
+        errors="replace",
         **kwargs,
     )
 
@@ -337,7 +339,9 @@ def test_a_read_only_folder_is_a_clear_error_and_the_previous_checkpoint_survive
     latest = run_dir / "checkpoints" / "latest"
     before = (latest / STATE_FILE).read_bytes()
     command = read_only(run_dir / "checkpoints", [*cli, *train_args(data, run_dir, steps=10)])
-    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=240)
+    done = subprocess.run(
+        command, env=env, capture_output=True, text=True, encoding="utf-8", timeout=240
+    )
     assert done.returncode == 2, done.stderr
     assert f"medrl: error: {latest}: cannot write (Read-only file system" in done.stderr or (
         os.geteuid() != 0 and "Permission denied" in done.stderr
@@ -349,7 +353,9 @@ def test_a_read_only_folder_is_a_clear_error_and_the_previous_checkpoint_survive
     out = tmp_path / "out"
     out.mkdir()
     command = read_only(out, [*cli, *predict_args(data, model, out)])
-    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=240)
+    done = subprocess.run(
+        command, env=env, capture_output=True, text=True, encoding="utf-8", timeout=240
+    )
     out.chmod(0o755)
     assert done.returncode == 2, done.stderr
     assert f"medrl: error: {out}: cannot lock the output folder" in done.stderr
