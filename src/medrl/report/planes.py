@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import matplotlib
@@ -78,10 +79,21 @@ def plane_figure(
     return png_bytes(figure, dpi)
 
 
-def _scan_section(record: dict[str, Any], cache: dict, dpi: int) -> str:
+@dataclass
+class ScanRecord:
+    """One evaluated scan of the plane family, read from its case record."""
+
+    case: str
+    names: list[str]
+    truth: np.ndarray  # (T, D)
+    predictions: dict[str, np.ndarray]  # method -> (T, D)
+    parts: list[str]  # the section's opening HTML
+    scan: ScanImage | None  # None when the image cannot be rebuilt (said in ``parts``)
+
+
+def read_scan_record(record: dict[str, Any], cache: dict) -> ScanRecord:
+    """The poses of a case record and its rebuilt image, with the section's heading."""
     case = str(record["case"])
-    names = [str(n) for n in record["targets"]]
-    truth = np.asarray(record["truth_poses"], dtype=np.float64)
     predictions = {
         m: np.asarray(record["resume"][m]["poses"], dtype=np.float64) for m in PLANE_METHODS
     }
@@ -92,6 +104,21 @@ def _scan_section(record: dict[str, Any], cache: dict, dpi: int) -> str:
     except (MedrlError, OSError, RuntimeError) as exc:
         parts.append(f'<p class="note">slices not drawn: the image cannot be read ({esc(exc)})</p>')
         scan = None
+    names = [str(n) for n in record["targets"]]
+    truth = np.asarray(record["truth_poses"], dtype=np.float64)
+    return ScanRecord(case, names, truth, predictions, parts, scan)
+
+
+def _scan_section(record: dict[str, Any], cache: dict, dpi: int) -> str:
+    read = read_scan_record(record, cache)
+    case, names, truth, predictions, parts, scan = (
+        read.case,
+        read.names,
+        read.truth,
+        read.predictions,
+        read.parts,
+        read.scan,
+    )
     cells = []
     for row, name in enumerate(names):
         facts = ", ".join(

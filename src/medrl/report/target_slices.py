@@ -17,16 +17,13 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
 
-from medrl.errors import MedrlError
 from medrl.predict_slices import axis_of_normal
 from medrl.report.data import ReportData
 from medrl.report.figures import png_bytes
-from medrl.report.html import describe_scan, esc, img, table, training_section
-from medrl.report.planes import PLANE_METHODS, plane_figure, scan_gallery
-from medrl.report.slices import ScanImage, rebuild_scan
+from medrl.report.html import esc, img, table, training_section
+from medrl.report.planes import plane_figure, read_scan_record, scan_gallery
+from medrl.report.slices import ScanImage
 from medrl.tasks.slice import slice_distance_mm, slice_index
-
-SLICE_METHODS = PLANE_METHODS
 
 
 def voxel_slice(scan: ScanImage, axis: int, index: int) -> np.ndarray:
@@ -57,20 +54,16 @@ def chosen_slice_figure(
 
 
 def _scan_section(record: dict[str, Any], cache: dict, dpi: int) -> str:
-    case = str(record["case"])
-    names = [str(n) for n in record["targets"]]
+    read = read_scan_record(record, cache)
+    case, names, truth, predictions, parts, scan = (
+        read.case,
+        read.names,
+        read.truth,
+        read.predictions,
+        read.parts,
+        read.scan,
+    )
     descriptions = list(record.get("descriptions", [])) + [""] * len(names)
-    truth = np.asarray(record["truth_poses"], dtype=np.float64)
-    predictions = {
-        m: np.asarray(record["resume"][m]["poses"], dtype=np.float64) for m in SLICE_METHODS
-    }
-    parts = [f'<section class="scan"><h3>{esc(case)}</h3>',
-             f'<p class="note">{esc(describe_scan(record))}</p>']  # fmt: skip
-    try:
-        scan: ScanImage | None = rebuild_scan(record, cache)
-    except (MedrlError, OSError, RuntimeError) as exc:
-        parts.append(f'<p class="note">slices not drawn: the image cannot be read ({esc(exc)})</p>')
-        scan = None
     cells = []
     for row, name in enumerate(names):
         facts = ", ".join(
