@@ -74,7 +74,7 @@ def main() -> None:
                 seconds.append(time.perf_counter() - started)
             errors["without"].append(np.linalg.norm(plain.estimate - truth, axis=1))
             errors["with"].append(np.linalg.norm(second.estimate - truth, axis=1))
-            confidence = search_confidence(reference, second.level_estimates[-1],
+            confidence = search_confidence(reference, second.level_estimates[second.chosen_level],
                                            second.estimate, second.consensus_starts)  # fmt: skip
             residuals.append(confidence.residual_mm)
         without, with_ = np.concatenate(errors["without"]), np.concatenate(errors["with"])

@@ -14,6 +14,7 @@ from medrl.data.augment import (
     batch_params,
     inverse_transform_points,
     sample_params,
+    stack_params,
     transform_points,
 )
 from medrl.envs.pyramid import ScanPyramid, build_pyramid
@@ -244,3 +245,97 @@ def test_the_intensity_lookup_table_swaps_tissue_order_only_when_drawn() -> None
     half = batch_params(dataclasses.replace(SPATIAL_ONLY, intensity_remap=0.5), np.arange(400),
                         np.zeros((400, 3)))  # fmt: skip
     assert 0.4 < float(half.remap.mean()) < 0.6
+
+
+# ------------------------------------------------------------------ local warps
+LOCAL = dataclasses.replace(
+    SPATIAL_ONLY, local_warps=3, local_warp_strength=0.45, local_warp_sigma_mm=(8.0, 20.0)
+)
+
+
+def test_local_warps_round_trip_exactly_at_their_strongest() -> None:
+    params, centres = _params(LOCAL, 32, seed=5)
+    assert float(params.bump_strength.abs().max()) > 0.3
+    points = _points(centres, 64, seed=6)
+    moved = inverse_transform_points(params, points)
+    assert float((transform_points(params, moved) - points).abs().max()) < 1e-3
+
+
+def test_local_warps_centre_on_the_anchors_and_change_nothing_far_away() -> None:
+    """With anchors, every bump sits where the affine part puts an anchor (within the 4 mm
+    jitter and a few sigma); the displacement it adds vanishes far from it; without local
+    warps the parameters drawn before them are unchanged."""
+    anchors = np.array([[20.0, -30.0, 10.0], [-25.0, 15.0, -5.0]])
+    centre = np.zeros(3)
+    plain = dataclasses.replace(LOCAL, local_warps=0)
+    for seed in range(20):
+        p = sample_params(LOCAL, seed, centre, anchors)
+        q = sample_params(plain, seed, centre, anchors)
+        for name in ("matrix", "translation_mm", "elastic_amp_mm", "lut"):
+            np.testing.assert_array_equal(p[name], q[name])
+        assert not np.any(q["bump_strength"])
+        # the bump centres, mapped through the affine part, land near an anchor
+        mapped = (p["bump_centre_ras"] - centre) @ p["matrix"].T + centre + p["translation_mm"]
+        nearest = np.linalg.norm(mapped[:, None] - anchors[None], axis=-1).min(axis=1)
+        assert nearest.max() < 20.0
+    params = stack_params([sample_params(LOCAL, 3, centre, anchors)])
+    at_bumps = params.bump_centre_ras.clone()
+    at_bumps[..., 0] += params.bump_sigma_mm  # one sigma away from each centre
+    far = params.bump_centre_ras + 200.0
+    from medrl.data.augment import _bump_displacement
+
+    assert float(_bump_displacement(params, at_bumps).norm(dim=-1).max()) > 0.5
+    assert float(_bump_displacement(params, far).norm(dim=-1).max()) < 1e-6
+
+
+def test_patch_grids_with_local_warps_equal_the_pointwise_transform() -> None:
+    from scipy.spatial.transform import Rotation
+
+    from medrl.data.augment import transform_grid
+
+    centres = torch.tensor([[5.0, -10.0, 20.0], [-3.0, 4.0, 0.0]])
+    anchors = [c.numpy()[None] + 3.0 for c in centres]
+    params = batch_params(LOCAL, np.array([21, 22]), centres.numpy(), anchors_ras=anchors)
+    ramp = torch.arange(7, dtype=torch.float32) - 3.0
+    offsets = torch.stack([ramp * 3.0, ramp * 2.0, ramp * 1.0])[None].expand(2, -1, -1)
+    k, j, i = torch.meshgrid(ramp * 1.0, ramp * 2.0, ramp * 3.0, indexing="ij")
+    local = torch.stack([i, j, k], dim=-1).reshape(-1, 3)
+    for axes in (None, torch.as_tensor(
+        np.stack([Rotation.from_euler("xyz", a, degrees=True).as_matrix().T
+                  for a in ([30, -10, 45], [0, 60, -20])]), dtype=torch.float32,
+    )):  # fmt: skip
+        rows = torch.eye(3).expand(2, 3, 3) if axes is None else axes
+        points = centres[:, None, :] + torch.einsum("mc,ncd->nmd", local, rows)
+        fast = transform_grid(params, centres, offsets, axes)
+        torch.testing.assert_close(fast, transform_points(params, points), atol=1e-3, rtol=1e-5)
+        # the local warps really move the grid (the comparison above is not trivial)
+        still = dataclasses.replace(params, bump_strength=torch.zeros_like(params.bump_strength))
+        assert float((fast - transform_grid(still, centres, offsets, axes)).abs().max()) > 0.5
+
+
+def test_a_blurred_episode_sees_the_next_coarser_level_on_its_own_grid() -> None:
+    """blur: level 0 patches of a blurred episode are the level 1 copy sampled on level 0's
+    grid (smoother: less variation between neighbours); the coarsest level stays itself."""
+    volume, centres = blob_volume(noise=1.0)
+    scan = build_pyramid(volume, [2.0, 4.0])
+    count = 40
+    plain = dataclasses.replace(SPATIAL_ONLY, rotation_deg=0.0, translation_mm=0.0, scale=0.0,
+                                anisotropic_scale=0.0, elastic_mm=0.0)  # fmt: skip
+    params = batch_params(dataclasses.replace(plain, blur=0.5), np.arange(count),
+                          np.tile(scan.centre_ras, (count, 1)))  # fmt: skip
+    blurred = params.blur > 0
+    assert 0 < int(blurred.sum()) < count
+    still = batch_params(plain, np.arange(count), np.tile(scan.centre_ras, (count, 1)))
+    position = torch.as_tensor(np.tile(centres[:1], (count, 1)), dtype=torch.float32)
+    offsets = cube_offsets(torch.full((count,), 2.0), 9)
+    zero, one = torch.zeros(count, dtype=torch.long), torch.ones(count, dtype=torch.long)
+    scans = [scan]
+
+    def render(level: torch.Tensor, p) -> torch.Tensor:  # type: ignore[no-untyped-def]
+        return render_patches(scans, zero, level, position, p, offsets)
+
+    got, sharp, coarse = render(zero, params), render(zero, still), render(one, still)
+    torch.testing.assert_close(got[blurred], coarse[blurred])
+    torch.testing.assert_close(got[~blurred], sharp[~blurred])
+    assert float(coarse[0].diff(dim=-1).abs().mean()) < float(sharp[0].diff(dim=-1).abs().mean())
+    torch.testing.assert_close(render(one, params), coarse)  # nothing coarser than the last

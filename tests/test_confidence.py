@@ -116,3 +116,39 @@ def test_strict_fails_a_noise_scan_and_writes_nothing_for_it(noise_scan: Path, t
     assert code != 0
     assert not (out / "noise.fcsv").exists() and not (out / "noise_confidence.csv").exists()
     assert "--strict" in (out / "summary.csv").read_text(encoding="utf-8")
+
+
+def test_adaptive_levels_keep_the_level_that_agrees_best_with_the_layout() -> None:
+    """search.adaptive_levels: the level whose estimates lie closest to the reference layout
+    stands (finer levels that scatter the landmarks are not trusted); off: the finest."""
+    from dataclasses import replace
+
+    from medrl.agents.checkpoint import load_model
+    from medrl.agents.search import _chosen_level
+
+    model = load_model(default_model_dir("landmark"), task="landmark")
+    task = LandmarkTask(model.config, {"reference_points_ras": REFERENCE.tolist()})
+    on = model.config.with_overrides(["search.adaptive_levels=true"])
+    coarse = _moved(REFERENCE) + RNG.normal(0.0, 1.0, size=(32, 3))
+    scattered = _moved(REFERENCE) + RNG.normal(0.0, 6.0, size=(32, 3))
+    adaptive = replace(model, config=on, task=task)
+    assert _chosen_level(adaptive, [coarse, scattered, scattered]) == 0
+    assert _chosen_level(adaptive, [scattered, coarse, coarse]) == 2  # the finer on a tie
+    assert _chosen_level(replace(model, task=task), [coarse, scattered, scattered]) == 2
+
+
+def test_an_adaptive_search_builds_on_the_level_it_chose(builtin_data: Path) -> None:
+    from dataclasses import replace
+
+    from medrl.agents.checkpoint import load_model
+    from medrl.agents.search import search
+    from medrl.data.builtin import MNI6_T1W
+    from medrl.io.images import read_image, resample_isotropic
+
+    model = load_model(default_model_dir("landmark"), task="landmark")
+    on = model.config.with_overrides(["search.adaptive_levels=true"])
+    scan = resample_isotropic(read_image(builtin_data / MNI6_T1W), 2.0)
+    result = search(replace(model, config=on), scan, consensus_level=-1)
+    residuals = [model.task.layout_residual(e) for e in result.level_estimates]
+    assert result.chosen_level == int(np.argmin(residuals))
+    np.testing.assert_array_equal(result.estimate, result.level_estimates[result.chosen_level])

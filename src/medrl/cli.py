@@ -46,9 +46,15 @@ def cmd_data_fetch(args: argparse.Namespace) -> int:
         folder = fetch_spm12(args.folder, cache=args.cache)
         print(folder)
         return 0
-    if args.name != "afids":
-        raise MedrlError(f"unknown built-in data set {args.name!r} (known: afids, spm12)")
+    if args.name not in ("afids", "afids4"):
+        raise MedrlError(f"unknown built-in data set {args.name!r} (known: afids, afids4, spm12)")
     folder = fetch_afids(cache=args.cache, wheel_dir=args.wheel_dir, verify=args.verify)
+    if args.name == "afids4":  # both sources, then the skull-stripped copies, once
+        from medrl.data.afids4 import afids4_datalist
+        from medrl.data.spm12 import fetch_spm12
+
+        fetch_spm12(args.folder, cache=args.cache)
+        folder = afids4_datalist(cache=args.cache)[-1].image.parent
     print(folder)
     return 0
 
@@ -168,9 +174,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     data = sub.add_parser("data", help="built-in data").add_subparsers(dest="action", required=True)
     fetch = data.add_parser("fetch", help="download and cache a built-in data set (sha256-checked)")
-    fetch.add_argument("name", choices=["afids", "spm12"])
+    fetch.add_argument("name", choices=["afids", "spm12", "afids4"])
     fetch.add_argument(
-        "--folder", help="spm12: take the files from this folder instead of downloading them"
+        "--folder",
+        help="spm12, afids4: take the SPM12 files from this folder instead of downloading them",
     )
     fetch.add_argument("--cache", help="cache folder (default $MEDRL_CACHE or ~/.cache/medrl)")
     fetch.add_argument("--wheel-dir", help="folder with the pinned wheels already downloaded")

@@ -132,6 +132,19 @@ class AugmentConfig:
     intensity_remap: float = 0.0
     """Probability that an episode's intensities pass through a random lookup table (another
     contrast: tissues swap brightness, as between T1w, T2w and PD); 0: never."""
+    local_warps: int = 0
+    """Local non-affine warps per episode: radial swellings or shrinkings, each a Gaussian
+    bump ``s (x - c) exp(-|x - c|^2 / 2 sigma^2)`` centred near a random target of the scan
+    (ventricles, horns, nuclei change size and shape between people); 0: none."""
+    local_warp_strength: float = 0.3
+    """``s`` is drawn from [-strength, strength]: the local volume changes by up to
+    (1 +/- s)^3 at the centre (0.3: 0.34x to 2.2x). Below 0.5 the warp stays invertible."""
+    local_warp_sigma_mm: tuple[float, float] = (8.0, 20.0)
+    """Range of the bump's width sigma, in mm."""
+    blur: float = 0.0
+    """Probability that an episode sees the scan one level coarser than its patches (the
+    next level's smoothed copy, sampled on the same grid): blurrier scans (thicker voxels,
+    averages of many people, older scanners) look like that; 0: never."""
     contrast: float = 0.2
     bias_field: float = 0.3
     noise_std: float = 0.03
@@ -183,6 +196,11 @@ class SearchConfig:
     levels: int = 0
     """Search only the first (coarsest) this many levels; 0: all. Chosen on validation data
     when a finer level does not improve the estimate (see BENCHMARKS.md)."""
+    adaptive_levels: bool = False
+    """Per scan, keep the estimates of the level whose landmarks agree best with the task's
+    reference layout (median residual of its robust affine fit) rather than the finest: on a
+    scan blurrier or less familiar than the training scans, finer levels can make the layout
+    less plausible, and then they are not trusted. Tasks without a layout ignore it."""
     consensus_level: int | None = None
     """After the search, search every target again from where the task's reference layout,
     fitted to all estimates by a robust affine map, puts it, from this level on (0-based);

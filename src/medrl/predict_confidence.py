@@ -42,7 +42,9 @@ def landmark_check(
     reference = np.asarray(reference_ras, dtype=np.float64)
     if reference.shape != result.estimate.shape:
         return None
-    first = result.level_estimates[-1] if result.level_estimates else result.estimate
+    first = (
+        result.level_estimates[result.chosen_level] if result.level_estimates else result.estimate
+    )
     return search_confidence(reference, first, result.estimate, result.consensus_starts)
 
 

@@ -40,7 +40,7 @@ from medrl.agents.losses import (
 )
 from medrl.agents.replay import NStepAssembler, PoseReplay, split_poses
 from medrl.config import Config, save_config
-from medrl.data.augment import AugmentParams, batch_params
+from medrl.data.augment import AugmentParams
 from medrl.data.sources import load_split
 from medrl.distributed.ddp import SINGLE, DistContext, rank_device
 from medrl.envs.kernel import SearchKernel, render_observation
@@ -212,8 +212,7 @@ class Trainer:
 
     # ---------------------------------------------------------------- learning
     def _params_for(self, scan: np.ndarray, seeds: np.ndarray) -> AugmentParams:
-        centres = np.stack([self.scans[int(s)].centre_ras for s in scan])
-        return batch_params(self.config.augment, seeds, centres, self.device)
+        return self.kernel.params_for([int(s) for s in scan], seeds)
 
     def learn(self) -> float:
         agent = self.config.agent

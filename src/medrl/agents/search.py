@@ -65,6 +65,9 @@ class SearchResult:
     steps: int
     level_estimates: list[np.ndarray]
     """The estimate (targets, D) after each level of the first search, coarse to fine."""
+    chosen_level: int = -1
+    """The level (0-based) whose estimates the result builds on: the finest searched, or the
+    one ``search.adaptive_levels`` chose."""
     consensus_starts: np.ndarray | None = None
     """(targets, D) where the task's reference layout, fitted to the first search, put every
     target: the start of the second search (None without one; NaN rows for targets the task
@@ -110,10 +113,11 @@ def _run_levels(
     level_offset: int,
     device: torch.device,
     targets: np.ndarray | None = None,
+    last_level: int | None = None,
 ) -> _Stage:
     """Greedy moves from ``starts`` (T, S, D) of the model's targets ``targets`` (T,) (default:
-    all, in order), level by level from ``first_level``; the path labels its poses with level
-    + ``level_offset``."""
+    all, in order), level by level from ``first_level`` to ``last_level`` (default: the last
+    the search uses); the path labels its poses with level + ``level_offset``."""
     config, task = model.config, model.task
     env = config.env
     num_targets, num_starts = starts.shape[:2]
@@ -129,6 +133,8 @@ def _run_levels(
     # The path is kept on the device and copied to the host once, at the end (no sync per step).
     stage = _Stage([pose.clone()], [first_level + level_offset], 0, [])
     used = env.levels[: config.search.levels] if config.search.levels > 0 else env.levels
+    if last_level is not None:
+        used = used[: last_level + 1]
     for level_index, level in enumerate(used):
         if level_index < first_level:
             continue
@@ -197,7 +203,8 @@ def search(
     starts = task.initial(scan, num_starts or config.search.num_starts, num_targets)
     num_starts = starts.shape[1]
     first = _run_levels(model, scan, starts, 0, 0, device)
-    estimate = first.level_estimates[-1]
+    chosen = _chosen_level(model, first.level_estimates)
+    estimate = first.level_estimates[chosen]
     paths, levels = first.paths, first.levels
     steps, consensus = first.steps, None
     if consensus_level is None:
@@ -219,8 +226,9 @@ def search(
         offset = len(config.env.levels)
         rows = np.flatnonzero(redo)
         second = _run_levels(
-            model, scan, consensus[rows], consensus_level, offset, device, targets=rows
-        )
+            model, scan, consensus[rows], min(consensus_level, chosen), offset, device,
+            targets=rows, last_level=chosen,
+        )  # fmt: skip
         estimate = estimate.copy()
         estimate[rows] = task.consensus_merge(consensus[rows, 0], second.level_estimates[-1])
         final = paths[-1].reshape(num_targets, num_starts, -1)
@@ -249,5 +257,19 @@ def search(
         per_target_levels,
         steps,
         first.level_estimates,
+        chosen,
         consensus,
     )
+
+
+def _chosen_level(model: Model, level_estimates: list[np.ndarray]) -> int:
+    """The finest level, or with ``search.adaptive_levels`` the level whose estimates lie
+    closest to the task's reference layout (the finer one on a tie)."""
+    last = len(level_estimates) - 1
+    if not model.config.search.adaptive_levels:
+        return last
+    residuals = [model.task.layout_residual(e) for e in level_estimates]
+    if any(r is None for r in residuals):
+        return last
+    ranked = [(float(r), -level) for level, r in enumerate(residuals)]  # type: ignore[arg-type]
+    return -min(ranked)[1]

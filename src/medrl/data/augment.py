@@ -6,14 +6,18 @@ Nothing is resampled up front. An episode's augmented image is defined pointwise
 
 where ``x`` is a point of the augmented world (RAS mm), ``M`` combines a rotation and
 (an)isotropic scaling about the image centre ``c``, ``t`` is a translation and ``d`` a smooth
-elastic displacement: a sum of a few random sinusoidal modes (infinitely differentiable, with
-a gradient small enough for ``T`` to stay invertible). ``g`` applies, with probability
+displacement: a sum of a few random sinusoidal modes (global, smooth shape change) plus, with
+``local_warps``, a few local radial bumps ``s (x - b) exp(-|x - b|^2 / 2 sigma^2)`` centred
+near targets of the scan (structures such as the ventricles swell or shrink locally between
+people). Both are infinitely differentiable with a gradient small enough for ``T`` to stay
+invertible. ``g`` applies, with probability
 ``intensity_remap``, a random lookup table (a piecewise-linear map of the normalised intensity,
 0 kept at 0 so air stays dark, knots at 0.2 ... 1 drawn uniformly in [0, 1]: tissues change
 their order of brightness, as between T1w, T2w and PD contrasts), then gamma, contrast, a
-smooth multiplicative bias field and noise. Patches are rendered by pushing their sample points
-through ``T``, so an augmented episode costs no more than a plain one, and a transition in the
-replay is re-rendered from the episode's seed alone.
+smooth multiplicative bias field and noise. With probability ``blur`` an episode sees the
+scan one level coarser (smoother) than its patches' spacing. Patches are rendered by pushing
+their sample points through ``T``, so an augmented episode costs no more than a plain one, and
+a transition in the replay is re-rendered from the episode's seed alone.
 
 A landmark ``l`` of the original image lies at ``T^{-1}(l)`` in the augmented image;
 :func:`inverse_transform_points` solves ``T(y) = l`` by fixed-point iteration to well below
@@ -52,6 +56,10 @@ class AugmentParams:
     noise_std: torch.Tensor  # (N,)
     remap: torch.Tensor  # (N,) 1: the lookup table applies, 0: it does not
     lut: torch.Tensor  # (N, LUT_KNOTS) output values at the knots
+    bump_centre_ras: torch.Tensor  # (N, L, 3) local warp centres, augmented world
+    bump_sigma_mm: torch.Tensor  # (N, L)
+    bump_strength: torch.Tensor  # (N, L) s; 0: no local warp
+    blur: torch.Tensor  # (N,) 1: patches come from the next coarser level's copy of the scan
 
     def __len__(self) -> int:
         return int(self.matrix.shape[0])
@@ -84,10 +92,50 @@ def _random_modes(
     return directions * (2 * np.pi / wavelengths), rng.uniform(0, 2 * np.pi, size=count)
 
 
-def sample_params(
-    config: AugmentConfig, seed: int, centre_ras: np.ndarray
+def _bumps(
+    config: AugmentConfig,
+    rng: np.random.Generator,
+    on: float,
+    matrix: np.ndarray,
+    centre_ras: np.ndarray,
+    translation_mm: np.ndarray,
+    anchors_ras: np.ndarray | None,
 ) -> dict[str, np.ndarray]:
-    """Draw one episode's parameters from ``seed`` (identity when augmentation is disabled)."""
+    """Local warps: centres near random anchors (targets of the original image), placed in
+    the augmented world through the inverse of the affine part so that they sit on the
+    anchors' anatomy; without anchors, uniformly within 40 mm of the image centre."""
+    count = max(config.local_warps, 1)
+    active = on * (config.local_warps > 0)
+    anchors = None if anchors_ras is None else np.asarray(anchors_ras, dtype=np.float64)
+    if anchors is not None:
+        anchors = anchors[np.isfinite(anchors).all(axis=1)]
+    if anchors is not None and len(anchors):
+        picked = anchors[rng.integers(len(anchors), size=count)]
+        picked = picked + rng.normal(0.0, 4.0, size=(count, 3))
+    else:
+        picked = centre_ras + rng.uniform(-40.0, 40.0, size=(count, 3))
+    inverse = np.linalg.inv(matrix)
+    centres = (picked - centre_ras - translation_mm) @ inverse.T + centre_ras
+    low, high = config.local_warp_sigma_mm
+    return {
+        "bump_centre_ras": centres,
+        "bump_sigma_mm": rng.uniform(low, high, size=count),
+        "bump_strength": active
+        * rng.uniform(-config.local_warp_strength, config.local_warp_strength, size=count),
+    }
+
+
+def sample_params(
+    config: AugmentConfig,
+    seed: int,
+    centre_ras: np.ndarray,
+    anchors_ras: np.ndarray | None = None,
+) -> dict[str, np.ndarray]:
+    """Draw one episode's parameters from ``seed`` (identity when augmentation is disabled).
+
+    ``anchors_ras`` (K, 3), the targets of the scan in its own world (NaN rows ignored), are
+    where local warps centre; they change nothing else.
+    """
     rng = np.random.default_rng(seed)
     k = max(config.elastic_modes, 1)
     on = 1.0 if config.enabled else 0.0
@@ -96,10 +144,13 @@ def sample_params(
     aniso = 1 + on * rng.uniform(-config.anisotropic_scale, config.anisotropic_scale, size=3)
     elastic_freq, elastic_phase = _random_modes(rng, k, config.elastic_wavelength_mm)
     bias_freq, bias_phase = _random_modes(rng, _NUM_BIAS_MODES, (150.0, 400.0))
-    return {
-        "matrix": rotation @ np.diag(iso * aniso),
-        "centre_ras": np.asarray(centre_ras, dtype=np.float64),
-        "translation_mm": on * rng.uniform(-config.translation_mm, config.translation_mm, 3),
+    matrix = rotation @ np.diag(iso * aniso)
+    centre = np.asarray(centre_ras, dtype=np.float64)
+    translation = on * rng.uniform(-config.translation_mm, config.translation_mm, 3)
+    params = {
+        "matrix": matrix,
+        "centre_ras": centre,
+        "translation_mm": translation,
         "elastic_freq": elastic_freq,
         "elastic_phase": elastic_phase,
         "elastic_amp_mm": on * rng.normal(0, config.elastic_mm / np.sqrt(k), size=(3, k)),
@@ -113,6 +164,10 @@ def sample_params(
         "remap": np.float64(on * (rng.uniform() < config.intensity_remap)),
         "lut": np.concatenate([[0.0], rng.uniform(0.0, 1.0, LUT_KNOTS - 1)]),
     }
+    # drawn after everything else, so that the earlier parameters do not depend on them
+    params.update(_bumps(config, rng, on, matrix, centre, translation, anchors_ras))
+    params["blur"] = np.float64(on * (rng.uniform() < config.blur))
+    return params
 
 
 def stack_params(
@@ -134,18 +189,43 @@ def batch_params(
     seeds: np.ndarray,
     centres_ras: np.ndarray,
     device: torch.device | str = "cpu",
+    anchors_ras: list[np.ndarray] | None = None,
 ) -> AugmentParams:
+    """Parameters of a batch of episodes: one seed, scan centre and (optionally) anchor set
+    (see :func:`sample_params`) each."""
+    anchors: list[np.ndarray | None] = (
+        [None] * len(seeds) if anchors_ras is None else list(anchors_ras)
+    )
     return stack_params(
-        [sample_params(config, int(s), c) for s, c in zip(seeds, centres_ras, strict=True)],
+        [
+            sample_params(config, int(s), c, a)
+            for s, c, a in zip(seeds, centres_ras, anchors, strict=True)
+        ],
         device,
     )
 
 
+def _bump_displacement(params: AugmentParams, points_ras: torch.Tensor) -> torch.Tensor:
+    """Local warps' displacement (N, M, 3) at points (N, M, 3)."""
+    rel = points_ras[:, :, None, :] - params.bump_centre_ras[:, None, :, :]  # (N, M, L, 3)
+    sigma = params.bump_sigma_mm[:, None, :]
+    weight = torch.exp(-(rel * rel).sum(-1) / (2 * sigma * sigma))
+    weight = weight * params.bump_strength[:, None, :]
+    return (rel * weight[..., None]).sum(2)
+
+
+def _has_bumps(params: AugmentParams) -> bool:
+    return bool((params.bump_strength != 0).any())
+
+
 def _elastic(params: AugmentParams, points_ras: torch.Tensor) -> torch.Tensor:
-    """Elastic displacement (N, M, 3) at points (N, M, 3)."""
+    """Non-affine displacement (N, M, 3) at points (N, M, 3): sinusoids plus local warps."""
     angles = torch.bmm(points_ras, params.elastic_freq.transpose(1, 2))
     waves = torch.sin(angles + params.elastic_phase[:, None, :])
-    return torch.bmm(waves, params.elastic_amp_mm.transpose(1, 2))
+    out = torch.bmm(waves, params.elastic_amp_mm.transpose(1, 2))
+    if _has_bumps(params):
+        out = out + _bump_displacement(params, points_ras)
+    return out
 
 
 def _affine(params: AugmentParams, points_ras: torch.Tensor) -> torch.Tensor:
@@ -231,7 +311,19 @@ def transform_grid(
         + along[0][:, None, None, :, :]
     ).reshape(n, p**3, 3)
     waves = grid_sinusoids(params.elastic_freq, params.elastic_phase, centre_ras, offsets_mm, axes)
-    return affine + torch.bmm(params.elastic_amp_mm, waves).transpose(1, 2)
+    out = affine + torch.bmm(params.elastic_amp_mm, waves).transpose(1, 2)
+    if _has_bumps(params):
+        unit = torch.eye(3, dtype=offsets_mm.dtype, device=offsets_mm.device).expand(n, 3, 3)
+        grid_axes = unit if axes is None else axes.to(offsets_mm.dtype)
+        steps = [offsets_mm[:, c, :, None] * grid_axes[:, None, c, :] for c in range(3)]
+        points = (
+            centre_ras[:, None, None, None, :]
+            + steps[2][:, :, None, None, :]
+            + steps[1][:, None, :, None, :]
+            + steps[0][:, None, None, :, :]
+        ).reshape(n, p**3, 3)
+        out = out + _bump_displacement(params, points)
+    return out
 
 
 def grid_log_bias(

@@ -14,15 +14,24 @@ BUILTIN_PREFIX = "builtin:"
 
 def resolve_datalist(source: str) -> list[CaseSpec]:
     """Case specs of a datalist file or a built-in data set (``builtin:afids``,
-    ``builtin:spm12``)."""
+    ``builtin:spm12``, ``builtin:afids4`` or ``builtin:afids4/TEMPLATE``: four brains,
+    one left out for testing)."""
     if source.startswith(BUILTIN_PREFIX):
         name = source[len(BUILTIN_PREFIX) :]
         if name == "spm12":
             from medrl.data.spm12 import spm12_datalist
 
             return spm12_datalist()
+        if name == "afids4" or name.startswith("afids4/"):
+            from medrl.data.afids4 import afids4_datalist
+
+            return afids4_datalist(name.partition("/")[2] or None)
         if name != "afids":
-            raise InputError(f"unknown built-in data set {name!r} (known: afids, spm12)", source)
+            raise InputError(
+                f"unknown built-in data set {name!r} (known: afids, afids4, afids4/TEMPLATE, "
+                "spm12)",
+                source,
+            )
         from medrl.data.builtin import afids_datalist
 
         return afids_datalist()

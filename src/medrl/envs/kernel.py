@@ -121,6 +121,11 @@ class SearchKernel:
         self.num_targets = len(table.names)
         self.num_levels = len(env_config.levels)
         self.available = [table.available(s) for s in range(len(scans))]
+        # where local warps of the augmentation centre: each scan's targets
+        self.anchors_ras = [
+            task.anchor(torch.as_tensor(poses, dtype=torch.float64)).numpy()
+            for poses in table.poses
+        ]
         self.max_steps = torch.tensor([lv.max_steps for lv in env_config.levels])
         weights = np.asarray(env_config.level_weights or [1.0] * self.num_levels, dtype=float)
         if weights.shape != (self.num_levels,) or (weights < 0).any() or weights.sum() <= 0:
@@ -141,6 +146,13 @@ class SearchKernel:
             augment_config, np.zeros(n, np.int64), np.zeros((n, 3)), self.device
         )
         self.seed([seed + i for i in range(n)])
+
+    def params_for(self, scans: list[int], seeds: list[int] | np.ndarray) -> AugmentParams:
+        """Augmentation parameters of episodes on these scans with these seeds (replayed
+        transitions get the very same from their scan and episode seed)."""
+        centres = np.stack([self.scans[s].centre_ras for s in scans])
+        anchors = [self.anchors_ras[s] for s in scans]
+        return batch_params(self.augment, np.asarray(seeds), centres, self.device, anchors)
 
     # ------------------------------------------------------------------ state
     def seed(self, seeds: list[int]) -> None:
@@ -205,8 +217,7 @@ class SearchKernel:
             targets.append(target)
             levels.append(level)
             seeds.append(int(rng.integers(2**62)))
-        centres = np.stack([self.scans[s].centre_ras for s in scans])
-        params = batch_params(self.augment, np.array(seeds), centres, self.device)
+        params = self.params_for(scans, seeds)
         goals = self.task.goals(self.table, scans, targets, params)
         offsets_t = torch.as_tensor(np.stack(offsets), dtype=torch.float32, device=self.device)
         starts = self.task.displace(goals, offsets_t)

@@ -74,7 +74,9 @@ def render_patches(
     num_levels = len(scans[0].levels)
     source_points = transform_grid(params, position_ras, offsets_mm, axes)
     values = torch.zeros((n, patch_size**3), dtype=torch.float32, device=device)
-    keys = scan_index * num_levels + level
+    # a blurred episode samples the next coarser level's smoothed copy on the same grid
+    source_level = torch.clamp(level + params.blur.to(level.dtype), max=num_levels - 1)
+    keys = scan_index * num_levels + source_level
     for key in torch.unique(keys).tolist():
         rows = torch.nonzero(keys == key, as_tuple=True)[0]
         image = scans[key // num_levels].levels[key % num_levels]

@@ -220,6 +220,12 @@ class Task:
         None when the task has no reference layout or the estimates do not determine one."""
         return None
 
+    def layout_residual(self, estimate: np.ndarray) -> float | None:
+        """How far estimates (T, D) lie from the task's reference layout fitted to them (median,
+        mm): the label-free plausibility that ``search.adaptive_levels`` compares between
+        levels. None when the task has no reference layout (the default)."""
+        return None
+
     def consensus_merge(self, starts: np.ndarray, second: np.ndarray) -> np.ndarray:
         """(R, D) the estimates of the targets searched again, from their second-search starts
         (R, D) and where that search ended (R, D) (default: where it ended)."""

@@ -169,6 +169,12 @@ class LandmarkTask(Task):
         starts = np.where(check.outliers[:, None], check.expected_ras, np.nan)
         return starts[:, None, :]
 
+    def layout_residual(self, estimate: np.ndarray) -> float | None:
+        if self.reference_points_ras.shape != estimate.shape:
+            return None
+        residual = check_layout(self.reference_points_ras, estimate).residual_mm
+        return float(np.nanmedian(residual)) if np.isfinite(residual).any() else None
+
     def consensus_merge(self, starts: np.ndarray, second: np.ndarray) -> np.ndarray:
         """A second search that walks away from where the other landmarks put the landmark
         (further than :data:`medrl.confidence.OUTLIER_MM`) went back to the first search's
