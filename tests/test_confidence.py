@@ -134,7 +134,8 @@ def test_adaptive_levels_keep_the_level_that_agrees_best_with_the_layout() -> No
     adaptive = replace(model, config=on, task=task)
     assert _chosen_level(adaptive, [coarse, scattered, scattered]) == 0
     assert _chosen_level(adaptive, [scattered, coarse, coarse]) == 2  # the finer on a tie
-    assert _chosen_level(replace(model, task=task), [coarse, scattered, scattered]) == 2
+    off = model.config.with_overrides(["search.adaptive_levels=false"])
+    assert _chosen_level(replace(model, config=off, task=task), [coarse, scattered, scattered]) == 2
 
 
 def test_an_adaptive_search_builds_on_the_level_it_chose(builtin_data: Path) -> None:
