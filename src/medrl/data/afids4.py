@@ -19,6 +19,7 @@ Credit the AFIDs project, templateflow/nimare and SPM12 as their modules say.
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 import numpy as np
@@ -69,7 +70,8 @@ def brain_mask(
     between the image's 32 AFIDs (``landmarks_ras``, in the built-in order) and its own.
 
     The reference mask is closed (3 voxels) and its holes filled first: it leaves out parts of
-    the ventricles and cisterns, which skull stripping keeps."""
+    the ventricles and cisterns, which skull stripping keeps (once per process: the same
+    reference serves every image)."""
     mask = _reference_mask(cache)
     reference = read_landmarks(afids_landmarks_path(_MASK_TEMPLATE)).points_ras
     to_reference = _affine_lstsq(np.asarray(landmarks_ras, dtype=np.float64), reference)
@@ -87,6 +89,7 @@ def brain_mask(
     return out
 
 
+@functools.lru_cache(maxsize=1)
 def _reference_mask(cache: str | Path | None) -> Volume:
     mask = read_image(afids_file(MNI6_BRAIN_MASK, cache))
     solid = binary_fill_holes(binary_closing(mask.array > 0.5, iterations=3))

@@ -12,8 +12,7 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import matplotlib
 
@@ -79,8 +78,7 @@ def plane_figure(
     return png_bytes(figure, dpi)
 
 
-@dataclass
-class ScanRecord:
+class ScanRecord(NamedTuple):
     """One evaluated scan of the plane family, read from its case record."""
 
     case: str
@@ -110,15 +108,7 @@ def read_scan_record(record: dict[str, Any], cache: dict) -> ScanRecord:
 
 
 def _scan_section(record: dict[str, Any], cache: dict, dpi: int) -> str:
-    read = read_scan_record(record, cache)
-    case, names, truth, predictions, parts, scan = (
-        read.case,
-        read.names,
-        read.truth,
-        read.predictions,
-        read.parts,
-        read.scan,
-    )
+    case, names, truth, predictions, parts, scan = read_scan_record(record, cache)
     cells = []
     for row, name in enumerate(names):
         facts = ", ".join(

@@ -54,15 +54,7 @@ def chosen_slice_figure(
 
 
 def _scan_section(record: dict[str, Any], cache: dict, dpi: int) -> str:
-    read = read_scan_record(record, cache)
-    case, names, truth, predictions, parts, scan = (
-        read.case,
-        read.names,
-        read.truth,
-        read.predictions,
-        read.parts,
-        read.scan,
-    )
+    case, names, truth, predictions, parts, scan = read_scan_record(record, cache)
     descriptions = list(record.get("descriptions", [])) + [""] * len(names)
     cells = []
     for row, name in enumerate(names):
