@@ -83,6 +83,10 @@ class TaskConfig:
     spacing through the slab is the level's)."""
     plane_context: float = 2.0
     """Plane task: a second slab this many times wider and thicker (0: none)."""
+    plane_symmetry: bool = False
+    """Plane task: after the search, move the MSP to the nearby plane across which the scan is
+    most mirror-symmetric (:mod:`medrl.geometry.symmetry`); the AC-PC plane is then made
+    perpendicular to it again."""
     slice_axis: int = -1
     """Slice task: the voxel axis (0, 1, 2) whose slices the agent moves through; -1: the one
     closest to superior-inferior (the slab settings are the plane task's)."""
@@ -143,8 +147,9 @@ class AugmentConfig:
     """Range of the bump's width sigma, in mm."""
     blur: float = 0.0
     """Probability that an episode sees the scan one level coarser than its patches (the
-    next level's smoothed copy, sampled on the same grid): blurrier scans (thicker voxels,
-    averages of many people, older scanners) look like that; 0: never."""
+    smoothed copy of the level with the next larger spacing, sampled on the patches' grid;
+    the coarsest level has none): blurrier scans (thicker voxels, averages of many people,
+    older scanners) look like that; 0: never."""
     contrast: float = 0.2
     bias_field: float = 0.3
     noise_std: float = 0.03

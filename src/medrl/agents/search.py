@@ -239,6 +239,7 @@ def search(
             paths = [*paths, full.reshape(num_targets * num_starts, -1)]
         levels = levels + second.levels
         steps += second.steps
+    estimate = task.refine(scan, estimate, model.names)
     if consensus is not None:
         consensus = np.where(redo[:, None], consensus[:, 0], np.nan)
     n = num_targets * num_starts

@@ -214,6 +214,11 @@ class Task:
         ``names`` (default: unchanged). Applied to every level's estimate of a search."""
         return estimate
 
+    def refine(self, scan: ScanPyramid, estimate: np.ndarray, names: Sequence[str]) -> np.ndarray:
+        """(T, D) the search's final estimates of the targets named ``names`` refined from the
+        image itself, without the network (default: unchanged)."""
+        return estimate
+
     def consensus_starts(self, estimate: np.ndarray) -> np.ndarray | None:
         """(T, 1, D) where the targets' reference layout, fitted to the estimates (T, D) of a
         search, puts every target: the starts of a second search (``search.consensus_level``).

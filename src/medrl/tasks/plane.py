@@ -41,6 +41,7 @@ from medrl.geometry.planes import (
     plane_distance_mm,
     planes_from_afids,
 )
+from medrl.geometry.symmetry import find_symmetry_plane
 from medrl.tasks.base import TargetTable, Task
 
 PLANE_ACTIONS = ("tilt+u", "tilt-u", "tilt+v", "tilt-v", "+n", "-n")
@@ -288,6 +289,21 @@ class PlaneTask(Task):
         axis = out[acpc, 6:9] - (out[acpc, 6:9] @ out[acpc, 3:6]) * out[acpc, 3:6]
         out[acpc, 6:9] = axis / np.linalg.norm(axis)
         return out
+
+    def refine(self, scan: ScanPyramid, estimate: np.ndarray, names: Sequence[str]) -> np.ndarray:
+        """With ``task.plane_symmetry``: the MSP moved to the nearby plane of best mirror
+        symmetry (:func:`medrl.geometry.symmetry.find_symmetry_plane`, on the levels nearest
+        4 and 2 mm), then the AC-PC plane made perpendicular to it again."""
+        names = list(names)
+        if not self.config.task.plane_symmetry or "MSP" not in names:
+            return estimate
+        spacings = np.array([lv.spacing_mm for lv in self.config.env.levels])
+        coarse = scan.levels[int(np.argmin(np.abs(spacings - 4.0)))]
+        fine = scan.levels[int(np.argmin(np.abs(spacings - 2.0)))]
+        out = estimate.copy()
+        msp = names.index("MSP")
+        out[msp] = find_symmetry_plane(coarse, fine, estimate[msp]).pose
+        return self.finalize(out, names)
 
     def settle(self, recent: torch.Tensor) -> torch.Tensor:
         return orthonormal(torch.nanmean(recent[:, -4:], dim=1))
