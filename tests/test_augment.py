@@ -313,11 +313,16 @@ def test_patch_grids_with_local_warps_equal_the_pointwise_transform() -> None:
         assert float((fast - transform_grid(still, centres, offsets, axes)).abs().max()) > 0.5
 
 
-def test_a_blurred_episode_sees_the_next_coarser_level_on_its_own_grid() -> None:
-    """blur: level 0 patches of a blurred episode are the level 1 copy sampled on level 0's
-    grid (smoother: less variation between neighbours); the coarsest level stays itself."""
+@pytest.mark.parametrize("spacings_mm", [[2.0, 4.0], [4.0, 2.0]])
+def test_a_blurred_episode_sees_the_next_coarser_level_on_its_own_grid(
+    spacings_mm: list[float],
+) -> None:
+    """blur: 2 mm patches of a blurred episode are the 4 mm copy sampled on the 2 mm grid
+    (smoother: less variation between neighbours), whichever order the levels are listed in
+    (presets list them coarse first); the coarsest level stays itself."""
     volume, centres = blob_volume(noise=1.0)
-    scan = build_pyramid(volume, [2.0, 4.0])
+    scan = build_pyramid(volume, spacings_mm)
+    fine_level, coarse_level = (0, 1) if spacings_mm[0] < spacings_mm[1] else (1, 0)
     count = 40
     plain = dataclasses.replace(SPATIAL_ONLY, rotation_deg=0.0, translation_mm=0.0, scale=0.0,
                                 anisotropic_scale=0.0, elastic_mm=0.0)  # fmt: skip
@@ -328,14 +333,15 @@ def test_a_blurred_episode_sees_the_next_coarser_level_on_its_own_grid() -> None
     still = batch_params(plain, np.arange(count), np.tile(scan.centre_ras, (count, 1)))
     position = torch.as_tensor(np.tile(centres[:1], (count, 1)), dtype=torch.float32)
     offsets = cube_offsets(torch.full((count,), 2.0), 9)
-    zero, one = torch.zeros(count, dtype=torch.long), torch.ones(count, dtype=torch.long)
+    zero = torch.zeros(count, dtype=torch.long)
+    fine, coarse_t = torch.full_like(zero, fine_level), torch.full_like(zero, coarse_level)
     scans = [scan]
 
     def render(level: torch.Tensor, p) -> torch.Tensor:  # type: ignore[no-untyped-def]
         return render_patches(scans, zero, level, position, p, offsets)
 
-    got, sharp, coarse = render(zero, params), render(zero, still), render(one, still)
+    got, sharp, coarse = render(fine, params), render(fine, still), render(coarse_t, still)
     torch.testing.assert_close(got[blurred], coarse[blurred])
     torch.testing.assert_close(got[~blurred], sharp[~blurred])
     assert float(coarse[0].diff(dim=-1).abs().mean()) < float(sharp[0].diff(dim=-1).abs().mean())
-    torch.testing.assert_close(render(one, params), coarse)  # nothing coarser than the last
+    torch.testing.assert_close(render(coarse_t, params), coarse)  # nothing coarser

@@ -42,6 +42,25 @@ class ScanPyramid:
         return inside.all(dim=-1)
 
 
+def level_spacings_mm(scan: ScanPyramid) -> list[float]:
+    """The sample spacing of each level of ``scan`` (mm, from its world-to-index map)."""
+    return [
+        float(1.0 / torch.linalg.norm(level.ras_to_index[:3, :3].double(), dim=1).mean())
+        for level in scan.levels
+    ]
+
+
+def coarser_levels(scan: ScanPyramid) -> list[int]:
+    """For each level of ``scan``, the level with the next larger spacing (itself for the
+    coarsest), whatever order the levels are listed in."""
+    spacings = level_spacings_mm(scan)
+    out = []
+    for index, spacing in enumerate(spacings):
+        larger = [(s, i) for i, s in enumerate(spacings) if s > spacing * 1.001]
+        out.append(min(larger)[1] if larger else index)
+    return out
+
+
 def normalise_intensity(array: np.ndarray) -> np.ndarray:
     """Map the 1st..99th percentile of the scan to 0..1 (robust to outliers and background)."""
     low, high = np.percentile(array, [1.0, 99.0])

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from medrl.data.augment import AugmentParams, apply_intensity, grid_log_bias, transform_grid
-from medrl.envs.pyramid import ScanPyramid
+from medrl.envs.pyramid import ScanPyramid, coarser_levels
 
 
 def patch_offsets(patch_size: int, device: torch.device | str = "cpu") -> torch.Tensor:
@@ -75,7 +75,10 @@ def render_patches(
     source_points = transform_grid(params, position_ras, offsets_mm, axes)
     values = torch.zeros((n, patch_size**3), dtype=torch.float32, device=device)
     # a blurred episode samples the next coarser level's smoothed copy on the same grid
-    source_level = torch.clamp(level + params.blur.to(level.dtype), max=num_levels - 1)
+    source_level = level
+    if bool((params.blur > 0).any()):
+        coarser = torch.as_tensor(coarser_levels(scans[0]), device=level.device)
+        source_level = torch.where(params.blur.to(level.device) > 0, coarser[level], level)
     keys = scan_index * num_levels + source_level
     for key in torch.unique(keys).tolist():
         rows = torch.nonzero(keys == key, as_tuple=True)[0]
