@@ -6,13 +6,17 @@ and without skull), moved by ``--trials`` random rigid transforms (up to 15 degr
 20 mm, seeds 1000...; scenario ``rigid15``) and, in ``warp15``, warped first by a smooth 3 mm
 non-affine field. Beside it, on the same scans: the affine registration baseline (the AFIDs
 of MNI152NLin2009cAsym T1w, a training template of every fold, carried by SimpleITK affine
-registration) and every ``--also NAME=MODEL_DIR`` (e.g. the model shipped before, trained on
-MNI152NLin2009cAsym alone: ``--also shipped=default``). Every row shows the mean, median and
-max error, the landmarks above 10 mm and the seconds per scan. Writes ``loto.json`` (all rows,
-the per-landmark means too) into ``--out``, and the ``medrl evaluate`` folders below it.
+registration), every ``--also NAME=MODEL_DIR`` (e.g. the model shipped before, trained on
+MNI152NLin2009cAsym alone: ``--also shipped=default``) and, with ``--supervised
+TEMPLATE=DETECTOR_DIR``, the supervised heatmap detector trained on the same fold
+(``medrl train-heatmap --config afids4 --set train.datalist=builtin:afids4/TEMPLATE``).
+Every row shows the mean, median and max error, the landmarks above 10 mm and the seconds per
+scan. Writes ``loto.json`` (all rows, the per-landmark means too) into ``--out``, and the
+``medrl evaluate`` folders below it.
 
 PYTHONPATH=. python -m benchmarks.bench_loto --fold MNI305=runs/loto/f_305/model \\
-    --also shipped=default [--trials 5] [--scenarios rigid15,warp15] [--out /tmp/bench_loto] \\
+    --also shipped=default [--supervised MNI305=runs/heatmap_305/model] [--trials 5] \\
+    [--scenarios rigid15,warp15] [--out /tmp/bench_loto] \\
     [--set search.adaptive_levels=true]
 """
 
@@ -32,6 +36,7 @@ from medrl.agents.checkpoint import load_model
 from medrl.data.sources import load_split
 from medrl.evaluation import evaluate
 from medrl.models import default_model_dir
+from medrl.supervised.detector import load_detector
 
 ATLAS_CASE = "MNI152NLin2009cAsym_T1w"
 
@@ -56,6 +61,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--fold", action="append", default=[], help="TEMPLATE=MODEL_DIR")
     parser.add_argument("--also", action="append", default=[], help="NAME=MODEL_DIR")
+    parser.add_argument("--supervised", action="append", default=[], help="TEMPLATE=DETECTOR_DIR")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--trials", type=int, default=5)
     parser.add_argument("--scenarios", default="rigid15,warp15")
@@ -67,6 +73,7 @@ def main() -> None:
     out = Path(args.out)
     atlas = next(c for c in load_split("builtin:afids4", "train") if c.case_id == ATLAS_CASE)
     rows: list[dict] = []
+    detectors = {t: load_detector(path) for t, path in _named(args.supervised)}
     print("| left out | scenario | method | mean mm | median mm | max mm | > 10 mm | s/scan |")
     print("|---|---|---|---:|---:|---:|---:|---:|")
     for template, fold_dir in _named(args.fold):
@@ -81,6 +88,7 @@ def main() -> None:
                         out / template / scenario / method,
                         rigid_trials=args.trials, max_rotation_deg=settings["max_rotation_deg"],
                         elastic_mm=settings["elastic_mm"], progress=False,
+                        supervised=detectors.get(template) if index == 0 else None,
                     )  # fmt: skip
                 for row in tables["overall"]:
                     if row["method"] != "agent" and index > 0:

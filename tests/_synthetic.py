@@ -227,3 +227,31 @@ def cuboid_volume(
     geometry = (empty.spacing_mm, empty.origin_lps, empty.direction_lps)
     image = Volume(array.astype(np.float32), *geometry, "cuboids")
     return image, Volume(labels, *geometry, "cuboid labels")
+
+
+def write_blob_datalist(folder: Path) -> dict[str, Path]:
+    """Train and test blob scans (NIfTI; the test scan the same anatomy shifted by a few mm,
+    other noise) with .fcsv landmarks and a JSON datalist ``datalist.json`` in ``folder``."""
+    import json
+
+    from medrl.io.images import write_image
+    from medrl.io.landmarks import Landmarks, write_landmarks
+
+    train_volume, train_blobs = blob_volume(seed=0)
+    test_blobs = train_blobs + np.array([3.0, -2.0, 2.5])
+    test_volume, _ = blob_volume(blobs_ras=test_blobs, seed=1)
+    paths = {}
+    for name, volume, blobs in (
+        ("train", train_volume, train_blobs),
+        ("test", test_volume, test_blobs),
+    ):
+        write_image(volume, folder / f"{name}.nii.gz")
+        write_landmarks(Landmarks(BLOB_NAMES, blobs, ("a", "b", "c")), folder / f"{name}.fcsv")
+        paths[name] = folder / f"{name}.nii.gz"
+    cases = [
+        {"id": name, "image": f"{name}.nii.gz", "landmarks": f"{name}.fcsv", "split": name}
+        for name in ("train", "test")
+    ]
+    (folder / "datalist.json").write_text(json.dumps({"cases": cases}))
+    paths["datalist"] = folder / "datalist.json"
+    return paths

@@ -17,7 +17,7 @@ import torch
 import yaml
 
 import medrl
-from _synthetic import BLOB_NAMES, blob_volume, write_untrained_model
+from _synthetic import BLOB_NAMES, blob_volume, write_blob_datalist, write_untrained_model
 from medrl.agents.checkpoint import load_model
 from medrl.agents.dqn import STATE_FILE
 from medrl.agents.search import search
@@ -25,7 +25,7 @@ from medrl.cli import main
 from medrl.errors import InputError
 from medrl.evaluation import deform_case, move_case, random_rigid
 from medrl.io.images import Volume, read_image, write_image
-from medrl.io.landmarks import Landmarks, read_landmarks, write_landmarks
+from medrl.io.landmarks import Landmarks, read_landmarks
 from medrl.utils.folder_lock import LOCK_NAME
 from test_folder_lock import SRC, hold_lock
 
@@ -38,27 +38,7 @@ SMOKE = Path(medrl.__file__).parent / "configs" / "smoke.yaml"
 @pytest.fixture(scope="module")
 def data(tmp_path_factory) -> dict[str, Path]:
     """Train and test scans (NIfTI) with .fcsv landmarks and a JSON datalist."""
-    folder = tmp_path_factory.mktemp("data")
-    train_volume, train_blobs = blob_volume(seed=0)
-    # The test scan: the same anatomy, shifted by a few mm, other noise.
-    test_blobs = train_blobs + np.array([3.0, -2.0, 2.5])
-    test_volume, _ = blob_volume(blobs_ras=test_blobs, seed=1)
-    paths = {}
-    for name, volume, blobs in (
-        ("train", train_volume, train_blobs),
-        ("test", test_volume, test_blobs),
-    ):
-        write_image(volume, folder / f"{name}.nii.gz")
-        write_landmarks(Landmarks(BLOB_NAMES, blobs, ("a", "b", "c")), folder / f"{name}.fcsv")
-        paths[name] = folder / f"{name}.nii.gz"
-    datalist = folder / "datalist.json"
-    cases = [
-        {"id": name, "image": f"{name}.nii.gz", "landmarks": f"{name}.fcsv", "split": name}
-        for name in ("train", "test")
-    ]
-    datalist.write_text(json.dumps({"cases": cases}))
-    paths["datalist"] = datalist
-    return paths
+    return write_blob_datalist(tmp_path_factory.mktemp("data"))
 
 
 @pytest.fixture(scope="module")

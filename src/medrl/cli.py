@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import shlex
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 from medrl.errors import InputError, MedrlError
@@ -72,6 +73,27 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_train_heatmap(args: argparse.Namespace) -> int:
+    from medrl.config import load_config
+    from medrl.supervised.training import DetectorTrainer, TrainSettings
+    from medrl.utils.folder_lock import folder_lock
+
+    if args.minutes <= 0 or (args.steps is not None and args.steps < 1):
+        raise InputError("--minutes must be positive and --steps at least 1")
+    config = load_config(_config_path(args.config), args.set)
+    settings = TrainSettings(minutes=args.minutes)
+    if args.steps is not None:
+        settings = replace(settings, max_steps=args.steps)
+    if config.train.threads > 0:
+        import torch
+
+        torch.set_num_threads(config.train.threads)
+    with folder_lock(args.run_dir, "run folder", "medrl " + shlex.join(args.argv)):
+        DetectorTrainer(config, args.run_dir, settings).run(progress=not args.quiet)
+    print(f"{args.run_dir}/model")
+    return 0
+
+
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from medrl.agents.checkpoint import load_model
     from medrl.data.sources import load_split
@@ -103,6 +125,13 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
             f"{atlas_source!r} ({exc}); pass --atlas DATALIST, a datalist whose first 'train' "
             "case is the atlas"
         ) from exc
+    extra = {}
+    if args.supervised:
+        from medrl.supervised.detector import load_detector
+
+        if model.kind != "landmark":
+            raise InputError("--supervised compares a landmark detector: it needs a landmark model")
+        extra["supervised"] = load_detector(args.supervised, args.device)
     runs = {"box": evaluate_boxes, "plane": evaluate_planes, "slice": evaluate_slices}
     printers = {"box": print_box_tables, "plane": print_plane_tables, "slice": print_slice_tables}
     run = runs.get(model.kind, evaluate)
@@ -120,6 +149,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
             device=args.device,
             num_starts=args.starts,
             elastic_mm=args.elastic_mm,
+            **extra,
         )
     printers.get(model.kind, print_tables)(tables)
     print(f"\ntables written to {args.out}", file=sys.stderr)
@@ -203,6 +233,20 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--quiet", action="store_true", help="no progress bar")
     train.set_defaults(func=cmd_train)
 
+    heatmap = sub.add_parser(
+        "train-heatmap",
+        help="train the supervised heatmap detector (the baseline beside the landmark agent)",
+    )
+    heatmap.add_argument("--config", help="landmark preset or YAML: its datalist and augmentation")
+    heatmap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    heatmap.add_argument("--run-dir", default="runs/heatmap", help="checkpoint and final model")
+    heatmap.add_argument("--minutes", type=float, default=20.0, help="training time budget")
+    heatmap.add_argument(
+        "--steps", type=int, help="step budget (reproducible, unlike the clock); both: the first"
+    )
+    heatmap.add_argument("--quiet", action="store_true", help="no progress lines")
+    heatmap.set_defaults(func=cmd_train_heatmap)
+
     evaluate = sub.add_parser(
         "evaluate", help="agent against the affine baseline: errors in mm, box IoU"
     )
@@ -232,6 +276,12 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         default=0.0,
         help="also warp each moved scan by a smooth non-affine field of this amplitude (mm)",
+    )
+    evaluate.add_argument(
+        "--supervised",
+        metavar="DIR",
+        help="also evaluate this supervised heatmap detector (medrl train-heatmap) beside the "
+        "landmark agent and the affine baseline",
     )
     evaluate.add_argument("--include-unmoved", action="store_true")
     evaluate.add_argument("--seed", type=int, default=1000)

@@ -39,10 +39,13 @@ from medrl.metrics.localization import (
     raw_error_rows,
     write_tables,
 )
+from medrl.supervised.detector import HeatmapDetector
 from medrl.utils.atomic import atomic_open
 
 AGENT = "agent"
 BASELINE = "affine-baseline"
+SUPERVISED = "supervised-heatmap"
+"""The supervised heatmap detector's method name (``medrl evaluate --supervised DIR``)."""
 SUMMARY_COLUMNS = ["method", *SUMMARY_KEYS]
 CASES_DIR = "cases"
 """Folder of the evaluation output with one JSON per evaluated scan (for ``medrl report``)."""
@@ -62,8 +65,12 @@ def evaluate(
     progress: bool = True,
     num_starts: int | None = None,
     elastic_mm: float = 0.0,
+    supervised: HeatmapDetector | None = None,
 ) -> dict:
     """Run agent and baseline on every test case (moved ``rigid_trials`` times); write tables.
+
+    ``supervised``: a heatmap detector (:mod:`medrl.supervised`) evaluated on the same scans,
+    a third method in every table (``supervised-heatmap``).
 
     A rerun into the same folder keeps the scans an interrupted run of the same evaluation
     finished (same model, atlas, starts and test scan: :func:`finished_record`), with their
@@ -75,8 +82,9 @@ def evaluate(
     """
     out_dir = Path(out_dir)
     truth: dict[str, Landmarks] = {}
-    results: dict[str, dict[str, Landmarks]] = {AGENT: {}, BASELINE: {}}
-    timings: dict[str, list[float]] = {AGENT: [], BASELINE: []}
+    methods = (AGENT, BASELINE) if supervised is None else (AGENT, BASELINE, SUPERVISED)
+    results: dict[str, dict[str, Landmarks]] = {method: {} for method in methods}
+    timings: dict[str, list[float]] = {method: [] for method in methods}
     assert atlas.landmarks is not None
     atlas_landmarks = atlas.landmarks.subset(list(model.names))
     scans = scenario_scans(
@@ -91,14 +99,14 @@ def evaluate(
     )
     jobs = [(t.case_id, t.volume, t.landmarks, t.record) for t in scans]
     drop_stale_records(out_dir, [case_id for case_id, _, _, _ in jobs])
-    key = evaluation_key(model, atlas, num_starts)
+    key = evaluation_key(model, atlas, num_starts, supervised)
     for index, (case_id, volume, case_truth, scan) in enumerate(jobs):
         truth[case_id] = case_truth
         prediction = out_dir / "predictions" / f"{case_id}.fcsv"
         done = finished_record(out_dir, case_id, scan, key, prediction)
         say_progress(progress, index, len(jobs), case_id, done is not None)
         if done is not None:  # finished by an earlier, interrupted run of this evaluation
-            for method in (AGENT, BASELINE):
+            for method in methods:
                 kept = done["resume"][method]
                 points = np.asarray(kept["points"], dtype=np.float64).reshape(-1, 3)
                 results[method][case_id] = Landmarks(
@@ -116,10 +124,17 @@ def evaluate(
         baseline = propagate_landmarks(atlas.volume, atlas_landmarks, volume, seed=0)
         timings[BASELINE].append(time.perf_counter() - started)
         results[BASELINE][case_id] = baseline.subset(list(case_truth.names))
+        if supervised is not None:
+            started = time.perf_counter()
+            detected = supervised.detect(volume, device)
+            timings[SUPERVISED].append(time.perf_counter() - started)
+            results[SUPERVISED][case_id] = detected.subset(list(case_truth.names))
         write_landmarks(found, prediction)
         record = case_record(case_id, scan, case_truth, result, results[BASELINE][case_id])
+        if supervised is not None:
+            record["supervised_ras"] = _rounded(results[SUPERVISED][case_id].points_ras)
         record["resume"] = {"key": key}
-        for method in (AGENT, BASELINE):
+        for method in methods:
             kept = results[method][case_id]
             record["resume"][method] = {
                 "points": kept.points_ras.tolist(),
@@ -141,17 +156,25 @@ def evaluate(
         "elastic_mm": elastic_mm,
         "seed": seed,
     }
-    write_summary(out_dir, model, atlas, list(truth), overall, scenario)
+    extra = {} if supervised is None else {"supervised": supervised.training}
+    write_summary(out_dir, model, atlas, list(truth), overall, scenario, **extra)
     return {"per_landmark": per_landmark, "overall": overall}
 
 
-def evaluation_key(model: Model, atlas: Case, num_starts: int | None) -> str:
+def evaluation_key(
+    model: Model, atlas: Case, num_starts: int | None, supervised: HeatmapDetector | None = None
+) -> str:
     """What a scan's result depends on besides the scan: the model's weights and config, the
-    baseline's atlas and the number of starts (a hash, stored in each case record)."""
+    baseline's atlas, the number of starts and the supervised detector's weights, if any (a
+    hash, stored in each case record)."""
     digest = hashlib.sha256()
-    for name, value in sorted(model.network.state_dict().items()):
-        digest.update(name.encode())
-        digest.update(value.detach().cpu().contiguous().numpy().tobytes())
+    states = [model.network.state_dict()]
+    if supervised is not None:
+        states += [supervised.coarse.state_dict(), supervised.local.state_dict()]
+    for state in states:
+        for name, value in sorted(state.items()):
+            digest.update(name.encode())
+            digest.update(value.detach().cpu().contiguous().numpy().tobytes())
     digest.update(json.dumps(model.config.to_dict(), sort_keys=True, default=str).encode())
     digest.update(np.ascontiguousarray(atlas.volume.array).tobytes())
     digest.update(json.dumps([atlas.case_id, num_starts]).encode())

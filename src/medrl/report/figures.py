@@ -17,7 +17,11 @@ from matplotlib.figure import Figure
 from medrl.metrics.localization import FAILURE_THRESHOLD_MM
 from medrl.report.data import TRAINING_CURVES, Scalars
 
-METHOD_COLOURS = {"agent": "#d62728", "affine-baseline": "#1f77b4"}
+METHOD_COLOURS = {
+    "agent": "#d62728",
+    "affine-baseline": "#1f77b4",
+    "supervised-heatmap": "#9467bd",
+}
 TRUTH_COLOUR = "#2ca02c"
 _OTHER_COLOURS = ("#9467bd", "#8c564b", "#e377c2", "#7f7f7f")
 

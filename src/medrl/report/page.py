@@ -79,6 +79,8 @@ def _scan_section(
         "agent": np.asarray(record["agent_ras"], dtype=np.float64),
         "affine-baseline": np.asarray(record["baseline_ras"], dtype=np.float64),
     }
+    if record.get("supervised_ras") is not None:
+        predictions["supervised-heatmap"] = np.asarray(record["supervised_ras"], dtype=np.float64)
     error_of = {(r["method"], str(r["landmark"])): float(r["error_mm"]) for r in errors}
     parts = [f'<section class="scan"><h3>{_esc(case)}</h3>']
     parts.append(f'<p class="note">{_esc(describe_scan(record))}</p>')
@@ -96,6 +98,9 @@ def _scan_section(
         description = record["descriptions"][row] if record.get("descriptions") else ""
         label = f"{name} {description}".strip()
         caption = f"<b>{_esc(label)}</b>: agent {agent_mm:.1f} mm, baseline {base_mm:.1f} mm"
+        if "supervised-heatmap" in predictions:
+            supervised_mm = error_of.get(("supervised-heatmap", name), float("nan"))
+            caption += f", supervised {supervised_mm:.1f} mm"
         if scan is None:
             cells.append(f'<div class="cell">{caption}</div>')
             continue
@@ -164,7 +169,7 @@ def render_report(data: ReportData, max_scans: int = DEFAULT_MAX_SCANS, dpi: int
         sections.append("</body></html>\n")
         return "\n".join(sections)
     sections += [
-        "<h2>Overall: agent and affine-registration baseline</h2>",
+        "<h2>Overall: agent, affine-registration baseline (and supervised detector)</h2>",
         '<p class="note">Errors are Euclidean distances in mm; a failure is an error above '
         f"{FAILURE_THRESHOLD_MM:g} mm; detection rate at r: share of errors &le; r mm.</p>",
         _overall_table(data),

@@ -1,0 +1,233 @@
+"""Training the supervised heatmap detector on a landmark preset's scans, with its augmentation.
+
+Every step draws fresh augmented samples from the preset's training scans
+(:func:`medrl.data.augment.batch_params` with the preset's ``augment`` section, local warps
+centred near the scan's landmarks as for the agent): ``coarse_batch`` whole-head patches for the
+coarse network and ``local_batch`` local patches (a random landmark each, centred up to
+``local_jitter_mm`` from its true position, as a coarse estimate would be) for the local one.
+Loss per stage: the mean L1 distance (mm) between the expected position under the softmax and
+the truth, divided by the stage's spacing, plus the cross-entropy against a Gaussian heatmap
+(sigma: one heatmap voxel) that keeps the heatmaps unimodal.
+
+A step's random draws depend only on (seed, step), so a run resumed from its checkpoint
+(``checkpoint.pt`` in the run folder, written every ``checkpoint_every`` steps and at the end)
+continues exactly as if uninterrupted, within floating-point reduction order.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from medrl.config import Config
+from medrl.data.augment import batch_params, inverse_transform_points
+from medrl.data.sources import load_split
+from medrl.envs.pyramid import ScanPyramid, build_pyramid
+from medrl.envs.sampler import episode_noise
+from medrl.errors import InputError
+from medrl.supervised.detector import DetectorSettings, HeatmapDetector
+from medrl.supervised.network import expected_offsets, gaussian_target, heatmap_axes_mm
+from medrl.tasks.landmark import landmark_table
+from medrl.utils.atomic import atomic_path
+
+CHECKPOINT = "checkpoint.pt"
+
+
+@dataclass(frozen=True)
+class TrainSettings:
+    minutes: float = 20.0
+    """Wall-time budget (the run stops at the first step past it)."""
+    max_steps: int = 100_000
+    coarse_batch: int = 2
+    local_batch: int = 16
+    local_jitter_mm: float = 6.0
+    """Local patches are centred at the truth plus a Gaussian offset of this sigma per axis
+    (clipped at 2.5 sigma): the coarse stage's errors."""
+    lr: float = 1e-3
+    checkpoint_every: int = 100
+    log_every: int = 20
+
+
+def _stage_loss(
+    logits: torch.Tensor, offsets_mm: torch.Tensor, size: int, spacing_mm: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(loss, mean L1 distance mm) of (B, K, H, H, H) logits against true offsets (B, K, 3)."""
+    axis = heatmap_axes_mm(size, spacing_mm, logits.device)
+    expected = expected_offsets(logits, axis)
+    distance = (expected - offsets_mm).abs().sum(-1)
+    target = gaussian_target(offsets_mm, axis, 2.0 * spacing_mm)
+    log_prob = torch.log_softmax(logits.flatten(2), dim=-1)
+    cross_entropy = -(target.flatten(2) * log_prob).sum(-1)
+    return distance.mean() / spacing_mm + cross_entropy.mean(), distance.mean()
+
+
+class DetectorTrainer:
+    """One training run of the detector in ``run_dir`` (resumed when its checkpoint exists)."""
+
+    def __init__(
+        self,
+        config: Config,
+        run_dir: str | Path,
+        settings: TrainSettings | None = None,
+        detector_settings: DetectorSettings | None = None,
+    ) -> None:
+        self.config = config
+        self.run_dir = Path(run_dir)
+        self.settings = settings or TrainSettings()
+        self.seed = config.train.seed
+        torch.manual_seed(self.seed)
+        cases = load_split(config.train.datalist, "train")
+        self.table = landmark_table(cases)
+        self.truth = [np.asarray(p, dtype=np.float64) for p in self.table.poses]
+        if not any(np.isfinite(t).all() for t in self.truth):
+            raise InputError("no training case has every landmark", config.train.datalist)
+        self.detector = HeatmapDetector.new(
+            self.table.names, self.table.descriptions, detector_settings or DetectorSettings()
+        )
+        s = self.detector.settings
+        self.scans: list[ScanPyramid] = [build_pyramid(c.volume, s.spacings_mm) for c in cases]
+        self.sources = [c.volume.source for c in cases]
+        parameters = [*self.detector.coarse.parameters(), *self.detector.local.parameters()]
+        self.optimizer = torch.optim.Adam(parameters, lr=self.settings.lr)
+        self.step = 0
+        self.seconds = 0.0
+        self.history: list[dict[str, float]] = []
+
+    # ------------------------------------------------------------------ samples
+    def _draw(self, rng: np.random.Generator, n: int) -> tuple[np.ndarray, np.ndarray]:
+        complete = [i for i, t in enumerate(self.truth) if np.isfinite(t).all()]
+        scans = rng.choice(complete, size=n)
+        seeds = rng.integers(0, 2**31 - 1, size=n)
+        return scans, seeds
+
+    def _params(self, scans: np.ndarray, seeds: np.ndarray):  # type: ignore[no-untyped-def]
+        centres = np.stack([self.scans[s].centre_ras for s in scans])
+        anchors = [self.truth[s] for s in scans]
+        return batch_params(self.config.augment, seeds, centres, "cpu", anchors)
+
+    def _moved_truth(self, params, scans: np.ndarray) -> torch.Tensor:  # type: ignore[no-untyped-def]
+        points = torch.as_tensor(np.stack([self.truth[s] for s in scans]), dtype=torch.float32)
+        return inverse_transform_points(params, points)  # (B, K, 3)
+
+    def train_step(self) -> dict[str, float]:
+        s, d = self.settings, self.detector.settings
+        rng = np.random.default_rng([self.seed, self.step])
+        self.detector.coarse.train()
+        self.detector.local.train()
+        # coarse: whole-head patches centred where inference centres them
+        scans, seeds = self._draw(rng, s.coarse_batch)
+        params = self._params(scans, seeds)
+        moved = self._moved_truth(params, scans)
+        centres = torch.as_tensor(
+            np.stack([self.scans[i].intensity_centre_ras for i in scans]), dtype=torch.float32
+        )
+        noise = episode_noise(seeds, np.zeros_like(seeds), d.coarse_size**3, "cpu")
+        index = torch.as_tensor(scans, dtype=torch.long)
+        logits = self.detector.coarse_logits(self.scans, index, centres, params, noise)
+        coarse_loss, coarse_mm = _stage_loss(
+            logits, moved - centres[:, None], d.coarse_size, d.coarse_spacing_mm
+        )
+        # local: one landmark per patch, centred near its true position
+        scans, seeds = self._draw(rng, s.local_batch)
+        params = self._params(scans, seeds)
+        moved = self._moved_truth(params, scans)
+        landmark = torch.as_tensor(rng.integers(0, len(self.table.names), size=len(scans)))
+        truth = moved[torch.arange(len(scans)), landmark]  # (B, 3)
+        jitter = np.clip(rng.normal(0.0, s.local_jitter_mm, size=(len(scans), 3)),
+                         -2.5 * s.local_jitter_mm, 2.5 * s.local_jitter_mm)  # fmt: skip
+        centres = truth + torch.as_tensor(jitter, dtype=torch.float32)
+        noise = episode_noise(seeds, np.ones_like(seeds), d.local_size**3, "cpu")
+        index = torch.as_tensor(scans, dtype=torch.long)
+        logits = self.detector.local_logits(self.scans, index, centres, landmark, params, noise)
+        local_loss, local_mm = _stage_loss(
+            logits, (truth - centres)[:, None], d.local_size, d.local_spacing_mm
+        )
+        self.optimizer.zero_grad(set_to_none=True)
+        (coarse_loss + local_loss).backward()
+        self.optimizer.step()
+        self.step += 1
+        return {
+            "coarse_loss": float(coarse_loss.detach()),
+            "coarse_l1_mm": float(coarse_mm.detach()),
+            "local_loss": float(local_loss.detach()),
+            "local_l1_mm": float(local_mm.detach()),
+        }
+
+    # ------------------------------------------------------------------ run
+    def run(self, progress: bool = True) -> HeatmapDetector:
+        """Train until the time or step budget is spent; the detector is written to
+        ``run_dir/model`` (with how it was trained)."""
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        resumed = self.load_checkpoint()
+        if resumed and progress:
+            print(f"resumed at step {self.step} ({self.seconds / 60:.1f} min trained)", flush=True)
+        s = self.settings
+        window: list[dict[str, float]] = []
+        started = time.perf_counter() - self.seconds
+        while self.step < s.max_steps and self.seconds < s.minutes * 60:
+            window.append(self.train_step())
+            self.seconds = time.perf_counter() - started
+            if self.step % s.log_every == 0:
+                mean = {k: float(np.mean([w[k] for w in window])) for k in window[0]}
+                self.history.append({"step": self.step, "minutes": self.seconds / 60, **mean})
+                window = []
+                if progress:
+                    print(
+                        f"step {self.step}  {self.seconds / 60:5.1f} min  coarse L1 "
+                        f"{mean['coarse_l1_mm']:6.2f} mm  local L1 {mean['local_l1_mm']:5.2f} mm",
+                        flush=True,
+                    )
+            if self.step % s.checkpoint_every == 0:
+                self.save_checkpoint()
+        self.save_checkpoint()
+        self.detector.training = {
+            "datalist": self.config.train.datalist,
+            "scans": self.sources,
+            "seed": self.seed,
+            "steps": self.step,
+            "minutes": round(self.seconds / 60, 2),
+            "settings": asdict(s),
+            "augment": asdict(self.config.augment),
+        }
+        self.detector.save(self.run_dir / "model")
+        return self.detector
+
+    def save_checkpoint(self) -> None:
+        state = {
+            "step": self.step,
+            "seconds": self.seconds,
+            "history": self.history,
+            "coarse": self.detector.coarse.state_dict(),
+            "local": self.detector.local.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "settings": asdict(self.settings),
+            "detector_settings": asdict(self.detector.settings),
+            "names": list(self.table.names),
+        }
+        with atomic_path(self.run_dir / CHECKPOINT) as tmp:
+            torch.save(state, tmp)
+
+    def load_checkpoint(self) -> bool:
+        path = self.run_dir / CHECKPOINT
+        if not path.is_file():
+            return False
+        state: dict[str, Any] = torch.load(path, map_location="cpu", weights_only=False)
+        if state["names"] != list(self.table.names) or state["detector_settings"] != asdict(
+            self.detector.settings
+        ):
+            raise InputError(
+                "the run folder holds a detector checkpoint of other landmarks or settings; "
+                "use another --run-dir",
+                self.run_dir,
+            )
+        self.detector.coarse.load_state_dict(state["coarse"])
+        self.detector.local.load_state_dict(state["local"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.step, self.seconds = int(state["step"]), float(state["seconds"])
+        self.history = list(state["history"])
+        return True

@@ -1,0 +1,136 @@
+"""The supervised heatmap detector: heatmap read-out, learning on the blob scans, files,
+exact resume, and its row in ``medrl evaluate --supervised``."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from _synthetic import BLOB_NAMES, write_blob_datalist, write_untrained_model
+from medrl.cli import main
+from medrl.config import Config, TrainConfig
+from medrl.errors import CheckpointError
+from medrl.io.images import read_image
+from medrl.io.landmarks import read_landmarks
+from medrl.supervised.detector import DetectorSettings, load_detector
+from medrl.supervised.network import (
+    expected_offsets,
+    gaussian_target,
+    heatmap_axes_mm,
+    peak_offsets,
+)
+from medrl.supervised.training import DetectorTrainer, TrainSettings
+
+torch.set_num_threads(1)
+TINY = DetectorSettings(
+    coarse_size=16, coarse_spacing_mm=6.0, coarse_width=4, local_size=16,
+    local_spacing_mm=1.5, local_width=4, blur_spacing_mm=3.0,
+)  # fmt: skip
+
+
+def test_the_expected_and_the_peak_position_of_heatmaps() -> None:
+    axis = heatmap_axes_mm(32, 2.0, "cpu")
+    truth = torch.tensor([[[6.3, -11.0, 2.5]]])
+    logits = torch.log(gaussian_target(truth, axis, 3.0) + 1e-12)
+    torch.testing.assert_close(expected_offsets(logits, axis), truth, atol=0.02, rtol=0)
+    torch.testing.assert_close(peak_offsets(logits, axis), truth, atol=0.1, rtol=0)
+    # a weaker second mode far away pulls the expectation but not the peak's window
+    other = torch.tensor([[[-20.0, 14.0, -10.0]]])
+    mixed = torch.log(
+        gaussian_target(truth, axis, 3.0) + 0.5 * gaussian_target(other, axis, 3.0) + 1e-12
+    )
+    assert float((expected_offsets(mixed, axis) - truth).norm()) > 5.0
+    torch.testing.assert_close(peak_offsets(mixed, axis), truth, atol=0.2, rtol=0)
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory) -> dict[str, Path]:
+    return write_blob_datalist(tmp_path_factory.mktemp("supervised_data"))
+
+
+def _config(datalist: Path) -> Config:
+    return Config(train=TrainConfig(datalist=str(datalist), seed=3))
+
+
+def _settings(steps: int) -> TrainSettings:
+    return TrainSettings(minutes=30.0, max_steps=steps, coarse_batch=2, local_batch=4,
+                         local_jitter_mm=3.0, lr=3e-3, checkpoint_every=10)  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def trained(data, tmp_path_factory) -> Path:
+    run = tmp_path_factory.mktemp("supervised_run")
+    DetectorTrainer(_config(data["datalist"]), run, _settings(150), TINY).run(progress=False)
+    return run
+
+
+def test_training_learns_the_landmarks_of_an_unseen_scan(data, trained: Path, tmp_path) -> None:
+    detector = load_detector(trained / "model")
+    assert detector.training["steps"] == 150
+    test_volume = read_image(data["test"])
+    test_blobs = read_landmarks(data["test"].with_suffix("").with_suffix(".fcsv")).points_ras
+    found = detector.detect(test_volume)
+    errors = np.linalg.norm(found.points_ras - test_blobs, axis=1)
+    untrained = DetectorTrainer(_config(data["datalist"]), tmp_path, _settings(0), TINY)
+    before = untrained.detector.detect(test_volume)
+    errors_before = np.linalg.norm(before.points_ras - test_blobs, axis=1)
+    assert errors.mean() < 4.0, errors
+    assert errors.mean() < 0.5 * errors_before.mean()
+
+
+def test_a_resumed_run_ends_where_an_uninterrupted_one_does(data, tmp_path: Path) -> None:
+    config = _config(data["datalist"])
+    straight = DetectorTrainer(config, tmp_path / "straight", _settings(20), TINY)
+    straight.run(progress=False)
+    DetectorTrainer(config, tmp_path / "resumed", _settings(10), TINY).run(progress=False)
+    resumed = DetectorTrainer(config, tmp_path / "resumed", _settings(20), TINY)
+    resumed.run(progress=False)
+    assert resumed.step == 20
+    for a, b in zip(straight.detector.local.parameters(), resumed.detector.local.parameters(),
+                    strict=True):  # fmt: skip
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
+
+
+def test_detector_files_round_trip_and_bad_ones_are_named(trained: Path, data, tmp_path) -> None:
+    detector = load_detector(trained / "model")
+    copy = tmp_path / "copy"
+    detector.save(copy)
+    again = load_detector(copy)
+    test_volume = read_image(data["test"])
+    np.testing.assert_array_equal(
+        detector.detect(test_volume).points_ras, again.detect(test_volume).points_ras
+    )
+    header = yaml.safe_load((copy / "detector.yaml").read_text())
+    header["format"] = "medrl-dqn"
+    (copy / "detector.yaml").write_text(yaml.safe_dump(header))
+    with pytest.raises(CheckpointError, match=r"detector\.yaml"):
+        load_detector(copy)
+    with pytest.raises(CheckpointError, match="not a supervised detector"):
+        load_detector(tmp_path)
+
+
+def test_evaluate_adds_the_supervised_row(trained: Path, data, tmp_path: Path) -> None:
+    (tmp_path / "model").mkdir()
+    model = write_untrained_model(tmp_path / "model")
+    out = tmp_path / "evaluation"
+    argv = ["evaluate", "--model", str(model), "--datalist", str(data["datalist"]),
+            "--atlas", str(data["datalist"]), "--rigid-trials", "1", "--out", str(out),
+            "--supervised", str(trained / "model")]  # fmt: skip
+    assert main(argv) == 0
+    overall = json.loads((out / "overall.json").read_text())
+    methods = {row["method"]: row for row in overall}
+    assert set(methods) == {"agent", "affine-baseline", "supervised-heatmap"}
+    assert methods["supervised-heatmap"]["n"] == len(BLOB_NAMES)
+    record = json.loads((out / "cases" / "test_rigid0.json").read_text())
+    assert np.asarray(record["supervised_ras"]).shape == (len(BLOB_NAMES), 3)
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["supervised"]["steps"] == 150
+    # an evaluation without the detector does not reuse these records
+    assert main(argv[:-2]) == 0
+    overall = json.loads((out / "overall.json").read_text())
+    assert {row["method"] for row in overall} == {"agent", "affine-baseline"}
