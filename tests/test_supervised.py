@@ -134,3 +134,15 @@ def test_evaluate_adds_the_supervised_row(trained: Path, data, tmp_path: Path) -
     assert main(argv[:-2]) == 0
     overall = json.loads((out / "overall.json").read_text())
     assert {row["method"] for row in overall} == {"agent", "affine-baseline"}
+
+
+def test_training_sees_the_levels_detection_builds(data) -> None:
+    from medrl.envs.pyramid import build_pyramid, coarser_levels
+    from medrl.supervised.training import training_pyramid
+
+    volume = read_image(data["test"])
+    trained_on = training_pyramid(volume, TINY)
+    detected_on = build_pyramid(volume, TINY.spacings_mm[:2])
+    for level in (0, 1):
+        assert torch.equal(trained_on.levels[level].tensor, detected_on.levels[level].tensor)
+    assert coarser_levels(trained_on) == [0, 2, 0]  # local blurs to the 3 mm copy

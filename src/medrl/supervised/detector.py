@@ -135,7 +135,8 @@ class HeatmapDetector:
         self.coarse.eval()
         self.local.eval()
         s = self.settings
-        scan = build_pyramid(volume, s.spacings_mm, device)
+        # the coarse and local levels only (the training pyramid's first two, built the same way)
+        scan = build_pyramid(volume, s.spacings_mm[:2], device)
         k = len(self.names)
         centre = torch.as_tensor(scan.intensity_centre_ras[None], dtype=torch.float32)
         centre = centre.to(device)

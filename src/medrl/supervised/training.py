@@ -17,7 +17,7 @@ continues exactly as if uninterrupted, within floating-point reduction order.
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +30,7 @@ from medrl.data.sources import load_split
 from medrl.envs.pyramid import ScanPyramid, build_pyramid
 from medrl.envs.sampler import episode_noise
 from medrl.errors import InputError
+from medrl.io.images import Volume
 from medrl.supervised.detector import DetectorSettings, HeatmapDetector
 from medrl.supervised.network import expected_offsets, gaussian_target, heatmap_axes_mm
 from medrl.tasks.landmark import landmark_table
@@ -51,6 +52,14 @@ class TrainSettings:
     lr: float = 1e-3
     checkpoint_every: int = 100
     log_every: int = 20
+
+
+def training_pyramid(volume: Volume, settings: DetectorSettings) -> ScanPyramid:
+    """The coarse and local levels exactly as :meth:`HeatmapDetector.detect` builds them,
+    plus the blur copy (level 2) for the augmentation, built on its own."""
+    scan = build_pyramid(volume, settings.spacings_mm[:2])
+    blur = build_pyramid(volume, [settings.local_spacing_mm, settings.blur_spacing_mm])
+    return replace(scan, levels=(*scan.levels, blur.levels[1]))
 
 
 def _stage_loss(
@@ -90,7 +99,7 @@ class DetectorTrainer:
             self.table.names, self.table.descriptions, detector_settings or DetectorSettings()
         )
         s = self.detector.settings
-        self.scans: list[ScanPyramid] = [build_pyramid(c.volume, s.spacings_mm) for c in cases]
+        self.scans: list[ScanPyramid] = [training_pyramid(c.volume, s) for c in cases]
         self.sources = [c.volume.source for c in cases]
         parameters = [*self.detector.coarse.parameters(), *self.detector.local.parameters()]
         self.optimizer = torch.optim.Adam(parameters, lr=self.settings.lr)
