@@ -25,8 +25,7 @@ import numpy as np
 import torch
 
 from medrl.agents.checkpoint import Model
-from medrl.config import AugmentConfig
-from medrl.data.augment import AugmentParams, batch_params
+from medrl.data.augment import AugmentParams, no_augmentation
 from medrl.envs.kernel import render_observation
 from medrl.envs.pyramid import ScanPyramid, build_pyramid
 from medrl.errors import InputError
@@ -89,12 +88,6 @@ class SearchResult:
         return self.level_estimates
 
 
-def _no_augmentation(scan: ScanPyramid, device: torch.device) -> AugmentParams:
-    return batch_params(
-        AugmentConfig(enabled=False), np.zeros(1, np.int64), scan.centre_ras[None], device
-    )
-
-
 @dataclass
 class _Stage:
     """One pass of the level loop over every start of every target."""
@@ -125,7 +118,7 @@ def _run_levels(
     which = np.arange(num_targets) if targets is None else np.asarray(targets, dtype=np.int64)
     target = torch.as_tensor(which, device=device).repeat_interleave(num_starts)
     pose = torch.as_tensor(starts.reshape(n, dim), dtype=torch.float32).to(device)
-    identity = _no_augmentation(scan, device)
+    identity = no_augmentation(scan.centre_ras, 1, device)
 
     def inside(_scan: torch.Tensor, _params: AugmentParams, points: torch.Tensor) -> torch.Tensor:
         return scan.contains_ras(points)

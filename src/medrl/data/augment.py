@@ -205,6 +205,16 @@ def batch_params(
     )
 
 
+def no_augmentation(
+    centre_ras: np.ndarray, n: int = 1, device: torch.device | str = "cpu"
+) -> AugmentParams:
+    """Parameters of ``n`` episodes that leave the scan as it is (searches, detection)."""
+    params = batch_params(
+        AugmentConfig(enabled=False), np.zeros(1, np.int64), np.asarray(centre_ras)[None], device
+    )
+    return params.index(torch.zeros(n, dtype=torch.long, device=params.matrix.device))
+
+
 def _bump_displacement(params: AugmentParams, points_ras: torch.Tensor) -> torch.Tensor:
     """Local warps' displacement (N, M, 3) at points (N, M, 3)."""
     rel = points_ras[:, :, None, :] - params.bump_centre_ras[:, None, :, :]  # (N, M, L, 3)

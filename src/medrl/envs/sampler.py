@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from medrl.data.augment import AugmentParams, apply_intensity, grid_log_bias, transform_grid
-from medrl.envs.pyramid import ScanPyramid, coarser_levels
+from medrl.envs.pyramid import LevelImage, ScanPyramid, coarser_levels
 
 
 def patch_offsets(patch_size: int, device: torch.device | str = "cpu") -> torch.Tensor:
@@ -43,6 +43,16 @@ def episode_noise(
         gen.manual_seed((int(seed) * 1_000_003 + int(step)) % (2**63 - 1))
         out[n] = torch.randn(size, generator=gen)
     return out.to(device)
+
+
+def grid_coordinates(image: LevelImage, points_ras: torch.Tensor) -> torch.Tensor:
+    """(M, 3) world RAS points -> ``grid_sample`` coordinates of ``image`` ([-1, 1],
+    ``align_corners=True``): RAS -> index -> grid, folded into one affine map."""
+    affine = image.ras_to_index
+    scale = 2.0 / (image.size_xyz - 1.0).clamp(min=1.0)
+    to_grid = affine[:3, :3] * scale[:, None]
+    shift = affine[:3, 3] * scale - 1.0
+    return torch.addmm(shift, points_ras, to_grid.T)
 
 
 def render_patches(
@@ -83,12 +93,7 @@ def render_patches(
     for key in torch.unique(keys).tolist():
         rows = torch.nonzero(keys == key, as_tuple=True)[0]
         image = scans[key // num_levels].levels[key % num_levels]
-        affine = image.ras_to_index
-        # RAS -> index -> grid_sample's [-1, 1] (align_corners=True), folded into one affine.
-        scale = 2.0 / (image.size_xyz - 1.0).clamp(min=1.0)
-        to_grid = affine[:3, :3] * scale[:, None]
-        shift = affine[:3, 3] * scale - 1.0
-        grid = torch.addmm(shift, source_points[rows].reshape(-1, 3), to_grid.T)
+        grid = grid_coordinates(image, source_points[rows].reshape(-1, 3))
         grid = grid.reshape(1, len(rows) * patch_size, patch_size, patch_size, 3)
         sampled = F.grid_sample(
             image.tensor, grid, mode="bilinear", padding_mode="zeros", align_corners=True

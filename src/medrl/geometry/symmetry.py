@@ -28,6 +28,7 @@ import torch
 import torch.nn.functional as F
 
 from medrl.envs.pyramid import LevelImage
+from medrl.envs.sampler import grid_coordinates
 
 
 @dataclass(frozen=True)
@@ -76,12 +77,8 @@ def _frame(pose: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.nda
 
 def _sample(image: LevelImage, points_ras: torch.Tensor) -> torch.Tensor:
     """Trilinear samples of ``image`` at points (..., 3) world RAS mm (0 outside)."""
-    affine = image.ras_to_index
-    scale = 2.0 / (image.size_xyz - 1.0).clamp(min=1.0)
-    to_grid = affine[:3, :3] * scale[:, None]
-    shift = affine[:3, 3] * scale - 1.0
     flat = points_ras.reshape(-1, 3).to(torch.float32)
-    grid = torch.addmm(shift, flat, to_grid.T).reshape(1, 1, 1, -1, 3)
+    grid = grid_coordinates(image, flat).reshape(1, 1, 1, -1, 3)
     values = F.grid_sample(
         image.tensor, grid, mode="bilinear", padding_mode="zeros", align_corners=True
     )

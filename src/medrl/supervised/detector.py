@@ -19,8 +19,7 @@ import torch
 import yaml
 from safetensors.torch import load_file, save_file
 
-from medrl.config import AugmentConfig
-from medrl.data.augment import AugmentParams, batch_params
+from medrl.data.augment import AugmentParams, no_augmentation
 from medrl.envs.pyramid import ScanPyramid, build_pyramid
 from medrl.envs.sampler import render_patches
 from medrl.errors import CheckpointError
@@ -61,13 +60,6 @@ def centred_offsets(spacing_mm: float, size: int, n: int, device: torch.device) 
     """(n, size) sample offsets (mm) centred on the patch centre."""
     ramp = (torch.arange(size, dtype=torch.float32, device=device) - (size - 1) / 2) * spacing_mm
     return ramp[None].expand(n, -1)
-
-
-def no_augmentation(scan: ScanPyramid, n: int, device: torch.device) -> AugmentParams:
-    params = batch_params(
-        AugmentConfig(enabled=False), np.zeros(1, np.int64), scan.centre_ras[None], device
-    )
-    return params.index(torch.zeros(n, dtype=torch.long))
 
 
 @dataclass
@@ -141,13 +133,14 @@ class HeatmapDetector:
         centre = torch.as_tensor(scan.intensity_centre_ras[None], dtype=torch.float32)
         centre = centre.to(device)
         zero = torch.zeros(1, dtype=torch.long, device=device)
-        logits = self.coarse_logits([scan], zero, centre, no_augmentation(scan, 1, device))
+        identity = no_augmentation(scan.centre_ras, 1, device)
+        logits = self.coarse_logits([scan], zero, centre, identity)
         axis = heatmap_axes_mm(s.coarse_size, s.coarse_spacing_mm, device)
         position = centre + peak_offsets(logits, axis)[0]  # (K, 3)
         local_axis = heatmap_axes_mm(s.local_size, s.local_spacing_mm, device)
         rows = torch.zeros(k, dtype=torch.long, device=device)
         landmark = torch.arange(k, device=device)
-        params = no_augmentation(scan, k, device)
+        params = no_augmentation(scan.centre_ras, k, device)
         for _ in range(s.local_rounds):
             logits = self.local_logits([scan], rows, position, landmark, params)
             position = position + peak_offsets(logits, local_axis)[:, 0]
