@@ -21,7 +21,7 @@ from medrl.agents.checkpoint import (
     save_model_files,
 )
 from medrl.agents.dqn import CHECKPOINT_DIR, Trainer
-from medrl.agents.networks import QNetwork
+from medrl.agents.networks import LevelQNetworks, QNetwork
 from medrl.agents.replay import NStepAssembler, PoseReplay, split_poses
 from medrl.agents.search import search
 from medrl.config import AgentConfig, Config, EnvConfig, load_config
@@ -246,6 +246,45 @@ def test_plain_head_without_dueling() -> None:
     q = network(_observation(6, 9, 1, 4, 3, 2)).detach()
     assert q.shape == (6, 6)
     assert float(q.mean(dim=1).abs().max()) > 0  # no mean-zero constraint
+
+
+def test_level_networks_send_each_sample_to_its_level() -> None:
+    """``agent.level_networks``: each row is its own level's network's output, and a loss on
+    the samples of one level trains that level's network only."""
+    torch.manual_seed(0)
+    config = AgentConfig(channels=(4, 8), hidden=32, level_networks=True)
+    network = LevelQNetworks(
+        num_levels=3, config=config, patch_size=9, frames=1, num_targets=5, action_history=4
+    )
+    obs = _observation(10, 9, 1, 4, 5, 3)
+    obs["level"] = torch.tensor([0, 2, 1, 2, 0, 1, 1, 2, 0, 2])
+    q = network.forward_all(obs)
+    assert q.shape == (10, 5, 6)
+    for level, single in enumerate(network.levels):
+        rows = obs["level"] == level
+        part = {k: v[rows] for k, v in obs.items()}
+        part["level"] = torch.zeros_like(part["level"])
+        torch.testing.assert_close(q[rows], single.forward_all(part))
+    only_fine = {k: v[obs["level"] == 2] for k, v in obs.items()}
+    network(only_fine).sum().backward()
+    grads = [[p.grad for p in single.parameters()] for single in network.levels]
+    assert all(g is None for g in grads[0] + grads[1])
+    assert any(g is not None and float(g.abs().sum()) > 0 for g in grads[2])
+    assert network.forward_all({k: v[:0] for k, v in obs.items()}).shape == (0, 5, 6)
+    with pytest.raises(ValueError, match="levels outside"):
+        network.forward_all(dict(obs, level=obs["level"] + 1))
+
+
+def test_level_networks_model_round_trip(tmp_path: Path) -> None:
+    config = load_config(SMOKE, ["agent.level_networks=true"])
+    torch.manual_seed(2)
+    network = build_network(config, len(BLOB_NAMES))
+    assert isinstance(network, LevelQNetworks) and len(network.levels) == len(config.env.levels)
+    save_model_files(tmp_path, network, config, BLOB_NAMES, DESCRIPTIONS, {"steps": 0})
+    model = load_model(tmp_path)
+    assert isinstance(model.network, LevelQNetworks)
+    for name, value in network.state_dict().items():
+        assert torch.equal(model.network.state_dict()[name], value), name
 
 
 # ------------------------------------------------------------------- training, resume

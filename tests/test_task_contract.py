@@ -316,12 +316,31 @@ def test_no_action_history_stays_empty_in_kernel_search_and_losses(world) -> Non
 
 
 def test_gamma_zero_backup_skips_successors_with_the_same_targets(world) -> None:
-    """With ``agent.gamma`` 0 the generic all-actions loss renders no successor: its value is
-    the one the full backup gives when the bootstrap term is (almost) switched off."""
+    """With ``agent.gamma`` 0 the all-actions losses (the generic one, and the landmark
+    task's crop path) evaluate no successor: the value is the one the full backup gives when
+    the bootstrap term is (almost) switched off, and the target network is never called."""
     from medrl.agents.checkpoint import build_network
-    from medrl.agents.losses import all_actions_loss
+    from medrl.agents.losses import all_actions_loss, landmark_all_actions_loss
+    from medrl.tasks import LandmarkTask
+
+    class Untouchable(torch.nn.Module):
+        def forward_all(self, obs):  # type: ignore[no-untyped-def]
+            raise AssertionError("the target network was evaluated with gamma 0")
+
+        forward = forward_all
 
     task, scans, table = world
+    targets = torch.as_tensor(np.stack(table.poses), dtype=torch.float32)
+
+    def loss_of(network, target, variant, state):  # type: ignore[no-untyped-def]
+        if isinstance(variant, LandmarkTask):
+            return landmark_all_actions_loss(
+                network, target, variant, scans, targets, state, kernel.params, kernel.inside
+            )
+        return all_actions_loss(
+            network, target, variant, scans, state, kernel.params, kernel.inside
+        )
+
     kernel = SearchKernel(task, scans, table, task.config.env, AUGMENT, 4, seed=3)
     kernel.reset()
     kernel.step(torch.randint(0, task.num_actions, (4,)))
@@ -332,9 +351,6 @@ def test_gamma_zero_backup_skips_successors_with_the_same_targets(world) -> None
         torch.manual_seed(0)
         network = build_network(config, len(table.names), variant)
         state = kernel.poses()
-        losses.append(
-            all_actions_loss(
-                network, network, variant, scans, state, kernel.params, kernel.inside
-            ).item()
-        )
+        target = Untouchable() if gamma == 0 else network
+        losses.append(loss_of(network, target, variant, state).item())
     assert losses[0] == pytest.approx(losses[1], rel=1e-6, abs=1e-9)

@@ -135,9 +135,17 @@ def test_evaluating_during_training_changes_nothing_and_survives_resuming(
     resumed.run(progress=False)
     for name, value in plain.network.state_dict().items():
         assert torch.equal(resumed.network.state_dict()[name], value), name
-    strip = [{k: v for k, v in e.items() if k != "seconds"} for e in straight.evaluations]
-    again = [{k: v for k, v in e.items() if k != "seconds"} for e in resumed.evaluations]
+    clocks = ("seconds", "train_seconds")
+    strip = [{k: v for k, v in e.items() if k not in clocks} for e in straight.evaluations]
+    again = [{k: v for k, v in e.items() if k not in clocks} for e in resumed.evaluations]
     assert again == strip
+    # For a learning curve: the updates so far and the run's seconds before each validation.
+    assert [e["updates"] for e in straight.evaluations] == sorted(
+        e["updates"] for e in straight.evaluations
+    )
+    assert straight.evaluations[-1]["updates"] == straight.updates
+    seconds = [e["train_seconds"] for e in straight.evaluations]
+    assert seconds == sorted(seconds) and seconds[0] > 0
 
     saved = json.loads((tmp_path / "resumed" / "evaluations.json").read_text())
     assert [e["step"] for e in saved] == [6, 12, 18, 24]

@@ -183,6 +183,10 @@ class AgentConfig:
     channels: tuple[int, ...] = (16, 32, 32)
     first_stride: int = 2
     hidden: int = 256
+    level_networks: bool = False
+    """One network per scale level instead of one for all (``agent.channels`` and
+    ``hidden`` apply to each): in one shared network the fine levels learn only after the
+    coarse level (see BENCHMARKS.md, "learning curve")."""
     nearby_radius_factor: float = 1.0
     """all_actions backup: also train the heads of the other landmarks that lie within this
     many start radii of the level from the agent (their targets are known too); 0 trains only

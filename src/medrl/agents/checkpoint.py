@@ -18,7 +18,7 @@ import yaml
 from safetensors.torch import load_file, save_file
 
 import medrl
-from medrl.agents.networks import QNetwork
+from medrl.agents.networks import LevelQNetworks, QFunction, QNetwork
 from medrl.config import Config
 from medrl.errors import CheckpointError, InputError
 from medrl.models import default_model_dir
@@ -33,7 +33,7 @@ _V1_FORMAT = "medrl-landmark-dqn"
 class Model:
     """A trained Q-network with everything needed to run a search with it."""
 
-    network: QNetwork
+    network: QFunction
     config: Config
     names: tuple[str, ...]
     descriptions: tuple[str, ...]
@@ -52,23 +52,27 @@ class Model:
 LandmarkModel = Model  # the name before the task family
 
 
-def build_network(config: Config, num_targets: int, task: Task | None = None) -> QNetwork:
+def build_network(config: Config, num_targets: int, task: Task | None = None) -> QFunction:
+    """The Q-network of ``config``: one for all levels, or one per level
+    (``agent.level_networks``)."""
     task = task or make_task(config)
-    return QNetwork(
-        config.agent,
-        patch_size=config.env.patch_size,
-        frames=config.env.frames * task.num_channels,
-        num_targets=num_targets,
-        num_levels=len(config.env.levels),
-        action_history=config.env.action_history,
-        num_actions=task.num_actions,
-        pose_features=task.pose_features,
-    )
+    shape = {
+        "config": config.agent,
+        "patch_size": config.env.patch_size,
+        "frames": config.env.frames * task.num_channels,
+        "num_targets": num_targets,
+        "action_history": config.env.action_history,
+        "num_actions": task.num_actions,
+        "pose_features": task.pose_features,
+    }
+    if config.agent.level_networks:
+        return LevelQNetworks(num_levels=len(config.env.levels), **shape)
+    return QNetwork(num_levels=len(config.env.levels), **shape)  # type: ignore[arg-type]
 
 
 def save_model_files(
     folder: Path,
-    network: QNetwork,
+    network: QFunction,
     config: Config,
     names: tuple[str, ...],
     descriptions: tuple[str, ...],
@@ -162,7 +166,7 @@ def load_model(
     return Model(network, config, names, descriptions, header.get("training", {}), model_task)
 
 
-def init_network_from(network: QNetwork, folder: str | Path, names: tuple[str, ...]) -> None:
+def init_network_from(network: QFunction, folder: str | Path, names: tuple[str, ...]) -> None:
     """Copy a model folder's weights into ``network`` (fine-tuning); ``default``: shipped model.
 
     The model must know the same targets, in the same order, and describe the same network

@@ -159,6 +159,7 @@ class Trainer:
         self.writer: Any = None
         self.extra_meta: dict[str, Any] = {}
         self.evaluations: list[dict[str, float]] = []
+        self.run_started = time.perf_counter()
         self.validator: Any = None  # medrl.agents.validation.Validator, made on first use
 
     # ------------------------------------------------------------------ acting
@@ -283,6 +284,7 @@ class Trainer:
             dynamic_ncols=True,
         )
         minutes = train.max_minutes
+        self.run_started = time.perf_counter()
         deadline = time.perf_counter() + 60 * minutes if minutes > 0 else float("inf")
         with deferred_stop() as received:
             self._loop(end, deadline, bar, received)
@@ -319,6 +321,8 @@ class Trainer:
                         f"\ntime limit of {train.max_minutes} min reached at step {self.step}",
                         file=sys.stderr,
                     )
+                if train.eval_every > 0 and main and self.step % train.eval_every:
+                    self.validate()  # where the clock stopped it, for the learning curve
                 self.save_checkpoint()
                 break
             stats = self.collect()
@@ -373,7 +377,15 @@ class Trainer:
         if self.validator is None:
             self.validator = Validator.from_config(self.config, self.names, self.device)
         result = self.validator.evaluate(self.network, self.config, self.task)
-        record = {"step": float(self.step), **result}
+        # train_seconds: wall time of this run() call before the validation (with earlier
+        # validations' seconds included): the x axis of a learning curve.
+        run_seconds = time.perf_counter() - self.run_started - result["seconds"]
+        record = {
+            "step": float(self.step),
+            "updates": float(self.updates),
+            "train_seconds": run_seconds,
+            **result,
+        }
         self.evaluations.append(record)
         self._open_writer()
         for key, value in result.items():

@@ -6,6 +6,10 @@ the scale level, the recent actions and the task's pose features (none for landm
 the output holds Q-values of every action for every target at once, so one rendered patch
 can be trained on the targets of all landmarks near it. The heads are dueling
 (``Q = V + A - mean(A)``) unless configured otherwise.
+
+With ``agent.level_networks`` every scale level has a network of its own
+(:class:`LevelQNetworks`): one shared network learns the fine levels late, after the coarse
+level (see BENCHMARKS.md, "learning curve").
 """
 
 from __future__ import annotations
@@ -82,3 +86,49 @@ class QNetwork(nn.Module):
         """Q-values (B, actions) of the target each observation searches for."""
         q = self.forward_all(obs)
         return q[torch.arange(q.shape[0], device=q.device), obs["target"]]
+
+
+class LevelQNetworks(nn.Module):
+    """One :class:`QNetwork` per scale level, each sample sent to its level's network.
+
+    The same inputs and outputs as a single network; the samples of a batch are grouped by
+    level, so a batch costs what it costs one network.
+    """
+
+    def __init__(self, num_levels: int, **kwargs: object) -> None:
+        super().__init__()
+        self.levels = nn.ModuleList(
+            QNetwork(num_levels=1, **kwargs)  # type: ignore[arg-type]
+            for _ in range(num_levels)
+        )
+        self.num_targets = self.levels[0].num_targets
+        self.num_actions = self.levels[0].num_actions
+
+    def forward_all(self, obs: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Q-values (B, targets, actions), each row from its level's network."""
+        level = obs["level"]
+        if level.numel() == 0:
+            return self.levels[0].forward_all(obs)
+        if int(level.min()) < 0 or int(level.max()) >= len(self.levels):
+            raise ValueError(f"levels outside 0..{len(self.levels) - 1}: {level.unique()}")
+        out: torch.Tensor | None = None
+        for index, network in enumerate(self.levels):
+            rows = (level == index).nonzero()[:, 0]
+            if rows.numel() == 0:
+                continue
+            part = {key: value[rows] for key, value in obs.items()}
+            part["level"] = torch.zeros_like(part["level"])
+            q = network.forward_all(part)
+            if out is None:
+                out = q.new_zeros((level.shape[0], *q.shape[1:]))
+            out = out.index_copy(0, rows, q)
+        assert out is not None
+        return out
+
+    def forward(self, obs: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Q-values (B, actions) of the target each observation searches for."""
+        q = self.forward_all(obs)
+        return q[torch.arange(q.shape[0], device=q.device), obs["target"]]
+
+
+QFunction = QNetwork | LevelQNetworks

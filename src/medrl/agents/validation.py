@@ -186,6 +186,21 @@ def _validation_items(
     return items
 
 
+def model_scores(
+    model: Model, cases: list[Case], trials: int = 2, seed: int = VALIDATION_SEED
+) -> np.ndarray:
+    """The primary score (landmarks: error in mm) of every target of ``cases``, each moved
+    ``trials`` times at random, as the model searches (its own levels and second search)."""
+    key = model.task.primary_score[0]
+    values: list[float] = []
+    with torch.inference_mode():
+        for volume, _, truth in _validation_items(model, cases, trials, seed):
+            known = np.isfinite(truth).all(axis=1)
+            estimate = search(model, volume, "cpu").estimate
+            values.extend(np.asarray(model.task.scores(estimate[known], truth[known])[key]))
+    return np.asarray(values, dtype=float)
+
+
 def select_search_levels(
     model: Model,
     cases: list[Case],
