@@ -154,3 +154,31 @@ def test_evaluating_during_training_changes_nothing_and_survives_resuming(
     scalars = events.Scalars("eval/mean_error_mm")
     assert [s.step for s in scalars] == [6, 12, 18, 24]
     assert scalars[-1].value == pytest.approx(straight.evaluations[-1]["mean_error_mm"])
+
+
+def test_a_run_stopped_by_its_clock_validates_where_it_stopped(
+    tmp_path: Path, case: Case, monkeypatch
+) -> None:
+    """The last point of a learning curve: a run stopped by ``train.max_minutes`` between
+    two validations validates once more, at the step where it stopped."""
+    import medrl.agents.dqn as dqn
+
+    class Clock:
+        """A clock that moves 10 s each time the trainer reads it."""
+
+        now = 0.0
+
+        @classmethod
+        def perf_counter(cls) -> float:
+            cls.now += 10.0
+            return cls.now
+
+    monkeypatch.setattr(dqn, "time", Clock)
+    config = _config("train.eval_every=1000", "train.eval_scans=1", "train.max_minutes=1")
+    trainer = _trainer(config, tmp_path / "run", case, Validator([case], config, BLOB_NAMES))
+    trainer.run(progress=False)
+    assert 0 < trainer.step < config.train.total_steps
+    assert [e["step"] for e in trainer.evaluations] == [trainer.step]
+    assert trainer.evaluations[0]["updates"] == trainer.updates
+    saved = json.loads((tmp_path / "run" / "evaluations.json").read_text())
+    assert [e["step"] for e in saved] == [trainer.step]
