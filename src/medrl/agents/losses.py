@@ -149,7 +149,7 @@ def landmark_all_actions_loss(
     q = online.forward_all(obs)
     if config.agent.gamma == 0:
         # Each action's target is its own reward (greedy supervision): no successor is
-        # evaluated, about a fifth of the work per update.
+        # evaluated, about a quarter of the work per update (BENCHMARKS.md).
         return F.smooth_l1_loss(q[trained], reward[trained])
     terminal = d_new < env.success_radius_mm
     # Next observations: the neighbour crop (or the same patch when the move was refused),

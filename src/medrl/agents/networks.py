@@ -20,6 +20,11 @@ from torch import nn
 from medrl.config import AgentConfig
 
 
+def own_target(q: torch.Tensor, obs: dict[str, torch.Tensor]) -> torch.Tensor:
+    """(B, actions) of (B, targets, actions) Q-values: the target each observation searches for."""
+    return q[torch.arange(q.shape[0], device=q.device), obs["target"]]
+
+
 class QNetwork(nn.Module):
     def __init__(
         self,
@@ -84,8 +89,7 @@ class QNetwork(nn.Module):
 
     def forward(self, obs: dict[str, torch.Tensor]) -> torch.Tensor:
         """Q-values (B, actions) of the target each observation searches for."""
-        q = self.forward_all(obs)
-        return q[torch.arange(q.shape[0], device=q.device), obs["target"]]
+        return own_target(self.forward_all(obs), obs)
 
 
 class LevelQNetworks(nn.Module):
@@ -127,8 +131,7 @@ class LevelQNetworks(nn.Module):
 
     def forward(self, obs: dict[str, torch.Tensor]) -> torch.Tensor:
         """Q-values (B, actions) of the target each observation searches for."""
-        q = self.forward_all(obs)
-        return q[torch.arange(q.shape[0], device=q.device), obs["target"]]
+        return own_target(self.forward_all(obs), obs)
 
 
 QFunction = QNetwork | LevelQNetworks
