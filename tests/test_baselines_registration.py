@@ -15,13 +15,13 @@ import pytest
 import SimpleITK as sitk
 
 from medrl.baselines.registration import (
-    _working_image,
     affine_registration,
     map_points_lps,
     propagate_labels,
     propagate_landmarks,
     propagate_landmarks_with_result,
     register_affine,
+    working_image,
 )
 from medrl.geometry.boxes import box_iou, boxes_from_label_map, centre_distance_mm
 from medrl.io.images import Volume
@@ -240,7 +240,7 @@ def test_working_image_block_averages_without_moving_anything() -> None:
     ramp = volume.index_to_world(index_ijk, frame="LPS")[:, 0].reshape(i.shape)
     volume = Volume(ramp, volume.spacing_mm, volume.origin_lps, volume.direction_lps)
 
-    working = _working_image(volume, 2.0)
+    working = working_image(volume, 2.0)
     assert working.GetSpacing() == pytest.approx((2.0, 2.0, 1.2))  # 1.2 mm axis: factor 1
     assert working.GetSize() == (20, 15, 20)
     assert working.GetDirection() == image.GetDirection()
@@ -254,7 +254,7 @@ def test_working_image_block_averages_without_moving_anything() -> None:
     # Images already at (or near) the working spacing are used as they are.
     coarse = sitk.Image(10, 10, 10, sitk.sitkFloat32)
     coarse.SetSpacing((2.0, 2.0, 2.0))
-    assert _working_image(Volume.from_sitk(coarse + 1.0), 2.0).GetSize() == (10, 10, 10)
+    assert working_image(Volume.from_sitk(coarse + 1.0), 2.0).GetSize() == (10, 10, 10)
 
 
 # ---------------------------------------------------------------------------- label maps

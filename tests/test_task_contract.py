@@ -28,7 +28,7 @@ from medrl.data.augment import batch_params
 from medrl.data.datalist import Case
 from medrl.envs.gym import TaskEnv, TaskVectorEnv
 from medrl.envs.kernel import SearchKernel, render_observation
-from medrl.envs.pyramid import build_pyramid
+from medrl.envs.pyramid import case_pyramids
 from medrl.geometry.planes import MIDLINE_AFIDS
 from medrl.io.landmarks import Landmarks
 from medrl.tasks import TASKS, TargetTable, Task, make_task
@@ -85,10 +85,26 @@ def _slice_world(config: Config) -> tuple[Task, list, TargetTable]:
     return _world(config, [case])
 
 
+def _rigid_world(config: Config) -> tuple[Task, list, TargetTable]:
+    """A registration pair: the blobs as the fixed image, and the same anatomy in another
+    contrast (inverted intensities) on another grid as the moving image."""
+    offsets = np.array([[14, 9, -10], [-13, -10, 12], [4, -16, -13], [-6, 14, 8], [10, -4, 14]])
+    fixed, blobs = blob_volume(shape_zyx=(40, 40, 40), spacing_mm=(1.5, 1.5, 1.5),
+                               blobs_ras=CENTRE_RAS + offsets)  # fmt: skip
+    other, _ = blob_volume(shape_zyx=(36, 36, 36), spacing_mm=(1.7, 1.7, 1.7),
+                           direction_lps=np.eye(3), blobs_ras=blobs, seed=1)  # fmt: skip
+    moving = replace(other, array=other.array.max() - other.array)
+    names = ("a", "b", "c", "d", "e")
+    fixed_case = Case("fixed", fixed, Landmarks(names, blobs), "train")
+    moving_case = Case("moving", moving, Landmarks(names, blobs), "train", partner=fixed_case)
+    return _world(config, [moving_case])
+
+
 def _world(config: Config, cases: list[Case]) -> tuple[Task, list, TargetTable]:
     task = make_task(config)
+    cases = task.pair_cases(cases)
     table = task.target_table(cases)
-    scans = [build_pyramid(c.volume, [lv.spacing_mm for lv in config.env.levels]) for c in cases]
+    scans = case_pyramids(cases, [lv.spacing_mm for lv in config.env.levels])
     task.fit(scans, table)
     return task, scans, table
 
@@ -98,6 +114,7 @@ WORLDS = {
     "box": _box_world,
     "plane": _plane_world,
     "slice": _slice_world,
+    "rigid": _rigid_world,
 }
 
 

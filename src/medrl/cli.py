@@ -16,6 +16,7 @@ TASK_NAMES = (
     "box",
     "plane",
     "slice",
+    "rigid",
 )  # medrl.tasks.TASKS, without importing torch for --help
 
 
@@ -110,6 +111,12 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         raise InputError("--elastic-mm warps the moved scans: it needs --rigid-trials 1 or more")
     model_dir = args.model or default_model_dir(args.task or "landmark")
     model = load_model(model_dir, args.device, args.task)
+    if model.kind == "rigid":
+        raise InputError(
+            "a rigid-registration model is evaluated on pairs by misalignment: "
+            "python -m benchmarks.bench_rigid --model DIR (see BENCHMARKS.md)",
+            model_dir,
+        )
     datalist = args.datalist or model.config.train.datalist
     test_cases = load_split(datalist, args.split)
     # The affine baseline's atlas: the first 'train' case of --atlas, else of the datalist the
@@ -160,6 +167,56 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from medrl.predict import run_from_args
 
     return run_from_args(args)
+
+
+def cmd_register(args: argparse.Namespace) -> int:
+    from medrl.registration.base import RegisterOptions
+
+    if args.seed < 0 or args.threads < 1:
+        raise InputError("--seed must be >= 0 and --threads >= 1")
+    options = RegisterOptions(
+        seed=args.seed,
+        model_dir=None if args.model is None else Path(args.model),
+        device=args.device,
+        threads=args.threads,
+    )
+    if args.datalist is not None:
+        single = ("moving", "labels", "landmarks", "fixed_landmarks", "fixed_labels")
+        given = [f"--{name.replace('_', '-')}" for name in single if getattr(args, name)]
+        if given:
+            raise InputError(f"{', '.join(given)}: give these in the datalist's columns")
+        from medrl.registration.batch import register_datalist
+
+        register_datalist(
+            args.datalist, args.out, args.method, options, args.overwrite, not args.no_report
+        )
+        print(args.out)
+        return 0
+    if args.moving is None:
+        raise InputError("--fixed needs --moving (the image to register to it)")
+    from medrl.registration.workflow import register_pair
+
+    record = register_pair(
+        args.fixed,
+        args.moving,
+        args.out,
+        args.method,
+        options,
+        labels=args.labels,
+        landmarks=args.landmarks,
+        fixed_landmarks=args.fixed_landmarks,
+        fixed_labels=args.fixed_labels,
+        report=not args.no_report,
+    )
+    tre = (record["metrics"].get("landmarks") or {}).get("tre_after_mm")
+    extra = f", TRE {tre['mean']:.2f} mm" if tre else ""
+    print(args.out)
+    print(
+        f"registered with {record['method']} in {record['seconds']:.1f} s{extra}; "
+        f"outputs in {args.out}",
+        file=sys.stderr,
+    )
+    return 0
 
 
 def cmd_report(args: argparse.Namespace) -> int:
@@ -330,6 +387,44 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_search_options(predict)
     predict.set_defaults(func=cmd_predict)
+
+    register = sub.add_parser(
+        "register",
+        help="register a moving image to a fixed image (or a datalist of pairs): transform, "
+        "moved image, labels and landmarks, metrics, report",
+    )
+    pairs = register.add_mutually_exclusive_group(required=True)
+    pairs.add_argument("--fixed", help="the fixed (reference) image")
+    pairs.add_argument(
+        "--datalist",
+        help="CSV/JSON of pairs: id,fixed,moving[,labels,landmarks,fixed_landmarks,fixed_labels]",
+    )
+    register.add_argument("--moving", help="the image moved onto the fixed image")
+    register.add_argument(
+        "--out", required=True, help="output folder (--datalist: one subfolder per pair)"
+    )
+    register.add_argument(
+        "--method",
+        default="affine",
+        choices=("agent", "affine", "rigid", "bspline", "deformable"),
+        help="agent: the rigid-registration agent (shipped model); affine, rigid, bspline: "
+        "SimpleITK (Mattes MI); deformable: the learned SVF network (needs --model)",
+    )
+    register.add_argument("--model", help="model folder of the agent or deformable method")
+    register.add_argument("--labels", help="label map of the moving image (on its grid)")
+    register.add_argument("--landmarks", help="landmarks of the moving image (.fcsv, ...)")
+    register.add_argument("--fixed-landmarks", help="landmarks of the fixed image: TRE")
+    register.add_argument("--fixed-labels", help="label map of the fixed image: Dice, HD95")
+    register.add_argument("--seed", type=int, default=0, help="sampling seed (default 0)")
+    register.add_argument("--device", default="cpu", help="learned methods: cpu, cuda, ...")
+    register.add_argument(
+        "--threads", type=int, default=2, help="threads (classical methods: 1 is reproducible)"
+    )
+    register.add_argument("--no-report", action="store_true", help="do not write report.html")
+    register.add_argument(
+        "--overwrite", action="store_true", help="--datalist: redo pairs already done"
+    )
+    register.set_defaults(func=cmd_register)
 
     report = sub.add_parser("report", help="HTML report of a run or evaluation folder")
     from medrl.report import add_arguments as add_report_arguments

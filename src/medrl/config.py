@@ -63,8 +63,8 @@ class TaskConfig:
 
     kind: str = "landmark"
     """``landmark`` (a point), ``box`` (a world-axis-aligned box around a structure) or
-    ``plane`` (a view plane: MSP, AC-PC) or ``slice`` (a slice of the scan's own slice axis
-    through a landmark)."""
+    ``plane`` (a view plane: MSP, AC-PC), ``slice`` (a slice of the scan's own slice axis
+    through a landmark) or ``rigid`` (a rigid transform aligning a moving to a fixed image)."""
     box_context: float = 1.5
     """Box task: the observation spans this many times the box, plus the margin."""
     box_margin_mm: float = 4.0
@@ -93,6 +93,16 @@ class TaskConfig:
     slice_inplane_weight: float = 0.5
     """Slice task: the distance adds this weight x how far the view's centre lies from the
     target within the slice (the agent also moves in the slice, to see the target)."""
+    rigid_radius_mm: float = 40.0
+    """Rigid task: the distance is the mean displacement error over the 27 points of a cube of
+    this half-side around the fixed image's centre (a brain-sized set of points)."""
+    rigid_view_radius_mm: float = 35.0
+    """Rigid task: the views sit at the fixed image's centre and at the corners of a cube of
+    this half-side around it (a patch of the fixed and one of the moving image each)."""
+    rigid_pairs: str = "same_anatomy"
+    """Rigid task: which pairs of the datalist's cases train: ``same_anatomy`` (cases whose
+    landmarks coincide, e.g. one template in two contrasts: the truth is exact) or ``all``
+    (any two cases with 4+ common landmarks: the truth is their least-squares rigid fit)."""
 
 
 @dataclass(frozen=True)

@@ -7,7 +7,13 @@ from pathlib import Path
 
 from medrl.errors import InputError
 
-SHIPPED_MODELS = {"landmark": "afids", "box": "cit168", "plane": "planes", "slice": "slices"}
+SHIPPED_MODELS = {
+    "landmark": "afids",
+    "box": "cit168",
+    "plane": "planes",
+    "slice": "slices",
+    "rigid": "rigid",
+}
 """Task -> folder under ``medrl/models/``."""
 
 

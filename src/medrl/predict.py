@@ -47,8 +47,10 @@ TASK_SUFFIXES = {
     "box": ".mrk.json",
     "plane": ".mrk.json",
     "slice": ".slices.json",
+    "rigid": ".tfm",
 }
-"""The file ``medrl predict`` writes per scan, by task."""
+"""The file ``medrl predict`` writes per scan, by task (a rigid model registers pairs:
+``medrl register``)."""
 OK, SKIPPED, FAILED = "ok", "skipped", "failed"
 
 
@@ -321,11 +323,16 @@ def summary_row(job: ScanJob, status: str = "") -> dict[str, Any]:
     return row
 
 
-def write_summary(rows: Sequence[dict[str, Any]], out_dir: str | Path) -> Path:
-    """``OUT/summary.csv`` (atomic): one row per scan with status, seconds and error."""
+def write_summary(
+    rows: Sequence[dict[str, Any]],
+    out_dir: str | Path,
+    columns: Sequence[str] = SUMMARY_COLUMNS,
+) -> Path:
+    """``OUT/summary.csv`` (atomic): one row per scan (or pair) with status, seconds and
+    error, in ``columns`` (other keys of the rows are left out)."""
     path = Path(out_dir) / SUMMARY_NAME
     with atomic_open(path, "w", newline="", encoding="utf-8") as handle:
-        writer = csv.DictWriter(handle, fieldnames=SUMMARY_COLUMNS, extrasaction="ignore")
+        writer = csv.DictWriter(handle, fieldnames=list(columns), extrasaction="ignore")
         writer.writeheader()
         writer.writerows(rows)
     return path
@@ -453,6 +460,12 @@ def run_from_args(args: Any) -> int:
         raise InputError(
             f"this is a {kind} model, not a {task} model (--task {task}); "
             f"use --task {kind} or a {task} model",
+            model_dir,
+        )
+    if kind == "rigid":
+        raise InputError(
+            "a rigid-registration model aligns two images: use medrl register --method agent "
+            "--fixed F --moving M --model DIR",
             model_dir,
         )
     jobs = jobs_from_args(args, TASK_SUFFIXES[kind])

@@ -44,7 +44,7 @@ from medrl.data.augment import AugmentParams
 from medrl.data.sources import load_split
 from medrl.distributed.ddp import SINGLE, DistContext, rank_device
 from medrl.envs.kernel import SearchKernel, render_observation
-from medrl.envs.pyramid import ScanPyramid, build_pyramid
+from medrl.envs.pyramid import ScanPyramid, case_pyramids
 from medrl.errors import CheckpointError, InputError
 from medrl.tasks import LandmarkTask, TargetTable, make_task
 from medrl.utils.atomic import atomic_dir, atomic_open
@@ -94,7 +94,7 @@ class Trainer:
         _seed_everything(train.seed)
         self.task = make_task(config)
         if scans is None:
-            cases = load_split(train.datalist, "train")
+            cases = self.task.pair_cases(load_split(train.datalist, "train"))
             full = self.task.target_table(cases, train.landmarks)
             shard = dist.shard(len(cases))
             extra = [full.extra[i] for i in shard] if full.extra else []
@@ -102,7 +102,7 @@ class Trainer:
                 full.names, full.descriptions, [full.poses[i] for i in shard], extra
             )
             spacings = [lv.spacing_mm for lv in config.env.levels]
-            scans = [build_pyramid(cases[i].volume, spacings, self.device) for i in shard]
+            scans = case_pyramids([cases[i] for i in shard], spacings, self.device)
         elif table is None:
             assert targets is not None
             names = names or tuple(f"L{i}" for i in range(len(targets[0])))

@@ -54,7 +54,7 @@ def template_of(case_id: str) -> str:
     raise InputError(f"{case_id!r} is not a case of builtin:afids4")
 
 
-def _affine_lstsq(source_ras: np.ndarray, target_ras: np.ndarray) -> np.ndarray:
+def affine_lstsq(source_ras: np.ndarray, target_ras: np.ndarray) -> np.ndarray:
     """(4, 4) least-squares affine map taking ``source_ras`` onto ``target_ras`` (N, 3)."""
     design = np.c_[source_ras, np.ones(len(source_ras))]
     solution, *_ = np.linalg.lstsq(design, target_ras, rcond=None)
@@ -74,7 +74,7 @@ def brain_mask(
     reference serves every image)."""
     mask = _reference_mask(cache)
     reference = read_landmarks(afids_landmarks_path(_MASK_TEMPLATE)).points_ras
-    to_reference = _affine_lstsq(np.asarray(landmarks_ras, dtype=np.float64), reference)
+    to_reference = affine_lstsq(np.asarray(landmarks_ras, dtype=np.float64), reference)
     # image index -> image RAS -> reference RAS -> mask index, as one affine map
     index_map = mask.ras_to_index @ to_reference @ image.index_to_ras
     nz, ny, nx = image.array.shape

@@ -87,6 +87,9 @@ class Case:
     split: str
     labels: Volume | None = None
     label_names: dict[int, str] | None = None
+    partner: Case | None = None
+    """Registration pairs (:mod:`medrl.tasks.rigid`): the *fixed* image of the pair, this case
+    being the *moving* one (None for the single-image tasks)."""
 
 
 # --------------------------------------------------------------------------------------

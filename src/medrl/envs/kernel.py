@@ -63,6 +63,17 @@ def render_observation(
     centres, offsets = task.grid(flat, levels, p)
     axes = task.grid_axes(flat)
     scan, frame_params = poses.scan[rep], params.index(rep)
+    views = task.views(flat, levels, p)
+    if views is not None:  # channels of their own centres, axes and images (registration)
+        rendered = [
+            render_patches(
+                scans, scan, levels, v.centres_ras, frame_params, v.offsets_mm,
+                noise_values, v.axes, partner=v.partner,
+            )
+            for v in views
+        ]  # fmt: skip
+        patches = torch.stack(rendered, dim=1).reshape(n, frames * len(views), p, p, p)
+        return _observation(task, poses, patches)
     context = task.context_grid(flat, levels, p)
     if context is not None:  # a second patch per frame: rendered in the same pass
         row = torch.arange(len(flat), device=device).repeat_interleave(2)
@@ -75,6 +86,10 @@ def render_observation(
     patches = render_patches(
         scans, scan, levels, centres, frame_params, offsets, noise_values, axes
     ).reshape(n, frames * channels, p, p, p)
+    return _observation(task, poses, patches)
+
+
+def _observation(task: Task, poses: Poses, patches: torch.Tensor) -> dict[str, torch.Tensor]:
     obs = {
         "patch": patches,
         "target": poses.target,

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import SimpleITK as sitk
 import torch
 
+from medrl.data.datalist import Case
 from medrl.io.images import Volume, resample_isotropic
 
 
@@ -30,6 +31,8 @@ class ScanPyramid:
     index_to_ras: np.ndarray  # (4, 4) of the original grid
     size_xyz: np.ndarray  # (3,) of the original grid
     source: str
+    partner: ScanPyramid | None = None
+    """A registration pair's fixed image (this scan is the moving one); None otherwise."""
 
     def contains_ras(self, points_ras: torch.Tensor, margin_vox: float = 0.0) -> torch.Tensor:
         """Whether points (..., 3) lie inside the original image grid."""
@@ -113,9 +116,22 @@ def build_pyramid(
                 size_xyz=torch.as_tensor(level.shape_xyz, dtype=torch.float32).to(device),
             )
         )
-    shape_xyz = np.asarray(volume.shape_xyz, dtype=np.float64)
+    centre_ras, intensity_centre_ras = _centres_ras(normalised)
+    return ScanPyramid(
+        levels=tuple(levels),
+        centre_ras=centre_ras,
+        intensity_centre_ras=intensity_centre_ras,
+        index_to_ras=np.asarray(volume.index_to_ras, dtype=np.float64),
+        size_xyz=np.asarray(volume.shape_xyz, dtype=np.float64),
+        source=volume.source,
+    )
+
+
+def _centres_ras(normalised: Volume) -> tuple[np.ndarray, np.ndarray]:
+    """The grid centre and the intensity-weighted centroid of a normalised volume (RAS mm)."""
+    shape_xyz = np.asarray(normalised.shape_xyz, dtype=np.float64)
     centre_index = (shape_xyz - 1) / 2
-    index_to_ras = np.asarray(volume.index_to_ras, dtype=np.float64)
+    index_to_ras = np.asarray(normalised.index_to_ras, dtype=np.float64)
     weights = np.clip(normalised.array, 0, None).astype(np.float64)
     total = weights.sum()
     if total > 0:
@@ -126,11 +142,42 @@ def build_pyramid(
     else:
         centroid_index = centre_index
     to_ras = index_to_ras[:3, :3]
-    return ScanPyramid(
-        levels=tuple(levels),
-        centre_ras=to_ras @ centre_index + index_to_ras[:3, 3],
-        intensity_centre_ras=to_ras @ centroid_index + index_to_ras[:3, 3],
-        index_to_ras=index_to_ras,
-        size_xyz=shape_xyz,
-        source=volume.source,
+    return (
+        to_ras @ centre_index + index_to_ras[:3, 3],
+        to_ras @ centroid_index + index_to_ras[:3, 3],
     )
+
+
+def intensity_centre_ras(volume: Volume) -> np.ndarray:
+    """(3,) where :func:`build_pyramid` puts a scan's ``intensity_centre_ras``."""
+    normalised = replace(volume, array=normalise_intensity(volume.array))
+    return _centres_ras(normalised)[1]
+
+
+def build_pair_pyramid(
+    moving: Volume, fixed: Volume, spacings_mm: list[float], device: torch.device | str = "cpu"
+) -> ScanPyramid:
+    """The moving image's pyramid with the fixed image's as its ``partner`` (registration)."""
+    partner = build_pyramid(fixed, spacings_mm, device)
+    return replace(build_pyramid(moving, spacings_mm, device), partner=partner)
+
+
+def case_pyramids(
+    cases: list[Case], spacings_mm: list[float], device: torch.device | str = "cpu"
+) -> list[ScanPyramid]:
+    """The pyramid of every case (with its ``partner``'s for registration pairs); an image
+    shared by several pairs is prepared once."""
+    built: dict[int, ScanPyramid] = {}
+
+    def pyramid(volume: Volume) -> ScanPyramid:
+        if id(volume) not in built:
+            built[id(volume)] = build_pyramid(volume, spacings_mm, device)
+        return built[id(volume)]
+
+    out = []
+    for case in cases:
+        scan = pyramid(case.volume)
+        if case.partner is not None:
+            scan = replace(scan, partner=pyramid(case.partner.volume))
+        out.append(scan)
+    return out

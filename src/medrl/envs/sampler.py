@@ -64,6 +64,7 @@ def render_patches(
     offsets_mm: torch.Tensor,
     noise: torch.Tensor | None = None,
     axes: torch.Tensor | None = None,
+    partner: bool = False,
 ) -> torch.Tensor:
     """Render patches (N, P, P, P) for N poses.
 
@@ -77,6 +78,7 @@ def render_patches(
         noise: optional (N, P^3) standard-normal noise, scaled by the episode's noise level.
         axes: optional (N, 3, 3) unit grid axes (rows, RAS) of oblique patches; offsets are
             then along these axes (default: R, A, S).
+        partner: sample each scan's ``partner`` (a registration pair's fixed image) instead.
     """
     n = position_ras.shape[0]
     patch_size = offsets_mm.shape[-1]
@@ -92,7 +94,12 @@ def render_patches(
     keys = scan_index * num_levels + source_level
     for key in torch.unique(keys).tolist():
         rows = torch.nonzero(keys == key, as_tuple=True)[0]
-        image = scans[key // num_levels].levels[key % num_levels]
+        scan = scans[key // num_levels]
+        if partner:
+            if scan.partner is None:
+                raise ValueError(f"{scan.source}: no partner image (not a registration pair)")
+            scan = scan.partner
+        image = scan.levels[key % num_levels]
         grid = grid_coordinates(image, source_points[rows].reshape(-1, 3))
         grid = grid.reshape(1, len(rows) * patch_size, patch_size, patch_size, 3)
         sampled = F.grid_sample(

@@ -10,6 +10,7 @@ from medrl.tasks.base import Poses, TargetTable, Task
 from medrl.tasks.box import BoxTask
 from medrl.tasks.landmark import LandmarkTask
 from medrl.tasks.plane import PlaneTask
+from medrl.tasks.rigid import RigidTask
 from medrl.tasks.slice import SliceTask
 
 TASKS: dict[str, type[Task]] = {
@@ -17,6 +18,7 @@ TASKS: dict[str, type[Task]] = {
     "box": BoxTask,
     "plane": PlaneTask,
     "slice": SliceTask,
+    "rigid": RigidTask,
 }
 
 __all__ = [
@@ -25,6 +27,7 @@ __all__ = [
     "LandmarkTask",
     "PlaneTask",
     "Poses",
+    "RigidTask",
     "SliceTask",
     "TargetTable",
     "Task",

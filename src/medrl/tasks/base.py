@@ -61,6 +61,17 @@ class TargetTable:
         return np.flatnonzero(np.isfinite(self.poses[scan]).all(axis=1))
 
 
+@dataclass
+class View:
+    """One channel of an observation whose channels differ in more than their offsets."""
+
+    centres_ras: torch.Tensor  # (N, 3)
+    offsets_mm: torch.Tensor  # (N, 3, P)
+    axes: torch.Tensor | None  # (N, 3, 3) unit grid axes (rows, RAS), or None for R, A, S
+    partner: bool = False
+    """Sample the scan's ``partner`` (a registration pair's fixed image) instead of the scan."""
+
+
 class Task:
     """Base class of the tasks: the names below, plus defaults for the optional functions."""
 
@@ -113,6 +124,11 @@ class Task:
         return shifts[: max(1, min(num_starts, 7))]
 
     # ------------------------------------------------------------------ data
+    def pair_cases(self, cases: list[Case]) -> list[Case]:
+        """The training cases the task learns from (registration: pairs of the datalist's
+        cases, each with its fixed image as ``partner``); default: the cases."""
+        return cases
+
     def target_table(self, cases: list[Case], names: Sequence[str] = ()) -> TargetTable:
         raise NotImplementedError
 
@@ -157,11 +173,14 @@ class Task:
         raise NotImplementedError
 
     def reward(self, d_old: torch.Tensor, d_new: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError
+        """(N,) the decrease of the distance, clipped to ``env.reward_clip_mm`` (default)."""
+        clip = self.config.env.reward_clip_mm
+        return torch.clamp(d_old - d_new, -clip, clip)
 
     def success(self, pose: torch.Tensor, goal: torch.Tensor) -> torch.Tensor:
-        """(N,) bool: a training episode that reaches this ends (terminated)."""
-        raise NotImplementedError
+        """(N,) bool: a training episode that reaches this ends (terminated); default: the
+        distance is below ``env.success_radius_mm``."""
+        return self.distance(pose, goal) < self.config.env.success_radius_mm
 
     def tolerance(self, pose: torch.Tensor, level: torch.Tensor) -> torch.Tensor:
         """(N, D): poses closer than this per coordinate count as the same (oscillation)."""
@@ -198,6 +217,13 @@ class Task:
         self, pose: torch.Tensor, level: torch.Tensor, patch_size: int
     ) -> torch.Tensor | None:
         """Offsets (N, 3, P) of a second patch at the same centres (a wider context), or None."""
+        return None
+
+    def views(self, pose: torch.Tensor, level: torch.Tensor, patch_size: int) -> list[View] | None:
+        """Per channel, where and in which image the observation samples, for tasks whose
+        channels have their own centres and axes (registration: the fixed image around the
+        fixed centre, the moving image under the pose); None (the default): :meth:`grid`,
+        :meth:`grid_axes` and :meth:`context_grid`."""
         return None
 
     def features(self, pose: torch.Tensor) -> torch.Tensor:

@@ -1,0 +1,65 @@
+"""``medrl register --method agent`` with the shipped rigid-registration model."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from _registration_data import TEMPLATE, rigid_matrix_ras
+from medrl.baselines.registration import working_image
+from medrl.cli import main
+from medrl.data.builtin import afids_landmarks
+from medrl.io.images import Volume, read_image, write_image
+from medrl.io.landmarks import Landmarks, write_landmarks
+from medrl.registration.transforms import LPS_RAS_4X4
+
+
+def _moved_header(volume: Volume, matrix_ras: np.ndarray) -> Volume:
+    """The image with its world moved by ``matrix_ras`` (nothing resampled or cropped)."""
+    lps = LPS_RAS_4X4 @ matrix_ras @ LPS_RAS_4X4
+    return Volume(
+        volume.array,
+        volume.spacing_mm,
+        lps[:3, :3] @ volume.origin_lps + lps[:3, 3],
+        lps[:3, :3] @ volume.direction_lps,
+        source="moved",
+    )
+
+
+@pytest.fixture(scope="module")
+def t2_to_t1(builtin_data: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """The template's T2w (2 mm) moved 25 degrees and 20 mm against its T1w (2 mm)."""
+    folder = tmp_path_factory.mktemp("agent_pair")
+    landmarks = afids_landmarks(TEMPLATE)
+    fixed, moving = (
+        Volume.from_sitk(working_image(read_image(builtin_data / name), 2.0), name)
+        for name in (f"tpl-{TEMPLATE}_res-01_T1w.nii.gz", f"tpl-{TEMPLATE}_res-01_T2w.nii.gz")
+    )
+    matrix = rigid_matrix_ras(25.0, (12.0, -10.0, 12.0))
+    moved_points = landmarks.points_ras @ matrix[:3, :3].T + matrix[:3, 3]
+    files = {name: folder / f"{name}.nii.gz" for name in ("fixed", "moving")}
+    write_image(fixed, files["fixed"])
+    write_image(_moved_header(moving, matrix), files["moving"])
+    files["fixed_landmarks"] = folder / "fixed.fcsv"
+    files["landmarks"] = folder / "moving.fcsv"
+    write_landmarks(landmarks, files["fixed_landmarks"])
+    write_landmarks(Landmarks(landmarks.names, moved_points), files["landmarks"])
+    return files
+
+
+def test_the_shipped_agent_aligns_a_moved_contrast(t2_to_t1: dict[str, Path], tmp_path) -> None:
+    out = tmp_path / "out"
+    argv = ["register", "--method", "agent", "--out", str(out), "--no-report"]
+    for key in ("fixed", "moving", "landmarks", "fixed_landmarks"):
+        argv += [f"--{key.replace('_', '-')}", str(t2_to_t1[key])]
+    assert main(argv) == 0
+    record = json.loads((out / "registration.json").read_text())
+    tre = record["metrics"]["landmarks"]
+    assert tre["tre_before_mm"]["mean"] > 20.0
+    assert tre["tre_after_mm"]["mean"] < 3.0
+    transform = sitk.ReadTransform(str(out / "transform.tfm"))
+    assert transform.GetName() == "Euler3DTransform"
