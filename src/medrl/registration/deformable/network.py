@@ -1,0 +1,105 @@
+"""The velocity network: a small 3D U-Net from (fixed, moving) to a stationary velocity field.
+
+Input: a (B, 2, D, H, W) tensor, channel 0 the fixed image and channel 1 the moving image,
+both on the same working grid (the moving image already resampled into the fixed image's frame,
+see :mod:`medrl.registration.deformable.frames`) and intensity-normalised to about [0, 1].
+
+Output: a (B, 3, D, H, W) stationary velocity field in **voxel units of the working grid**,
+channel 0/1/2 along the index axes x/y/z (i, j, k; the W, H, D tensor axes), the convention of
+:mod:`medrl.registration.deformable.integrate`. The last convolution starts near zero (weights
+N(0, 1e-5), bias 0), so an untrained network predicts almost the identity transform.
+
+Any grid size works: the input is padded (edge values) to a multiple of ``2 ** (levels - 1)``
+and the output cropped back.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+__all__ = ["NetworkSettings", "VelocityUNet"]
+
+HEAD_INIT_STD = 1e-5
+"""Standard deviation of the last convolution's initial weights (near-identity start)."""
+
+
+@dataclass(frozen=True)
+class NetworkSettings:
+    """Shape of :class:`VelocityUNet`."""
+
+    channels: tuple[int, ...] = (8, 16, 32)
+    """Feature channels per level, finest first; ``len(channels)`` levels (2 poolings for 3)."""
+    negative_slope: float = 0.2
+    """LeakyReLU slope."""
+
+    def __post_init__(self) -> None:
+        channels = tuple(int(c) for c in self.channels)
+        if len(channels) < 1 or any(c < 1 for c in channels):
+            raise ValueError(f"channels must be positive integers, got {self.channels}")
+        object.__setattr__(self, "channels", channels)
+
+    @property
+    def multiple_vox(self) -> int:
+        """Grid sizes are padded to a multiple of this (one halving per coarser level)."""
+        return 2 ** (len(self.channels) - 1)
+
+
+def _conv(in_channels: int, out_channels: int, slope: float) -> nn.Sequential:
+    return nn.Sequential(
+        nn.Conv3d(in_channels, out_channels, kernel_size=3, padding=1),
+        nn.LeakyReLU(slope),
+    )
+
+
+class VelocityUNet(nn.Module):
+    """3D U-Net: two convolutions per level, average pooling down, trilinear upsampling up,
+    skip connections by concatenation, a 3-channel velocity head (voxel units)."""
+
+    def __init__(self, settings: NetworkSettings | None = None) -> None:
+        super().__init__()
+        self.settings = settings or NetworkSettings()
+        channels = self.settings.channels
+        slope = self.settings.negative_slope
+        self.encoders = nn.ModuleList()
+        previous = 2
+        for width in channels:
+            self.encoders.append(
+                nn.Sequential(_conv(previous, width, slope), _conv(width, width, slope))
+            )
+            previous = width
+        self.decoders = nn.ModuleList()
+        for width in reversed(channels[:-1]):
+            self.decoders.append(
+                nn.Sequential(_conv(previous + width, width, slope), _conv(width, width, slope))
+            )
+            previous = width
+        self.head = nn.Conv3d(previous, 3, kernel_size=3, padding=1)
+        nn.init.normal_(self.head.weight, mean=0.0, std=HEAD_INIT_STD)
+        nn.init.zeros_(self.head.bias)
+
+    def forward(self, pair: torch.Tensor) -> torch.Tensor:
+        """(B, 2, D, H, W) fixed + moving -> (B, 3, D, H, W) velocity in working voxels."""
+        if pair.ndim != 5 or pair.shape[1] != 2:
+            raise ValueError(f"expected a (B, 2, D, H, W) tensor, got {tuple(pair.shape)}")
+        size = pair.shape[2:]
+        multiple = self.settings.multiple_vox
+        pad = [(-n) % multiple for n in size]
+        x = pair
+        if any(pad):
+            # F.pad lists the last axis first: (W low, W high, H low, H high, D low, D high)
+            x = F.pad(x, (0, pad[2], 0, pad[1], 0, pad[0]), mode="replicate")
+        skips = []
+        for level, encoder in enumerate(self.encoders):
+            if level > 0:
+                x = F.avg_pool3d(x, kernel_size=2)
+            x = encoder(x)
+            skips.append(x)
+        for decoder, skip in zip(self.decoders, reversed(skips[:-1]), strict=True):
+            x = F.interpolate(x, size=skip.shape[2:], mode="trilinear", align_corners=False)
+            x = decoder(torch.cat([x, skip], dim=1))
+        velocity = self.head(x)
+        return velocity[:, :, : size[0], : size[1], : size[2]]
