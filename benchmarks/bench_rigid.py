@@ -39,7 +39,7 @@ from medrl.data.scenarios import RigidTransform
 from medrl.io.images import Volume
 from medrl.registration.agent import agent_registration
 from medrl.registration.base import RegisterOptions
-from medrl.registration.transforms import LPS_RAS_4X4, fit_rigid_ras
+from medrl.registration.transforms import LPS_RAS_4X4, fit_rigid_ras, move_header
 
 TEST_PAIRS = (
     ("MNI305_T1w", "MNI305_T1w_brain"),
@@ -75,18 +75,8 @@ def misalign(
     move = np.eye(4)
     move[:3, :3] = rotation
     move[:3, 3] = centre + shift - rotation @ centre
-    rotation_lps = RAS_TO_LPS @ rotation @ RAS_TO_LPS
-    move_lps = np.eye(4)
-    move_lps[:3, :3] = rotation_lps
-    move_lps[:3, 3] = RAS_TO_LPS @ move[:3, 3]
-    moved = Volume(
-        volume.array,
-        volume.spacing_mm,
-        rotation_lps @ volume.origin_lps + move_lps[:3, 3],
-        rotation_lps @ volume.direction_lps,
-        source=f"{volume.source} (moved {angle:.1f} deg, {np.linalg.norm(shift):.1f} mm)",
-    )
-    return moved, move
+    label = f"{volume.source} (moved {angle:.1f} deg, {np.linalg.norm(shift):.1f} mm)"
+    return move_header(volume, move, label), move
 
 
 def truth_map(fixed: Case, moving: Case) -> tuple[np.ndarray, np.ndarray]:

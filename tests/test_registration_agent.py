@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import numpy as np
 import pytest
 import SimpleITK as sitk
 
@@ -15,19 +14,7 @@ from medrl.cli import main
 from medrl.data.builtin import afids_landmarks
 from medrl.io.images import Volume, read_image, write_image
 from medrl.io.landmarks import Landmarks, write_landmarks
-from medrl.registration.transforms import LPS_RAS_4X4
-
-
-def _moved_header(volume: Volume, matrix_ras: np.ndarray) -> Volume:
-    """The image with its world moved by ``matrix_ras`` (nothing resampled or cropped)."""
-    lps = LPS_RAS_4X4 @ matrix_ras @ LPS_RAS_4X4
-    return Volume(
-        volume.array,
-        volume.spacing_mm,
-        lps[:3, :3] @ volume.origin_lps + lps[:3, 3],
-        lps[:3, :3] @ volume.direction_lps,
-        source="moved",
-    )
+from medrl.registration.transforms import move_header
 
 
 @pytest.fixture(scope="module")
@@ -43,7 +30,7 @@ def t2_to_t1(builtin_data: Path, tmp_path_factory: pytest.TempPathFactory) -> di
     moved_points = landmarks.points_ras @ matrix[:3, :3].T + matrix[:3, 3]
     files = {name: folder / f"{name}.nii.gz" for name in ("fixed", "moving")}
     write_image(fixed, files["fixed"])
-    write_image(_moved_header(moving, matrix), files["moving"])
+    write_image(move_header(moving, matrix, "moved"), files["moving"])
     files["fixed_landmarks"] = folder / "fixed.fcsv"
     files["landmarks"] = folder / "moving.fcsv"
     write_landmarks(landmarks, files["fixed_landmarks"])

@@ -12,6 +12,7 @@ from _registration_data import rigid_matrix_ras
 from _synthetic import oblique_volume
 from medrl.baselines.registration import map_points_lps
 from medrl.errors import InputError
+from medrl.io.images import Volume
 from medrl.io.landmarks import Landmarks
 from medrl.registration.base import RegistrationOutcome
 from medrl.registration.transforms import (
@@ -173,3 +174,19 @@ def test_map_landmarks_and_resample_moving() -> None:
         volume, volume, sitk.TranslationTransform(3, (1e4, 0, 0)), "nearest", -5
     )
     assert np.all(outside.array == -5)
+
+
+def test_move_header_moves_every_voxel_by_the_map_and_keeps_the_voxels() -> None:
+    from medrl.registration.transforms import move_header
+
+    direction = np.array([[0.0, -1.0, 0.0], [1.0, 0.0, 0.0], [0.0, 0.0, 1.0]])
+    volume = Volume(np.arange(210, dtype=np.float32).reshape(5, 6, 7), [1.0, 2.0, 3.0],
+                    [10.0, -5.0, 3.0], direction, "x")  # fmt: skip
+    rotation = sitk.VersorTransform((0.0, 0.6, 0.8), 0.4).GetMatrix()
+    matrix = np.eye(4)
+    matrix[:3, :3], matrix[:3, 3] = np.reshape(rotation, (3, 3)), [4.0, -2.0, 9.0]
+    moved = move_header(volume, matrix)
+    index = np.array([[0.0, 0.0, 0.0], [1.0, 2.0, 3.0], [6.0, 5.0, 4.0]])
+    expected = volume.index_to_world(index, "RAS") @ matrix[:3, :3].T + matrix[:3, 3]
+    np.testing.assert_allclose(moved.index_to_world(index, "RAS"), expected, atol=1e-9)
+    assert np.array_equal(moved.array, volume.array)

@@ -25,7 +25,15 @@ from medrl.config import AugmentConfig, EnvConfig
 from medrl.data.augment import AugmentParams, batch_params, transform_points
 from medrl.envs.pyramid import ScanPyramid
 from medrl.envs.sampler import episode_noise, render_patches
-from medrl.tasks.base import Poses, TargetTable, Task, advance, count_repeats, push_history
+from medrl.tasks.base import (
+    Poses,
+    TargetTable,
+    Task,
+    View,
+    advance,
+    count_repeats,
+    push_history,
+)
 
 _STATE_FIELDS = (
     "scan", "target", "level", "frames", "goal", "actions", "recent", "steps", "episode_seed",
@@ -60,20 +68,13 @@ def render_observation(
     )
     levels = poses.level[rep]
     flat = poses.frames.reshape(-1, dim)
-    centres, offsets = task.grid(flat, levels, p)
-    axes = task.grid_axes(flat)
     scan, frame_params = poses.scan[rep], params.index(rep)
     views = task.views(flat, levels, p)
     if views is not None:  # channels of their own centres, axes and images (registration)
-        rendered = [
-            render_patches(
-                scans, scan, levels, v.centres_ras, frame_params, v.offsets_mm,
-                noise_values, v.axes, partner=v.partner,
-            )
-            for v in views
-        ]  # fmt: skip
-        patches = torch.stack(rendered, dim=1).reshape(n, frames * len(views), p, p, p)
-        return _observation(task, poses, patches)
+        patches = _render_views(scans, views, scan, levels, frame_params, noise_values)
+        return _observation(task, poses, patches.reshape(n, frames * len(views), p, p, p))
+    centres, offsets = task.grid(flat, levels, p)
+    axes = task.grid_axes(flat)
     context = task.context_grid(flat, levels, p)
     if context is not None:  # a second patch per frame: rendered in the same pass
         row = torch.arange(len(flat), device=device).repeat_interleave(2)
@@ -87,6 +88,46 @@ def render_observation(
         scans, scan, levels, centres, frame_params, offsets, noise_values, axes
     ).reshape(n, frames * channels, p, p, p)
     return _observation(task, poses, patches)
+
+
+def _render_views(
+    scans: list[ScanPyramid],
+    views: list[View],
+    scan: torch.Tensor,
+    levels: torch.Tensor,
+    params: AugmentParams,
+    noise: torch.Tensor | None,
+) -> torch.Tensor:
+    """Patches (M, V, P, P, P) of the views (V) of M poses: one pass over the views that
+    sample the scan and one over those that sample its partner."""
+    m, count = len(scan), len(views)
+    out: torch.Tensor | None = None
+    for partner in (False, True):
+        chosen = [i for i, v in enumerate(views) if v.partner == partner]
+        if not chosen:
+            continue
+        group = [views[i] for i in chosen]
+        eye = torch.eye(3, device=scan.device).expand(m, 3, 3)
+        axes = None
+        if any(v.axes is not None for v in group):
+            axes = torch.cat([eye if v.axes is None else v.axes for v in group])
+        row = torch.arange(m, device=scan.device).repeat(len(group))
+        rendered = render_patches(
+            scans,
+            scan[row],
+            levels[row],
+            torch.cat([v.centres_ras for v in group]),
+            params.index(row),
+            torch.cat([v.offsets_mm for v in group]),
+            None if noise is None else noise[row],
+            axes,
+            partner=partner,
+        )
+        if out is None:
+            out = rendered.new_empty((m, count, *rendered.shape[1:]))
+        out[:, chosen] = rendered.reshape(len(group), m, *rendered.shape[1:]).transpose(0, 1)
+    assert out is not None
+    return out
 
 
 def _observation(task: Task, poses: Poses, patches: torch.Tensor) -> dict[str, torch.Tensor]:

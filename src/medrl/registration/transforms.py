@@ -91,6 +91,20 @@ def rigid_ras_to_sitk(matrix_ras: np.ndarray) -> sitk.Transform:
     return affine
 
 
+def move_header(volume: Volume, matrix_ras: np.ndarray, source: str = "") -> Volume:
+    """``volume`` with its world moved by the rigid map ``matrix_ras`` (4, 4, RAS): the voxel
+    that was at ``x`` is at ``matrix_ras x``. Only the header changes (origin and direction),
+    so nothing is resampled or cropped: an exact misalignment for registration tests."""
+    lps = LPS_RAS_4X4 @ np.asarray(matrix_ras, dtype=np.float64) @ LPS_RAS_4X4
+    return Volume(
+        volume.array,
+        volume.spacing_mm,
+        lps[:3, :3] @ volume.origin_lps + lps[:3, 3],
+        lps[:3, :3] @ volume.direction_lps,
+        source=source or volume.source,
+    )
+
+
 def sitk_to_matrix_ras(transform: sitk.Transform) -> np.ndarray:
     """A linear SimpleITK transform (LPS, any centre, composites of linear ones included) as
     the (4, 4) matrix of the same map of RAS points. ValueError for non-linear transforms."""
