@@ -10,10 +10,7 @@ pytest.importorskip("trl")
 pytest.importorskip("SimpleITK")
 
 
-@pytest.fixture(autouse=True)
-def _offline(monkeypatch) -> None:
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setenv("TRANSFORMERS_OFFLINE", "1")
+pytestmark = pytest.mark.usefixtures("offline")
 
 
 def test_grpo_config_sets_drifting_defaults_explicitly(tmp_path) -> None:
@@ -29,7 +26,8 @@ def test_grpo_config_sets_drifting_defaults_explicitly(tmp_path) -> None:
     assert (args.epsilon, args.epsilon_high) == (grpo["epsilon"], grpo["epsilon_high"])
     assert args.scale_rewards == "group" and args.temperature == grpo["temperature"]
     assert args.max_completion_length == grpo["max_completion_length"]
-    assert args.reward_weights == [0.5, 1.0, 1.0, 0.5]
+    # the four rewards, then grounding_diagnostics: weight 0, it only logs
+    assert args.reward_weights == [0.5, 1.0, 1.0, 0.5, 0.0]
     big = load_vlm_config("qwen2.5-vl-3b")
     assert big["model"]["lora"] and big["grpo"]["loss_type"] == "grpo"
 

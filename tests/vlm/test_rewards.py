@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from medrl.vlm.boxes import BoxFrame, box_iou, format_box, pixel_to_ras, ras_to_pixel, smart_resize
-from medrl.vlm.masks import box_coverage, mask_to_rle, rle_to_mask
+from medrl.vlm.masks import box_coverage, box_dice, mask_to_rle, rle_to_mask
 from medrl.vlm.parsing import choice_letter, parse_box
 from medrl.vlm.rewards import (
     choice_accuracy_reward,
@@ -254,37 +254,120 @@ def test_mask_rle_round_trip_and_coverage() -> None:
     assert box_coverage(mask, [1, 1, 5, 3]) == 0.75
     # fractional edge: [1.5, 1, 5, 3]: area 7, of which 6 on the mask
     assert box_coverage(mask, [1.5, 1, 5, 3]) == pytest.approx(6 / 7)
+    # Dice 2 |B & M| / (|B| + |M|), |M| = 6: exact box 1; [1, 1, 5, 3] 12 / 14; [1.5, ...] 12 / 13
+    assert box_dice(mask, [2, 1, 5, 3]) == 1.0
+    assert box_dice(mask, [1, 1, 5, 3]) == pytest.approx(12 / 14)
+    assert box_dice(mask, [1.5, 1, 5, 3]) == pytest.approx(12 / 13)
+    assert box_dice(mask, [0, 0, 1, 1]) == 0.0
+    assert box_dice(np.zeros((4, 6), dtype=bool), [0, 0, 0, 4]) == 0.0  # empty box and mask
+
+
+def _semantic(mask: np.ndarray, boxes: list, box_px: list | None = None) -> list:
+    """semantic_reward of ``boxes`` (pixel units) on ``mask``, with ``box_px`` as true box."""
+    height, width = mask.shape
+    n = len(boxes)
+    columns = {
+        "target_mask": [mask_to_rle(mask)] * n,
+        "box_format": ["pixel"] * n,
+        "image_size": [[width, height]] * n,
+        "model_size": [[width, height]] * n,
+    }
+    if box_px is not None:
+        columns["box_px"] = [box_px] * n
+    completions = [b if isinstance(b, list) and isinstance(b[0], dict) else _wrap(str(b))
+                   for b in boxes]  # fmt: skip
+    return semantic_reward([None] * n, completions, **columns)
 
 
 def test_semantic_reward_scores_the_box_region() -> None:
     mask = np.zeros((10, 10), dtype=bool)
-    mask[2:6, 2:6] = True  # the named structure
-    runs = mask_to_rle(mask)
-    completions = [
-        _wrap("[2, 2, 6, 6]"),  # on the structure
-        _wrap("[2, 2, 10, 6]"),  # half of it on the structure
-        _wrap("[6, 2, 10, 6]"),  # next to it (touching, no overlap): 0
-        _wrap("[1, 1]"),
-        [{"role": "assistant", "content": _wrap("[4, 4, 8, 8]")}],  # quarter
+    mask[2:6, 2:6] = True  # the named structure, a filled 4 x 4 square: its box has Dice 1
+    boxes = [
+        [2, 2, 6, 6],  # on the structure
+        [2, 2, 10, 6],  # twice as wide: 2 * 16 / (32 + 16)
+        [6, 2, 10, 6],  # next to it (touching, no overlap): 0
+        "[1, 1]",  # malformed: 0
+        [{"role": "assistant", "content": _wrap("[4, 4, 8, 8]")}],  # a quarter on it: 8 / 32
+        [3, 3, 5, 5],  # inside it, a quarter of its size: 2 * 4 / (4 + 16); precision was 1
     ]
-    n = len(completions)
-    rewards = semantic_reward(
-        [None] * n,
-        completions,
-        target_mask=[runs] * n,
-        box_format=["pixel"] * n,
-        image_size=[[10, 10]] * n,
-        model_size=[[10, 10]] * n,
-    )
-    assert rewards == pytest.approx([1.0, 0.5, 0.0, 0.0, 0.25])
-    assert semantic_reward(
+    expected = [1.0, 2 / 3, 0.0, 0.0, 0.25, 0.4]
+    assert _semantic(mask, boxes, [2, 2, 6, 6]) == pytest.approx(expected)
+    # without a true box the plain Dice is used (equal here: the true box's Dice is 1)
+    assert _semantic(mask, boxes) == pytest.approx(expected)
+    assert _semantic(mask, ["A"], [2, 2, 6, 6]) == [0.0]  # a letter is no box
+    no_mask = semantic_reward(
         [None],
         [_wrap("A")],
         target_mask=[[]],
         box_format=["pixel"],
         image_size=[[10, 10]],
         model_size=[[10, 10]],
-    ) == [None]
+    )
+    assert no_mask == [None]
+
+
+def _ring_mask() -> tuple[np.ndarray, list[float]]:
+    """A 2 px thick square ring, outer [10, 30) x [10, 30) on a 40 x 40 image: 144 pixels,
+    like a cortical ribbon that fills only 36 % of its bounding box (returned second)."""
+    mask = np.zeros((40, 40), dtype=bool)
+    mask[10:30, 10:30] = True
+    mask[12:28, 12:28] = False
+    return mask, [10.0, 10.0, 30.0, 30.0]
+
+
+def test_semantic_reward_is_highest_at_the_true_box_of_a_ribbon() -> None:
+    mask, true_box = _ring_mask()
+    assert int(mask.sum()) == 144
+    reference = 2 * 144 / (400 + 144)  # the true box's own Dice, 0.529
+    assert box_dice(mask, true_box) == pytest.approx(reference)
+    inside = [10, 10, 12, 20]  # 2 x 10 px, all on the ring
+    assert box_coverage(mask, inside) == 1.0  # the old reward (precision): full marks
+    assert box_coverage(mask, true_box) == pytest.approx(0.36)  # ... and 0.36 for the truth
+    small = 2 * 20 / (20 + 144) / reference  # 0.461
+    half_ring = [10, 10, 30, 20]  # the upper half: 72 of its 200 px on the ring
+    half = 2 * 72 / (200 + 144) / reference  # 0.791
+    rewards = _semantic(mask, [true_box, inside, half_ring], true_box)
+    assert rewards == pytest.approx([1.0, small, half])
+    assert rewards[1] < 0.7
+    # shrinking or growing the true box about its centre only lowers the reward
+    scales = [0.3, 0.5, 0.7, 0.9, 1.0, 1.2, 1.5, 2.0]
+    boxes = [[20 - 10 * s, 20 - 10 * s, 20 + 10 * s, 20 + 10 * s] for s in scales]
+    by_scale = _semantic(mask, boxes, true_box)
+    assert by_scale[scales.index(1.0)] == 1.0
+    assert max(by_scale) == 1.0 and by_scale.count(1.0) == 1
+    assert by_scale == sorted(by_scale[:5]) + sorted(by_scale[5:], reverse=True)
+
+
+def test_semantic_reward_penalises_large_and_misplaced_boxes() -> None:
+    mask, true_box = _ring_mask()
+    reference = 2 * 144 / (400 + 144)
+    double_side = [0, 0, 40, 40]  # twice the side, four times the area: all 144 px inside
+    double_area = [10, 0, 30, 40]  # twice the area: the whole ring and 400 px of background
+    other = np.zeros((40, 40), dtype=bool)
+    other[32:38, 2:8] = True  # another structure in the corner
+    rewards = _semantic(mask, [double_side, double_area, [2, 32, 8, 38]], true_box)
+    assert rewards == pytest.approx(
+        [2 * 144 / (1600 + 144) / reference, 2 * 144 / (800 + 144) / reference, 0.0]
+    )
+    assert rewards[0] < rewards[1] < 1.0  # 0.312 and 0.577
+    # a box on the other structure scores ~0, while it scores 1 against that structure
+    assert _semantic(other, [[2, 32, 8, 38]], [2, 32, 8, 38]) == [1.0]
+    # shifted diagonally by 1 and 2 px: same area, so the ratio is the share of the ring kept
+    # (the ring pixels of row 10 and column 10, 39, or rows and columns 10-11, 76, fall out)
+    shifted = _semantic(mask, [[11, 11, 31, 31], [12, 12, 32, 32]], true_box)
+    assert shifted == pytest.approx([105 / 144, 68 / 144])
+
+
+def test_semantic_reward_falls_back_to_plain_dice() -> None:
+    mask, true_box = _ring_mask()
+    inside = [10, 10, 12, 20]
+    plain = 2 * 20 / (20 + 144)
+    # no true box, a malformed one, or one off the mask (Dice 0): plain Dice
+    assert _semantic(mask, [inside]) == pytest.approx([plain])
+    assert _semantic(mask, [inside], []) == pytest.approx([plain])
+    assert _semantic(mask, [inside], [0, 0, 5, 5]) == pytest.approx([plain])
+    # clipped to [0, 1]: a box with a higher Dice than the given true box scores 1
+    assert _semantic(mask, [true_box], [0, 0, 40, 40]) == [1.0]
 
 
 def test_rewards_survive_missing_columns() -> None:

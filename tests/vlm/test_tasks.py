@@ -68,8 +68,8 @@ def test_every_question_type_is_consistent(anatomy) -> None:
                 assert iou_reward([None], [target], **kwargs)[0] == pytest.approx(expected)
                 assert expected > 0.75
                 mask = rle_to_mask(item["target_mask"], (112, 128))
-                # the target box is the structure's bounding box: it covers part of the box
-                assert 0 < semantic_reward([None], [target], **kwargs)[0] <= 1
+                # the target box (up to rounding) is the semantic reward's best box
+                assert semantic_reward([None], [target], **kwargs)[0] > 0.75
                 assert mask.any()
                 if question_type == "ground_structure":
                     rows, cols = np.nonzero(mask)
@@ -117,13 +117,24 @@ def test_dataset_and_jsonl_round_trip(tmp_path, builtin_data) -> None:
     pytest.importorskip("datasets")
     from medrl.vlm.dataset import load_image, load_split, read_jsonl, write_dataset
 
-    out = write_dataset(tmp_path / "data", 6, 4, seed=2, config=TaskConfig(), progress=False)
+    config = TaskConfig()
+    out = write_dataset(tmp_path / "data", 6, 4, seed=2, config=config, progress=False, num_val=3)
     meta = json.loads((out / "meta.json").read_text())
-    assert meta["templates"] == {"train": "MNI152NLin2009cAsym", "test": "MNI152NLin6Asym"}
+    assert meta["templates"]["train"] == meta["templates"]["val"] == "MNI152NLin2009cAsym"
+    assert meta["templates"]["test"] == "MNI152NLin6Asym"
+    assert meta["sizes"] == {"train": 6, "val": 3, "test": 4}
     train = load_split(out, "train")
+    val = load_split(out, "val")
     test = load_split(out, "test")
-    assert len(train) == 6 and len(test) == 4
-    assert set(train["template"]) == {"MNI152NLin2009cAsym"}
+    assert len(train) == 6 and len(val) == 3 and len(test) == 4
+    assert set(train["template"]) == set(val["template"]) == {"MNI152NLin2009cAsym"}
+    # validation items are other slices of the training template, not copies of train items
+    assert not set(val["item_id"]) & set(train["item_id"])
+    assert all(np.asarray(v).tobytes() != np.asarray(t).tobytes()
+               for v in val["image"] for t in train["image"])  # fmt: skip
+    no_val = write_dataset(tmp_path / "nv", 2, 2, seed=2, config=config, progress=False)
+    with pytest.raises(InputError, match="no 'val' split"):
+        load_split(no_val, "val")
     assert set(test["template"]) == {"MNI152NLin6Asym"}
     assert train[0]["prompt"][1]["role"] == "user" and isinstance(train[0]["image"], Image.Image)
     items = read_jsonl(out / "jsonl" / "test.jsonl")
@@ -153,3 +164,21 @@ def test_impossible_data_settings_name_the_setting(anatomy) -> None:
     huge = TaskConfig(question_weights={"ground_landmark": 1.0}, landmark_box_mm=1000.0)
     with pytest.raises(InputError, match=r"lower data\.landmark_box_mm"):
         generate_item(anatomy, huge, seed=0, index=0, max_tries=2)
+
+
+def test_ground_marked_draws_the_answer_box(anatomy) -> None:
+    cfg = TaskConfig(question_weights={"ground_marked": 1.0}, marked_side_px=(20.0, 40.0))
+    for index in range(5):
+        item = generate_item(anatomy, cfg, seed=7, index=index)
+        x1, y1, x2, y2 = (int(v) for v in item["box_px"])
+        assert 20 <= x2 - x1 <= 40 and 20 <= y2 - y1 <= 40
+        assert x1 >= 0 and x2 <= 128 and y1 >= 0 and y2 <= 112
+        rgb = np.asarray(item["image"])
+        red = (rgb[..., 0] == 255) & (rgb[..., 1] == 0) & (rgb[..., 2] == 0)
+        # the outline is drawn exactly on the box edges: its red pixels span the box
+        rows, cols = np.nonzero(red)
+        assert (cols.min(), rows.min(), cols.max() + 1, rows.max() + 1) == (x1, y1, x2, y2)
+        mask = rle_to_mask(item["target_mask"], (112, 128))
+        assert mask.sum() == (x2 - x1) * (y2 - y1) and mask[y1, x1] and not mask[y2 % 112, x2 % 128]
+    with pytest.raises(InputError, match="marked_side_px"):
+        TaskConfig(question_weights={"ground_marked": 1.0}, marked_side_px=(40.0, 20.0))

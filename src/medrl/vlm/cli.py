@@ -22,17 +22,18 @@ def cmd_data(args: argparse.Namespace) -> int:
     data = config.get("data", {})
     num_train = args.num_train or int(data.get("num_train", 256))
     num_test = args.num_test or int(data.get("num_test", 64))
+    num_val = args.num_val if args.num_val is not None else int(data.get("num_val", 0))
     out = write_dataset(
-        args.out, num_train, num_test, args.seed, task_config(config), not args.quiet
+        args.out, num_train, num_test, args.seed, task_config(config), not args.quiet, num_val
     )
     print(out)
     return 0
 
 
 def cmd_sft(args: argparse.Namespace) -> int:
-    from medrl.vlm.train import run_sft
+    from medrl.vlm.sft import run_sft
 
-    print(run_sft(_config(args), args.data, args.run_dir, args.seed))
+    print(run_sft(_config(args), args.data, args.run_dir, args.seed, args.init_model))
     return 0
 
 
@@ -77,6 +78,9 @@ def add_vlm_parser(sub: Any) -> None:
     data.add_argument("--out", default="runs/vlm/data")
     data.add_argument("--num-train", type=int, help="default: the preset's data.num_train")
     data.add_argument("--num-test", type=int, help="default: the preset's data.num_test")
+    data.add_argument(
+        "--num-val", type=int, help="validation items (default: the preset's data.num_val or 0)"
+    )
     data.add_argument("--quiet", action="store_true")
     data.set_defaults(func=cmd_data)
 
@@ -84,6 +88,9 @@ def add_vlm_parser(sub: Any) -> None:
     _common(sft)
     sft.add_argument("--data", default="runs/vlm/data")
     sft.add_argument("--run-dir", default="runs/vlm/sft")
+    sft.add_argument(
+        "--init-model", help="start from this model folder (e.g. continue an SFT model)"
+    )
     sft.set_defaults(func=cmd_sft)
 
     grpo = actions.add_parser("grpo", help="GRPO with the medrl rewards (TRL GRPOTrainer)")
@@ -97,7 +104,7 @@ def add_vlm_parser(sub: Any) -> None:
     _common(evaluate)
     evaluate.add_argument("--data", default="runs/vlm/data")
     evaluate.add_argument("--model", default="runs/vlm/grpo/model")
-    evaluate.add_argument("--split", default="test", choices=["train", "test"])
+    evaluate.add_argument("--split", default="test", choices=["train", "val", "test"])
     evaluate.add_argument("--out", default="runs/vlm/evaluation")
     evaluate.add_argument("--limit", type=int, help="evaluate only the first N items")
     evaluate.add_argument("--quiet", action="store_true")

@@ -14,7 +14,9 @@ from medrl.errors import InputError
 if TYPE_CHECKING:
     from medrl.vlm.tasks import TaskConfig
 
-PRESETS = ("tiny-cpu", "small-gpu", "qwen2.5-vl-3b")
+PRESETS = ("tiny-cpu", "small-gpu", "qwen2.5-vl-3b", "grounding-cpu", "marked-cpu")
+NUM_KEYS = ("num_train", "num_val", "num_test")
+"""``data`` keys that size the splits (the rest of the section is the task config)."""
 SECTIONS = ("model", "data", "sft", "grpo", "evaluate", "threads")
 # What a config file must hold (the commands read these without defaults); every other key
 # has a default. A file is checked as a whole: it is not merged over a preset.
@@ -119,7 +121,7 @@ def task_config(config: dict[str, Any]) -> TaskConfig:
     """
     from medrl.vlm.tasks import TaskConfig
 
-    data = {k: v for k, v in config.get("data", {}).items() if k not in ("num_train", "num_test")}
+    data = {k: v for k, v in config.get("data", {}).items() if k not in NUM_KEYS}
     try:
         return TaskConfig(**data)
     except (TypeError, ValueError, InputError) as exc:

@@ -1,10 +1,11 @@
 """Train/test splits as a Hugging Face ``datasets.Dataset`` and as JSONL + PNG files.
 
-Split by template: ``train`` is rendered from MNI152NLin2009cAsym, ``test`` from
-MNI152NLin6Asym. Layout of a data folder::
+Split by template: ``train`` and ``val`` are rendered from MNI152NLin2009cAsym (other random
+slices: another stream of the seed), ``test`` from MNI152NLin6Asym. Settings are chosen on
+``val``; ``test`` is the held-out template. Layout of a data folder::
 
     meta.json              seed, sizes, task config, column descriptions
-    hf/train, hf/test      datasets.Dataset.save_to_disk folders (image column: PIL images)
+    hf/train, hf/val, hf/test   datasets.Dataset.save_to_disk folders (image column: PIL images)
     jsonl/train.jsonl      one item a line; "image" is a path relative to jsonl/
     jsonl/images/*.png
 """
@@ -25,8 +26,12 @@ from medrl.utils.atomic import atomic_dir
 if TYPE_CHECKING:
     from medrl.vlm.tasks import TaskConfig
 
-SPLIT_TEMPLATES = {"train": "MNI152NLin2009cAsym", "test": "MNI152NLin6Asym"}
-_STREAMS = {"train": 0, "test": 1}
+SPLIT_TEMPLATES = {
+    "train": "MNI152NLin2009cAsym",
+    "val": "MNI152NLin2009cAsym",
+    "test": "MNI152NLin6Asym",
+}
+_STREAMS = {"train": 0, "test": 1, "val": 2}
 META_NAME = "meta.json"
 FORMAT_VERSION = 1
 
@@ -104,11 +109,16 @@ def write_dataset(
     seed: int,
     config: TaskConfig,
     progress: bool = True,
+    num_val: int = 0,
 ) -> Path:
-    """Render both splits and write the data folder (atomically: all of it or nothing)."""
+    """Render the splits and write the data folder (atomically: all of it or nothing).
+
+    ``num_val`` = 0 writes no validation split.
+    """
     out = Path(out_dir)
     with atomic_dir(out) as tmp:
-        sizes = {"train": num_train, "test": num_test}
+        sizes = {"train": num_train, "val": num_val, "test": num_test}
+        sizes = {split: size for split, size in sizes.items() if size > 0 or split != "val"}
         for split, size in sizes.items():
             items = build_items(split, size, seed, config, progress)
             to_hf_dataset(items).save_to_disk(str(tmp / "hf" / split))
@@ -186,7 +196,9 @@ def load_split(data_dir: str | Path, split: str) -> Any:
     import datasets
 
     data_dir = Path(data_dir)
-    read_meta(data_dir)
+    meta = read_meta(data_dir)
+    if split not in meta.get("sizes", {}):
+        raise InputError(f"the data folder has no {split!r} split", data_dir)
     hf_dir = data_dir / "hf" / split
     if hf_dir.is_dir():
         return datasets.load_from_disk(str(hf_dir))

@@ -1,5 +1,6 @@
 """Greedy-decoding evaluation on a split: grounding Acc@0.5, mean IoU, centre distance in mm,
-VQA accuracy per question type, parse failures. Written as JSON and CSV."""
+IoU histogram, predicted/true box area ratio and accuracy by true-box size, VQA accuracy per
+question type, parse failures. Written as JSON and CSV."""
 
 from __future__ import annotations
 
@@ -15,11 +16,26 @@ from typing import Any
 import numpy as np
 
 from medrl.utils.atomic import atomic_open
-from medrl.vlm.boxes import BoxFrame, box_centre, box_iou, pixel_to_ras
+from medrl.vlm.boxes import BoxFrame, box_area, box_centre, box_iou, pixel_to_ras
 from medrl.vlm.parsing import answer_content, choice_letter, has_think_answer_format
 from medrl.vlm.rewards import predicted_box_px
 
 ACC_IOU = 0.5
+"""A grounding answer is a hit when its IoU with the true box is above this."""
+
+IOU_BIN_EDGES = (0.0, 1e-9, 0.1, 0.3, 0.5, 0.7, 1.0)
+"""Edges of the IoU histogram. Bins are closed on the right, ``(lo, hi]``, except the first,
+``[0, 1e-9]``, which holds IoU exactly 0 (misses and unparsable answers). So the bins above
+0.5 add up to the hits of Acc@0.5 (IoU > 0.5)."""
+
+TINY_AREA_RATIO = 0.25
+"""A parsed box whose area is below this share of the true box's area counts as tiny."""
+
+SIZE_BIN_EDGES_PX = (12.0, 20.0)
+"""True-box size bins by side ``sqrt(area)`` in original pixels: small below 12 px, medium
+12 to below 20 px, large 20 px and more (see :data:`SIZE_BIN_NAMES`)."""
+
+SIZE_BIN_NAMES = ("small", "medium", "large")
 
 
 def _messages(prompt: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -71,7 +87,11 @@ def generate(
 
 
 def score_row(row: dict[str, Any], text: str) -> dict[str, Any]:
-    """Per-item result: parse status, correctness or IoU and centre distance in mm."""
+    """Per-item result: parse status, correctness or IoU and centre distance in mm.
+
+    Grounding rows also get ``true_area_px`` (the true box's area in original pixels) and
+    ``area_ratio`` (predicted / true box area, in original pixels; NaN when unparsed).
+    """
     result: dict[str, Any] = {
         "item_id": row["item_id"],
         "question_type": row["question_type"],
@@ -84,14 +104,17 @@ def score_row(row: dict[str, Any], text: str) -> dict[str, Any]:
         frame = BoxFrame(row["box_format"], tuple(row["image_size"]), tuple(row["model_size"]))
         pred = predicted_box_px(text, frame)
         result["parsed"] = pred is not None
+        true_area_px = box_area(row["box_px"])
+        result["true_area_px"] = true_area_px
         if pred is None:
-            result.update(iou=0.0, hit=False, centre_mm=math.nan)
+            result.update(iou=0.0, hit=False, centre_mm=math.nan, area_ratio=math.nan)
         else:
             iou = box_iou(pred, row["box_px"])
             centres = np.stack([box_centre(pred), box_centre(row["box_px"])])
             world = pixel_to_ras(centres, row["pixel_to_ras"])
             distance = float(np.linalg.norm(world[0] - world[1]))
-            result.update(iou=iou, hit=iou > ACC_IOU, centre_mm=distance)
+            ratio = box_area(pred) / true_area_px if true_area_px > 0 else math.nan
+            result.update(iou=iou, hit=iou > ACC_IOU, centre_mm=distance, area_ratio=ratio)
     else:
         if content is None:
             content = text.strip() or None
@@ -101,8 +124,76 @@ def score_row(row: dict[str, Any], text: str) -> dict[str, Any]:
     return result
 
 
+def size_bin(true_area_px: float) -> str:
+    """Name of the size bin of a true box of ``true_area_px`` (see :data:`SIZE_BIN_EDGES_PX`)."""
+    side_px = math.sqrt(max(float(true_area_px), 0.0))
+    index = int(np.searchsorted(SIZE_BIN_EDGES_PX, side_px, side="right"))
+    return SIZE_BIN_NAMES[index]
+
+
+def _iou_histogram(ious: list[float]) -> list[dict[str, float | int]]:
+    """Counts per IoU bin of :data:`IOU_BIN_EDGES` as ``[{"lo", "hi", "count"}, ...]``."""
+    inner = np.asarray(IOU_BIN_EDGES[1:-1])
+    counts = np.zeros(len(IOU_BIN_EDGES) - 1, dtype=np.int64)
+    if ious:
+        # side="left": a value equal to an inner edge falls in the bin below it, (lo, hi]
+        np.add.at(counts, np.searchsorted(inner, np.asarray(ious, dtype=np.float64)), 1)
+    return [
+        {"lo": lo, "hi": hi, "count": int(c)}
+        for lo, hi, c in zip(IOU_BIN_EDGES[:-1], IOU_BIN_EDGES[1:], counts, strict=True)
+    ]
+
+
+def _grounding_diagnostics(grounding: list[dict[str, Any]]) -> dict[str, Any]:
+    """IoU histogram, area ratios and accuracy by true-box size of the grounding results."""
+    n = len(grounding)
+    ious = [float(r["iou"]) for r in grounding]
+    histogram = _iou_histogram(ious)
+    ratios = np.array(
+        [r.get("area_ratio", math.nan) for r in grounding if r["parsed"]], dtype=np.float64
+    )
+    ratios = ratios[np.isfinite(ratios)]
+    if ratios.size:
+        q25, q50, q75 = (float(q) for q in np.percentile(ratios, [25, 50, 75]))
+        area = {
+            "median_area_ratio": q50,
+            "area_ratio_iqr": q75 - q25,
+            "tiny_box_share": float(np.mean(ratios < TINY_AREA_RATIO)),
+        }
+    else:
+        area = {"median_area_ratio": None, "area_ratio_iqr": None, "tiny_box_share": None}
+    by_size: dict[str, dict[str, Any]] = {}
+    for name in SIZE_BIN_NAMES:
+        rows = [
+            r
+            for r in grounding
+            if r.get("true_area_px") is not None and size_bin(r["true_area_px"]) == name
+        ]
+        by_size[name] = {
+            "n": len(rows),
+            "acc_at_0.5": float(np.mean([r["hit"] for r in rows])) if rows else None,
+            "mean_iou": float(np.mean([r["iou"] for r in rows])) if rows else None,
+        }
+    return {
+        "iou_histogram": histogram,
+        "iou_zero_share": histogram[0]["count"] / n if n else None,
+        **area,
+        "by_size": by_size,
+    }
+
+
 def summarise(results: list[dict[str, Any]]) -> dict[str, Any]:
-    """Aggregate metrics; unparsable answers count as wrong (IoU 0)."""
+    """Aggregate metrics; unparsable answers count as wrong (IoU 0).
+
+    The ``grounding`` entry also holds diagnostics (None where there is nothing to count):
+
+    * ``iou_histogram``: ``[{"lo", "hi", "count"}, ...]`` over :data:`IOU_BIN_EDGES`
+      (unparsable answers in the IoU = 0 bin), and ``iou_zero_share``;
+    * ``median_area_ratio``, ``area_ratio_iqr`` (75th - 25th percentile) of predicted / true
+      box area and ``tiny_box_share`` (ratio < :data:`TINY_AREA_RATIO`), parsed answers only;
+    * ``by_size``: ``n``, ``acc_at_0.5`` and ``mean_iou`` per true-box size bin
+      (:data:`SIZE_BIN_EDGES_PX`), unparsable answers included as misses.
+    """
     grounding = [r for r in results if r["task"] == "grounding"]
     vqa = [r for r in results if r["task"] == "vqa"]
     by_type: dict[str, list[dict[str, Any]]] = defaultdict(list)
@@ -136,6 +227,7 @@ def summarise(results: list[dict[str, Any]]) -> dict[str, Any]:
             "mean_centre_mm": mean(distances),
             "median_centre_mm": float(np.median(distances)) if distances else None,
             "parse_failure_rate": mean([not r["parsed"] for r in grounding]),
+            **_grounding_diagnostics(grounding),
         },
         "vqa": {
             "n": len(vqa),
@@ -164,8 +256,8 @@ def write_results(
         handle.write(buffer.getvalue())
     buffer = io.StringIO()
     fields = ["item_id", "question_type", "task", "format_ok", "parsed", "correct", "iou", "hit",
-              "centre_mm", "completion"]  # fmt: skip
-    writer = csv.DictWriter(buffer, fieldnames=fields, restval="")
+              "centre_mm", "area_ratio", "completion"]  # fmt: skip
+    writer = csv.DictWriter(buffer, fieldnames=fields, restval="", extrasaction="ignore")
     writer.writeheader()
     for r in results:
         writer.writerow(r)

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from medrl.vlm.boxes import BoxFrame, box_area, box_centre, box_iou, clip_box, valid_box
-from medrl.vlm.masks import box_coverage, rle_to_mask
+from medrl.vlm.masks import box_dice, rle_to_mask
 from medrl.vlm.parsing import (
     answer_content,
     choice_letter,
@@ -35,6 +35,7 @@ __all__ = [
     "iou_reward",
     "predicted_box_px",
     "semantic_reward",
+    "semantic_score",
     "spatial_score",
 ]
 
@@ -176,16 +177,46 @@ def iou_reward(
     return rewards
 
 
+def semantic_score(
+    mask: np.ndarray, pred_px: Sequence[float], true_px: Sequence[float] | None
+) -> float:
+    """Dice of the predicted box against the structure's mask, relative to the true box's.
+
+    ``box_dice(mask, pred) / box_dice(mask, true)`` clipped to [0, 1]: 1 at the structure's
+    own bounding box (``true_px``), less for a box that is too small (it misses mask pixels),
+    too large (it holds background) or misplaced. A ribbon-like structure never fills its
+    bounding box, so its plain Dice stays below 1 even for the right box; dividing by the true
+    box's Dice puts the right box at 1 for every structure. (A ribbon's Dice can peak slightly
+    inside its bounding box; the clip makes that a plateau at 1, not a gain for shrinking.)
+    Without a usable true box (none, degenerate, or Dice 0) the plain Dice is returned. Boxes
+    must lie within the image.
+    """
+    dice = box_dice(mask, pred_px)
+    if true_px is None or not valid_box(true_px):
+        return dice
+    height, width = mask.shape
+    reference = box_dice(mask, clip_box(true_px, (float(width), float(height))))
+    if reference <= 0:
+        return dice
+    return min(1.0, max(0.0, dice / reference))
+
+
 def semantic_reward(
     prompts: Sequence[Any], completions: Sequence[Any], **columns: Any
 ) -> list[float | None]:
-    """Share of the predicted box covered by the named structure's pixels (``target_mask``).
+    """How well the predicted box matches the named structure's pixels (``target_mask``).
 
-    A box on a neighbouring structure scores low even when it is close; rows without a
-    target mask (VQA) get None; a missing or malformed box scores 0.
+    :func:`semantic_score`: the box's Dice with the mask divided by the Dice of the true box
+    (``box_px``), so the structure's bounding box scores 1 and smaller, larger or shifted
+    boxes less. (A box's precision alone, the share of it on the mask, paid shrinking: a small
+    box inside a ribbon-like cortical label scored 1, the right box about 0.6.) A box on a
+    neighbouring structure scores about 0 even when it is close; rows without a target mask
+    (VQA) get None; a missing or malformed box scores 0.
     """
+    true_boxes = _column(columns, "box_px", len(completions))
+    rows = zip(_boxed_rows(completions, columns, "target_mask", bool), true_boxes, strict=True)
     rewards: list[float | None] = []
-    for runs, frame, pred in _boxed_rows(completions, columns, "target_mask", bool):
+    for (runs, frame, pred), true_px in rows:
         if not runs:
             rewards.append(None)
             continue
@@ -194,5 +225,5 @@ def semantic_reward(
             continue
         width, height = frame.image_size
         mask = rle_to_mask(runs, (height, width))
-        rewards.append(box_coverage(mask, pred))
+        rewards.append(semantic_score(mask, pred, true_px if _is_grounding(true_px) else None))
     return rewards

@@ -36,8 +36,9 @@ QUESTION_TYPES = (
     "plane",
     "hemisphere",
     "visible",
+    "ground_marked",
 )
-GROUNDING_TYPES = ("ground_structure", "ground_landmark")
+GROUNDING_TYPES = ("ground_structure", "ground_landmark", "ground_marked")
 MARK_COLOUR = (255, 0, 0)
 LETTERS = "ABCD"
 
@@ -58,6 +59,9 @@ class TaskConfig:
     max_scale: float = 0.1
     min_structure_px: int = 20
     landmark_box_mm: float = 16.0
+    marked_side_px: tuple[float, float] = (16.0, 48.0)
+    marked_line_px: int = 1
+    marked_answer_scale: float = 1.0
     question_weights: dict[str, float] = field(
         default_factory=lambda: {
             "ground_structure": 0.3,
@@ -83,6 +87,20 @@ class TaskConfig:
             _ = self.frame
         except ValueError as exc:  # unknown box format, extreme aspect ratio
             raise InputError(str(exc)) from exc
+        if self.question_weights.get("ground_marked", 0) > 0:
+            self._check_marked()
+
+    def _check_marked(self) -> None:
+        low, high = (float(v) for v in self.marked_side_px)
+        if not 0.25 <= self.marked_answer_scale <= 4:
+            raise InputError(
+                f"marked_answer_scale must be in [0.25, 4], got {self.marked_answer_scale}"
+            )
+        if not 4 <= low <= high <= min(self.image_width, self.image_height):
+            raise InputError(
+                "marked_side_px must be [low, high] with 4 <= low <= high <= the image's "
+                f"smaller side, got {list(self.marked_side_px)}"
+            )
 
     @property
     def frame(self) -> BoxFrame:
@@ -271,6 +289,43 @@ def _ground_landmark(
     )  # fmt: skip
 
 
+def _ground_marked(
+    anatomy: Anatomy, config: TaskConfig, rng: np.random.Generator
+) -> dict[str, Any]:
+    """The positive control: "where is the red box?" on a slice with a drawn box.
+
+    Perception-trivial (the answer is drawn on the image), so a model that cannot learn it
+    points at the training harness, not at anatomy. Box sides are drawn uniformly from
+    ``marked_side_px``; the box lies inside the image; its outline is ``marked_line_px``
+    wide, drawn inside the box. ``marked_answer_scale`` != 1 makes the SFT target a scaled copy
+    of the drawn box (a miscalibrated teacher) while the rewards still score the drawn box: GRPO
+    must then undo what SFT taught, which tests that the reward moves the policy.
+    """
+    piece = _random_slice(anatomy, config, rng)
+    low, high = config.marked_side_px
+    width_px, height_px = (float(rng.uniform(low, high)) for _ in range(2))
+    x1 = float(np.floor(rng.uniform(0, config.image_width - width_px)))
+    y1 = float(np.floor(rng.uniform(0, config.image_height - height_px)))
+    box = [x1, y1, x1 + float(np.ceil(width_px)), y1 + float(np.ceil(height_px))]
+    marked = piece.rgb
+    for inset in range(max(1, int(config.marked_line_px))):  # the outline, drawn inwards
+        marked = draw_box(
+            marked, np.array(box) + np.array([inset, inset, -inset, -inset]), MARK_COLOUR
+        )
+    mask = np.zeros((config.image_height, config.image_width), dtype=bool)
+    mask[int(box[1]) : int(box[3]), int(box[0]) : int(box[2])] = True
+    # the SFT target: the drawn box scaled about its centre (a "tight annotator" when < 1);
+    # box_px, which the rewards and the evaluation read, stays the drawn box
+    centre = np.array([(box[0] + box[2]) / 2, (box[1] + box[3]) / 2] * 2)
+    target = centre + (np.array(box) - centre) * config.marked_answer_scale
+    answer = format_box(config.frame.to_model(list(target)))
+    return _item(
+        config, anatomy, piece, "ground_marked",
+        "Where is the red box? Give its box.", answer, "I find the red box.",
+        rgb=marked, box_px=box, mask=mask, structure="red box",
+    )  # fmt: skip
+
+
 def _choice(options: list[str], correct: str, rng: np.random.Generator) -> tuple[list[str], str]:
     order = [options[i] for i in rng.permutation(len(options))]
     return order, LETTERS[order.index(correct)]
@@ -356,6 +411,8 @@ def generate_item(
             item = _plane_question(anatomy, config, rng)
         elif question_type == "ground_landmark":
             item = _ground_landmark(anatomy, config, rng)
+        elif question_type == "ground_marked":
+            item = _ground_marked(anatomy, config, rng)
         else:
             item = _structure_question(anatomy, config, rng, question_type)
         if item is not None:

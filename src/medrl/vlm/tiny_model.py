@@ -3,8 +3,8 @@
 Nothing is downloaded: the BPE tokenizer is trained on the training split's own text (plus the
 Qwen chat and vision special tokens), saved with a Qwen2-VL image processor, so
 ``AutoProcessor.from_pretrained(folder)`` and ``AutoModelForImageTextToText.from_pretrained``
-work offline. Sizes: ``tiny`` (CPU tests and benchmark) and ``small`` (the same recipe at a
-larger size, for a GPU).
+work offline. Sizes: ``tiny`` (CPU tests and benchmark), ``tiny-plus`` (the CPU grounding
+experiment: about 4x tiny's compute) and ``small`` (the same recipe larger, for a GPU).
 """
 
 from __future__ import annotations
@@ -61,6 +61,24 @@ SIZES: dict[str, dict[str, dict[str, Any]]] = {
         },
         "vocab_size": 1024,
     },
+    "tiny-plus": {
+        "text": {
+            "hidden_size": 256,
+            "intermediate_size": 512,
+            "num_hidden_layers": 4,
+            "num_attention_heads": 4,
+            "num_key_value_heads": 2,
+            "mrope_section": [8, 12, 12],
+        },
+        "vision": {
+            "depth": 4,
+            "hidden_size": 128,
+            "intermediate_size": 256,
+            "num_heads": 4,
+            "fullatt_block_indexes": [1, 3],
+        },
+        "vocab_size": 1024,
+    },
     "small": {
         "text": {
             "hidden_size": 512,
@@ -78,6 +96,17 @@ SIZES: dict[str, dict[str, dict[str, Any]]] = {
             "fullatt_block_indexes": [3, 7],
         },
         "vocab_size": 4096,
+    },
+}
+# tiny's sizes on the Qwen3-VL architecture, whose vision tower adds learned absolute position
+# embeddings to the patches (Qwen2.5-VL's has rotary positions only): docs/vlm.md, section 8
+SIZES["tiny-abs"] = {
+    **SIZES["tiny"],
+    "family": "qwen3-vl",
+    "vision": {
+        **{k: v for k, v in SIZES["tiny"]["vision"].items() if k != "fullatt_block_indexes"},
+        "num_position_embeddings": 256,
+        "deepstack_visual_indexes": [],
     },
 }
 
@@ -141,46 +170,65 @@ def build_model_dir(
     ids = {t: tokenizer.convert_tokens_to_ids(t) for t in SPECIAL_TOKENS}
     text = dict(spec["text"])
     mrope = text.pop("mrope_section")
-    vision = dict(spec["vision"])
-    config = Qwen2_5_VLConfig(
-        text_config={
-            **text,
-            "vocab_size": len(tokenizer),
-            "max_position_embeddings": 4096,
-            "rope_parameters": {
-                "rope_type": "default",
-                "rope_theta": 10000.0,
-                "mrope_section": mrope,
-            },
-            "bos_token_id": ids["<|endoftext|>"],
-            "eos_token_id": ids["<|im_end|>"],
-            "pad_token_id": ids["<|endoftext|>"],
-            "tie_word_embeddings": True,
-        },
-        vision_config={
-            **vision,
-            "out_hidden_size": text["hidden_size"],
-            "patch_size": 14,
-            "spatial_merge_size": 2,
-            "temporal_patch_size": 2,
-            "window_size": 112,
-        },
-        image_token_id=ids["<|image_pad|>"],
-        video_token_id=ids["<|video_pad|>"],
-        vision_start_token_id=ids["<|vision_start|>"],
-        vision_end_token_id=ids["<|vision_end|>"],
-        tie_word_embeddings=True,
+    text_config = {
+        **text,
+        "vocab_size": len(tokenizer),
+        "max_position_embeddings": 4096,
+        "rope_parameters": {"rope_type": "default", "rope_theta": 10000.0, "mrope_section": mrope},
+        "bos_token_id": ids["<|endoftext|>"],
+        "eos_token_id": ids["<|im_end|>"],
+        "pad_token_id": ids["<|endoftext|>"],
+        "tie_word_embeddings": True,
+    }
+    vision_config = {
+        **spec["vision"],
+        "out_hidden_size": text["hidden_size"],
+        "patch_size": 14,
+        "spatial_merge_size": 2,
+        "temporal_patch_size": 2,
+    }
+    tokens = {
+        "image_token_id": ids["<|image_pad|>"],
+        "video_token_id": ids["<|video_pad|>"],
+        "vision_start_token_id": ids["<|vision_start|>"],
+        "vision_end_token_id": ids["<|vision_end|>"],
+    }
+    image_processor = Qwen2VLImageProcessor(
+        min_pixels=min_pixels, max_pixels=max_pixels, patch_size=14, merge_size=2
     )
     torch.manual_seed(seed)
-    model = Qwen2_5_VLForConditionalGeneration(config)
+    if spec.get("family") == "qwen3-vl":
+        from transformers import Qwen3VLConfig, Qwen3VLForConditionalGeneration, Qwen3VLProcessor
+        from transformers.models.qwen3_vl.video_processing_qwen3_vl import Qwen3VLVideoProcessor
+
+        text_config["rope_parameters"]["mrope_interleaved"] = True
+        text_config["head_dim"] = text["hidden_size"] // text["num_attention_heads"]
+        config = Qwen3VLConfig(
+            text_config=text_config,
+            vision_config=vision_config,
+            tie_word_embeddings=True,
+            **tokens,
+        )
+        model = Qwen3VLForConditionalGeneration(config)
+        video_processor: Any = Qwen3VLVideoProcessor(patch_size=14, merge_size=2)
+        processor_class: Any = Qwen3VLProcessor
+    else:
+        config = Qwen2_5_VLConfig(
+            text_config=text_config,
+            vision_config={**vision_config, "window_size": 112},
+            tie_word_embeddings=True,
+            **tokens,
+        )
+        model = Qwen2_5_VLForConditionalGeneration(config)
+        video_processor = Qwen2VLVideoProcessor()
+        processor_class = Qwen2_5_VLProcessor
     model.generation_config.eos_token_id = ids["<|im_end|>"]
     model.generation_config.pad_token_id = ids["<|endoftext|>"]
     model.generation_config.bos_token_id = ids["<|endoftext|>"]
-    image_processor = Qwen2VLImageProcessor(min_pixels=min_pixels, max_pixels=max_pixels)
-    processor = Qwen2_5_VLProcessor(
+    processor = processor_class(
         image_processor=image_processor,
         tokenizer=tokenizer,
-        video_processor=Qwen2VLVideoProcessor(),
+        video_processor=video_processor,
         chat_template=CHAT_TEMPLATE,
     )
     with atomic_dir(out_dir) as tmp:

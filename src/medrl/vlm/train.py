@@ -1,4 +1,4 @@
-"""SFT warm start (TRL ``SFTTrainer``) then GRPO (TRL ``GRPOTrainer``), pinned to TRL 1.16.
+"""GRPO (TRL ``GRPOTrainer``, pinned to TRL 1.16) and what SFT (:mod:`medrl.vlm.sft`) shares.
 
 Every GRPO setting whose default moved between TRL releases (group size, beta, loss type,
 clipping, reward scaling, sampling) is passed explicitly from the preset. Runs write
@@ -16,8 +16,8 @@ from typing import Any
 from medrl.errors import InputError
 from medrl.vlm import rewards
 from medrl.vlm.dataset import load_split, read_meta
+from medrl.vlm.diagnostics import make_grounding_diagnostics
 from medrl.vlm.loading import check_processor_size, load_processor, load_weights
-from medrl.vlm.tiny_model import SIZES, build_model_dir, corpus_from_items
 
 REWARD_FUNCS = {
     "format_reward": rewards.format_reward,
@@ -129,67 +129,37 @@ def _write_json(path: Path, data: dict[str, Any]) -> None:
         handle.write("\n")
 
 
-def run_sft(
-    config: dict[str, Any], data_dir: str | Path, run_dir: str | Path, seed: int = 0
-) -> Path:
-    """Supervised warm start on the train split; returns ``RUN/model``."""
-    from trl import SFTConfig, SFTTrainer
+def _limit(dataset: Any, items: Any) -> Any:
+    """The first ``items`` rows (all when ``items`` is None or 0): the low-data arms."""
+    if not items or int(items) >= len(dataset):
+        return dataset
+    return dataset.select(range(int(items)))
 
-    run = Path(run_dir)
-    device = setup_torch(config, seed, run)
-    read_meta(data_dir)
-    train = load_split(data_dir, "train")
-    init = str(config["model"]["init"])
-    if init in SIZES:
-        init_dir = run / "init"
-        if not (init_dir / "config.json").is_file():
-            data = config.get("data", {})
-            build_model_dir(
-                init_dir,
-                corpus_from_items(train),
-                init,
-                seed,
-                int(data.get("min_pixels", 56 * 56)),
-                int(data.get("max_pixels", 28 * 28 * 1280)),
-            )
-        init = str(init_dir)
-    checkpoint = _last_checkpoint(run / "checkpoints")
-    model, processor = _load_for_resume(config, init, checkpoint, _dtype(config, device))
-    check_processor_size(processor, train, data_dir)
-    sft = config["sft"]
-    args = SFTConfig(
-        output_dir=str(run / "checkpoints"),
-        num_train_epochs=float(sft["epochs"]),
-        per_device_train_batch_size=int(sft["batch_size"]),
-        gradient_accumulation_steps=int(sft.get("gradient_accumulation_steps", 1)),
-        learning_rate=float(sft["learning_rate"]),
-        lr_scheduler_type="cosine",
-        warmup_steps=float(sft.get("warmup_ratio", 0.0)),  # a float < 1: share of steps
-        max_length=int(sft["max_length"]),
-        completion_only_loss=True,
-        logging_steps=int(sft.get("logging_steps", 5)),
-        save_strategy="epoch",
-        **_trainer_arguments(config, seed, device),
-        disable_tqdm=False,
+
+def validation_callback(
+    config: dict[str, Any], data_dir: str | Path, processor: Any, run: Path, phase: str
+) -> Any:
+    """A :class:`ValidationCallback` on the data's ``val`` split, or None.
+
+    None when the data has no validation split or ``evaluate.val_every_steps`` is 0.
+    """
+    from medrl.vlm.validation import ValidationCallback
+
+    evaluation = config.get("evaluate", {})
+    every = int(evaluation.get("val_every_steps", 0))
+    if every <= 0 or "val" not in read_meta(data_dir).get("sizes", {}):
+        return None
+    val = load_split(data_dir, "val")
+    rows = [val[i] for i in range(min(len(val), int(evaluation.get("val_items", 128))))]
+    return ValidationCallback(
+        rows,
+        processor,
+        run,
+        every,
+        int(evaluation.get("max_new_tokens", 40)),
+        int(evaluation.get("batch_size", 16)),
+        phase,
     )
-    columns = ["prompt", "completion", "image"]
-    train = train.remove_columns([c for c in train.column_names if c not in columns])
-    trainer = SFTTrainer(
-        model=model,
-        args=args,
-        train_dataset=train,
-        processing_class=processor,
-        peft_config=_lora_config(config),
-    )
-    start = time.perf_counter()
-    trainer.train(resume_from_checkpoint=checkpoint)
-    out = _save_final(trainer, processor, run / "model")
-    _write_json(
-        run / "sft_summary.json",
-        {"seed": seed, "seconds": time.perf_counter() - start, "steps": trainer.state.global_step,
-         "log_history": trainer.state.log_history},
-    )  # fmt: skip
-    return out
 
 
 class CompletionSamplesCallback:
@@ -248,6 +218,9 @@ def grpo_args(config: dict[str, Any], run: Path, seed: int, device: str) -> Any:
     unknown = set(weights) - set(REWARD_FUNCS)
     if unknown:
         raise InputError(f"unknown rewards {sorted(unknown)}; known: {sorted(REWARD_FUNCS)}")
+    reward_weights = [float(weights[name]) for name in weights]
+    if grpo.get("diagnostics", True):
+        reward_weights.append(0.0)  # grounding_diagnostics: logs, never rewards
     group = int(grpo["num_generations"])
     extra: dict[str, Any] = {}
     if grpo.get("use_vllm"):
@@ -275,7 +248,7 @@ def grpo_args(config: dict[str, Any], run: Path, seed: int, device: str) -> Any:
         top_k=int(grpo["top_k"]),
         repetition_penalty=1.0,
         mask_truncated_completions=bool(grpo["mask_truncated_completions"]),
-        reward_weights=[float(weights[name]) for name in weights],
+        reward_weights=reward_weights,
         disable_dropout=True,
         shuffle_dataset=True,
         log_completions=bool(grpo.get("log_completions", True)),
@@ -300,14 +273,17 @@ def run_grpo(
 
     run = Path(run_dir)
     device = setup_torch(config, seed, run)
-    train = load_split(data_dir, "train")
+    train = _limit(load_split(data_dir, "train"), config["grpo"].get("train_items"))
     train = train.remove_columns(["completion"])
     checkpoint = _last_checkpoint(run / "checkpoints")
     model, processor = _load_for_resume(config, model_dir, checkpoint, _dtype(config, device))
     check_processor_size(processor, train, data_dir)
     processor.tokenizer.padding_side = "left"
     args = grpo_args(config, run, seed, device)
-    funcs = [REWARD_FUNCS[name] for name in config["grpo"]["reward_weights"]]
+    weights = config["grpo"]["reward_weights"]
+    funcs = [REWARD_FUNCS[name] for name in weights]
+    if config["grpo"].get("diagnostics", True):
+        funcs.append(make_grounding_diagnostics(REWARD_FUNCS, weights, args.num_generations))
     trainer = GRPOTrainer(
         model=model,
         reward_funcs=funcs,
@@ -318,6 +294,9 @@ def run_grpo(
     )
     samples = CompletionSamplesCallback(run / "logs")
     samples.attach(trainer)
+    validation = validation_callback(config, data_dir, processor, run, "grpo")
+    if validation is not None:
+        validation.attach(trainer)
     start = time.perf_counter()
     trainer.train(resume_from_checkpoint=checkpoint)
     seconds = time.perf_counter() - start
