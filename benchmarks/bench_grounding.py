@@ -17,8 +17,9 @@ the clusters), area ratios and parse rates, and ``curves.md`` / ``curves.png`` t
 diagnostics and validation curves. ``--quick``: one seed, fewer steps.
 
     PYTHONPATH=src:. python -m benchmarks.bench_grounding --out runs/bench_grounding
-    PYTHONPATH=src:. python -m benchmarks.bench_grounding --config marked-cpu \
-        --arms sft grpo_iou --seeds 0 --out runs/bench_marked     # the positive control
+
+The positive control (docs/vlm.md section 8) starts from a shipped model instead; see
+``src/medrl/models/vlm-marked-tight/README.md`` and ``tests/vlm/test_positive_control.py``.
 """
 
 from __future__ import annotations
@@ -282,11 +283,6 @@ def table(results: list[dict[str, Any]], comparisons: dict[str, Any], prior: dic
             f"| {'met' if c['target_met'] else 'not met'} |"
         )
     return "\n".join(lines)
-
-
-def _without_items(result: dict[str, Any]) -> dict[str, Any]:
-    arms = {k: {m: v for m, v in a.items() if m != "items"} for k, a in result["arms"].items()}
-    return {**result, "arms": arms}
 
 
 def _without_items(result: dict[str, Any]) -> dict[str, Any]:

@@ -71,3 +71,35 @@ def test_curriculum_stages() -> None:
     assert stages == [(400.0, 2.0), (150.0, 2.0), (0.0, 6.0)]
     with pytest.raises(InputError, match="large targets first"):
         curriculum_stages({"epochs": 6, "curriculum": [150, 400]})
+
+
+def test_validation_curve_does_not_repeat_after_a_resume_or_restart(tmp_path) -> None:
+    import json
+
+    from medrl.vlm.validation import ValidationCallback, read_curve
+
+    path = tmp_path / "validation.jsonl"
+    lines = [
+        {"phase": "sft", "step": 0}, {"phase": "sft", "step": 10},
+        {"phase": "grpo", "step": 0}, {"phase": "grpo", "step": 10}, {"phase": "grpo", "step": 20},
+    ]  # fmt: skip
+    path.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    callback = ValidationCallback([], None, tmp_path, 10, 8, 1, "grpo")
+    callback.forget_after(10)  # resumed at step 10: step 20 will be evaluated again
+    assert [r["step"] for r in read_curve(tmp_path, "grpo")] == [0, 10]
+    assert [r["step"] for r in read_curve(tmp_path, "sft")] == [0, 10]  # other phase kept
+    callback.forget_after(0)  # started over
+    assert read_curve(tmp_path, "grpo") == [] and len(read_curve(tmp_path)) == 2
+
+
+def test_sft_options_can_be_set_on_any_preset() -> None:
+    from medrl.vlm.config import load_vlm_config
+
+    config = load_vlm_config(
+        "tiny-cpu",
+        ["sft.max_steps=5", "grpo.train_items=16", "evaluate.val_every_steps=2",
+         "data.num_val=8", "data.marked_line_px=2"],
+    )  # fmt: skip
+    assert config["sft"]["max_steps"] == 5 and config["data"]["num_val"] == 8
+    with pytest.raises(InputError, match=r"unknown config key 'sft\.max_stepz'"):
+        load_vlm_config("tiny-cpu", ["sft.max_stepz=5"])

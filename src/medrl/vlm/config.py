@@ -84,12 +84,39 @@ def load_vlm_config(value: str | None, overrides: list[str] | None = None) -> di
             if not isinstance(node, dict) or part not in node:
                 raise InputError(f"unknown config key {key!r}")
             node = node[part]
-        if not isinstance(node, dict) or (parts[-1] not in node and parts[0] != "model"):
+        known = parts[-1] in node or parts[0] == "model" or _optional(parts)
+        if not isinstance(node, dict) or not known:
             raise InputError(f"unknown config key {key!r}")
         node[parts[-1]] = yaml.safe_load(raw)
     config["source"] = str(path)
     config["overrides"] = list(overrides or [])
     return config
+
+
+OPTIONAL_KEYS: dict[str, tuple[str, ...]] = {
+    "sft": (
+        "warmup_ratio", "gradient_accumulation_steps", "logging_steps", "lr_scheduler",
+        "max_steps", "save_steps", "curriculum", "curriculum_epochs", "train_items",
+    ),
+    "grpo": ("diagnostics", "train_items", "save_steps", "use_vllm", "vllm_mode",
+             "log_completions"),
+    "evaluate": ("batch_size", "max_new_tokens", "val_every_steps", "val_items"),
+}  # fmt: skip
+"""Keys with a default that ``--set`` may add to a config file that lacks them (every
+``data`` key of :class:`~medrl.vlm.tasks.TaskConfig` and ``data.num_*`` too)."""
+
+
+def _optional(parts: list[str]) -> bool:
+    if len(parts) != 2:
+        return False
+    section, key = parts
+    if section == "data":
+        from dataclasses import fields
+
+        from medrl.vlm.tasks import TaskConfig
+
+        return key in NUM_KEYS or key in {f.name for f in fields(TaskConfig)}
+    return key in OPTIONAL_KEYS.get(section, ())
 
 
 def _check_required(config: dict[str, Any], path: Path) -> None:

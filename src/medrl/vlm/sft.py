@@ -101,7 +101,11 @@ def run_sft(
             start = str(stage_run / "model")
             continue
         subset = train if min_area_px <= 0 else train.filter(_box_area_at_least(min_area_px))
-        out = _sft_stage(config, data_dir, subset, start, stage_run, seed, device, epochs)
+        # a step budget (sft.max_steps) applies to the last stage; earlier stages run epochs
+        max_steps = int(config["sft"].get("max_steps", -1)) if last else -1
+        out = _sft_stage(
+            config, data_dir, subset, start, stage_run, seed, device, epochs, max_steps
+        )
         start = str(out)
     return run / "model"
 
@@ -115,6 +119,7 @@ def _sft_stage(
     seed: int,
     device: str,
     epochs: float,
+    max_steps: int = -1,
 ) -> Path:
     from trl import SFTConfig, SFTTrainer
 
@@ -125,7 +130,7 @@ def _sft_stage(
     args = SFTConfig(
         output_dir=str(run / "checkpoints"),
         num_train_epochs=epochs,
-        max_steps=int(sft.get("max_steps", -1)),
+        max_steps=max_steps,
         per_device_train_batch_size=int(sft["batch_size"]),
         gradient_accumulation_steps=int(sft.get("gradient_accumulation_steps", 1)),
         learning_rate=float(sft["learning_rate"]),
@@ -134,7 +139,7 @@ def _sft_stage(
         max_length=int(sft["max_length"]),
         completion_only_loss=True,
         logging_steps=int(sft.get("logging_steps", 5)),
-        save_strategy="epoch" if int(sft.get("max_steps", -1)) <= 0 else "steps",
+        save_strategy="epoch" if max_steps <= 0 else "steps",
         save_steps=int(sft.get("save_steps", 50)),
         **_trainer_arguments(config, seed, device),
         disable_tqdm=False,

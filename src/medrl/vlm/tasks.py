@@ -17,7 +17,7 @@ from PIL import Image
 
 from medrl.errors import InputError
 from medrl.vlm.atlas import Anatomy, region_id, region_map, region_names
-from medrl.vlm.boxes import BoxFrame, format_box
+from medrl.vlm.boxes import BoxFrame, clip_box, format_box
 from medrl.vlm.masks import mask_to_rle
 from medrl.vlm.slices import (
     PLANES,
@@ -318,6 +318,7 @@ def _ground_marked(
     # box_px, which the rewards and the evaluation read, stays the drawn box
     centre = np.array([(box[0] + box[2]) / 2, (box[1] + box[3]) / 2] * 2)
     target = centre + (np.array(box) - centre) * config.marked_answer_scale
+    target = clip_box(target, (float(config.image_width), float(config.image_height)))
     answer = format_box(config.frame.to_model(list(target)))
     return _item(
         config, anatomy, piece, "ground_marked",

@@ -3,8 +3,9 @@
 Nothing is downloaded: the BPE tokenizer is trained on the training split's own text (plus the
 Qwen chat and vision special tokens), saved with a Qwen2-VL image processor, so
 ``AutoProcessor.from_pretrained(folder)`` and ``AutoModelForImageTextToText.from_pretrained``
-work offline. Sizes: ``tiny`` (CPU tests and benchmark), ``tiny-plus`` (the CPU grounding
-experiment: about 4x tiny's compute) and ``small`` (the same recipe larger, for a GPU).
+work offline. Sizes: ``tiny`` (Qwen2.5-VL; CPU tests and benchmark), ``tiny-abs`` (the same
+sizes on Qwen3-VL, whose vision tower has absolute position embeddings: the CPU grounding
+presets) and ``small`` (Qwen2.5-VL, larger, for a GPU).
 """
 
 from __future__ import annotations
@@ -58,24 +59,6 @@ SIZES: dict[str, dict[str, dict[str, Any]]] = {
             "intermediate_size": 128,
             "num_heads": 4,
             "fullatt_block_indexes": [1],
-        },
-        "vocab_size": 1024,
-    },
-    "tiny-plus": {
-        "text": {
-            "hidden_size": 256,
-            "intermediate_size": 512,
-            "num_hidden_layers": 4,
-            "num_attention_heads": 4,
-            "num_key_value_heads": 2,
-            "mrope_section": [8, 12, 12],
-        },
-        "vision": {
-            "depth": 4,
-            "hidden_size": 128,
-            "intermediate_size": 256,
-            "num_heads": 4,
-            "fullatt_block_indexes": [1, 3],
         },
         "vocab_size": 1024,
     },

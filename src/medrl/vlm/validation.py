@@ -119,19 +119,38 @@ class ValidationCallback:
         self._writer.flush()
         return values
 
+    def forget_after(self, step: int) -> None:
+        """Drop this phase's evaluations after ``step`` (all of them at 0): a resumed run
+        redoes those steps, a restarted one starts over, and the curve must not repeat."""
+        if not self.path.is_file():
+            return
+        kept = []
+        for line in self.path.read_text(encoding="utf-8").splitlines():
+            if not line:
+                continue
+            entry = json.loads(line)
+            if entry.get("phase") != self.phase or (step > 0 and entry["step"] <= step):
+                kept.append(line)
+        self.path.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
+
     def attach(self, trainer: Any) -> None:
         from transformers import TrainerCallback
 
         callback = self
 
         class _Hook(TrainerCallback):
+            # only the main process evaluates and writes (several under accelerate/torchrun)
             def on_train_begin(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
+                if not state.is_world_process_zero:
+                    return
+                callback.forget_after(state.global_step)
                 if state.global_step == 0:
                     callback.evaluate(kw["model"], 0)
 
             def on_step_end(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
                 step = state.global_step
-                if step % callback.every == 0 or step == state.max_steps:
+                due = step % callback.every == 0 or step == state.max_steps
+                if due and state.is_world_process_zero:
                     callback.evaluate(kw["model"], step)
 
         trainer.add_callback(_Hook())
