@@ -36,6 +36,7 @@ from medrl.data.augment import AugmentParams, inverse_transform_points, transfor
 from medrl.data.datalist import Case
 from medrl.envs.pyramid import ScanPyramid, intensity_centre_ras
 from medrl.errors import InputError
+from medrl.geometry.kabsch import fit_rigid_ras
 from medrl.tasks.base import TargetTable, Task, View
 
 RIGID_ACTIONS = ("+R", "-R", "+A", "-A", "+S", "-S", "turn+R", "turn-R", "turn+A", "turn-A",
@@ -185,11 +186,10 @@ class RigidTask(Task):
                 )
             assert case.partner is not None
             fixed_ras, moving_ras = _common(case.partner, case)
-            rotation, shift = fit_rigid(
-                torch.as_tensor(fixed_ras[None]), torch.as_tensor(moving_ras[None])
-            )
-            matrix = np.eye(4)
-            matrix[:3, :3], matrix[:3, 3] = rotation[0].numpy(), shift[0].numpy()
+            try:
+                matrix = fit_rigid_ras(fixed_ras, moving_ras)
+            except ValueError as exc:
+                raise InputError(f"case {case.case_id!r}: {exc}", case.volume.source) from exc
             key = id(case.partner.volume)
             if key not in centres:
                 centres[key] = intensity_centre_ras(case.partner.volume)
