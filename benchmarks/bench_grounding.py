@@ -8,6 +8,8 @@ skipped when run again):
   learning rate = GRPO's (the control that makes "more training" no explanation);
 * ``grpo_iou``: GRPO from it with format 0.1 + IoU 1.0;
 * ``grpo_sem``: the same plus the semantic reward 0.25;
+* ``grpo_preset``: GRPO with the preset's own ``grpo.reward_weights`` (for a task mix with
+  VQA, e.g. ``small-gpu``: format, choice, IoU and semantic rewards);
 * ``low_sft``, ``low_cont``, ``low_grpo``: the same three from an SFT on the first
   ``--low-items`` training items only (the low-data regime).
 
@@ -36,7 +38,8 @@ from typing import Any
 
 from benchmarks.bench_vlm import _run
 
-ARMS = ("sft", "sft_cont", "grpo_iou", "grpo_sem", "low_sft", "low_cont", "low_grpo")
+ARMS = ("sft", "sft_cont", "grpo_iou", "grpo_sem", "grpo_preset", "low_sft", "low_cont", "low_grpo")
+DEFAULT_ARMS = ("sft", "sft_cont", "grpo_iou", "grpo_sem", "low_sft", "low_cont", "low_grpo")
 IOU_ONLY = "grpo.reward_weights={format_reward: 0.1, iou_reward: 1.0}"
 WITH_SEMANTIC = "grpo.reward_weights={format_reward: 0.1, iou_reward: 1.0, semantic_reward: 0.25}"
 COMPARISONS = (
@@ -44,6 +47,8 @@ COMPARISONS = (
     ("grpo_iou", "sft_cont"),
     ("grpo_sem", "sft"),
     ("grpo_sem", "sft_cont"),
+    ("grpo_preset", "sft"),
+    ("grpo_preset", "sft_cont"),
     ("low_grpo", "low_sft"),
     ("low_grpo", "low_cont"),
 )
@@ -119,8 +124,8 @@ class Seed:
             return base
         if arm.endswith("_cont"):
             return self._sft(arm, base_sets + self.cont_sets, init=base)
-        weights = WITH_SEMANTIC if arm == "grpo_sem" else IOU_ONLY
-        return self._grpo(arm, base, base_sets + self.grpo_sets + [weights])
+        weights = {"grpo_sem": [WITH_SEMANTIC], "grpo_preset": []}.get(arm, [IOU_ONLY])
+        return self._grpo(arm, base, base_sets + self.grpo_sets + weights)
 
     def evaluate(self, arm: str) -> dict[str, Any]:
         out = self.run / f"eval_{arm}"
@@ -177,20 +182,38 @@ def compare(results: list[dict[str, Any]], better: str, base: str) -> dict[str, 
     return out
 
 
+def guard_rails(results: list[dict[str, Any]], arm: str) -> list[dict[str, Any]]:
+    """Per seed: the arm's median area ratio, parse rate against SFT's, VQA minus SFT's."""
+    rails = []
+    for result in results:
+        ours, sft = result["arms"][arm], result["arms"]["sft"]
+        vqa = None
+        if sft["vqa"]["accuracy"] is not None:
+            vqa = ours["vqa"]["accuracy"] - sft["vqa"]["accuracy"]
+        rails.append({
+            "seed": result["seed"],
+            "median_area_ratio": ours["grounding"]["median_area_ratio"],
+            "parse_not_below_sft": ours["grounding"]["parse_failure_rate"]
+            <= sft["grounding"]["parse_failure_rate"],
+            "vqa_grpo_minus_sft": vqa,
+        })  # fmt: skip
+    return rails
+
+
 def _curve(run: Path) -> dict[str, list[tuple[int, float]]]:
     curves: dict[str, list[tuple[int, float]]] = {}
     summary = run / "grpo_summary.json"
     if summary.is_file():
         for entry in json.loads(summary.read_text())["log_history"]:
             for key in CURVE_KEYS:
-                if key in entry and "step" in entry:
+                if entry.get(key) is not None and "step" in entry:
                     curves.setdefault(key, []).append((int(entry["step"]), float(entry[key])))
     validation = run / "validation.jsonl"
     if validation.is_file():
         for line in validation.read_text().splitlines():
             row = json.loads(line)
             for key in ("mean_iou", "acc_at_0.5", "gold_ce", "median_area_ratio"):
-                if key in row:
+                if row.get(key) is not None:
                     curves.setdefault(f"val/{key}", []).append((int(row["step"]), float(row[key])))
     return curves
 
@@ -252,10 +275,11 @@ def table(results: list[dict[str, Any]], comparisons: dict[str, Any], prior: dic
     lines = [
         f"Held-out template MNI152NLin6Asym, {prior['n']} grounding items, seeds {seeds}",
         "",
-        "| arm | mIoU per seed | Acc@0.5 per seed | parse rate | median area ratio |",
-        "|---|---|---|---|---|",
+        "| arm | mIoU per seed | Acc@0.5 per seed | parse rate | median area ratio "
+        "| VQA accuracy per seed |",
+        "|---|---|---|---|---|---|",
         f"| blind prior (mean training box of the structure in the plane; no image) "
-        f"| {prior['mean_iou']:.3f} | {prior['acc_at_0.5']:.3f} | 1 | |",
+        f"| {prior['mean_iou']:.3f} | {prior['acc_at_0.5']:.3f} | 1 | | |",
     ]
     for arm in results[0]["arms"]:
         g = [r["arms"][arm]["grounding"] for r in results]
@@ -266,7 +290,12 @@ def table(results: list[dict[str, Any]], comparisons: dict[str, Any], prior: dic
             "n/a" if x.get("median_area_ratio") is None else f"{x['median_area_ratio']:.2f}"
             for x in g
         )
-        lines.append(f"| {arm} | {miou} | {acc} | {parse} | {area} |")
+        vqa = ", ".join(
+            "n/a" if r["arms"][arm]["vqa"]["accuracy"] is None
+            else f"{r['arms'][arm]['vqa']['accuracy']:.3f}"
+            for r in results
+        )  # fmt: skip
+        lines.append(f"| {arm} | {miou} | {acc} | {parse} | {area} | {vqa} |")
     lines += [
         "",
         "| comparison | d mIoU per seed | d mIoU pooled [95 % CI] | d Acc@0.5 per seed "
@@ -294,7 +323,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", default="grounding-cpu")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--arms", nargs="+", default=list(ARMS), choices=ARMS)
+    parser.add_argument("--arms", nargs="+", default=list(DEFAULT_ARMS), choices=ARMS)
     parser.add_argument("--data-seed", type=int, default=0)
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     parser.add_argument("--grpo-steps", type=int, help="default: the preset's grpo.max_steps")
@@ -326,19 +355,9 @@ def main() -> int:
         for better, base in COMPARISONS
         if better in args.arms and base in args.arms
     }
-    if "grpo_iou" in args.arms and "sft" in args.arms:
-        comparisons["grpo_iou - sft"]["guard_rails"] = [
-            {
-                "seed": r["seed"],
-                "median_area_ratio": r["arms"]["grpo_iou"]["grounding"]["median_area_ratio"],
-                "parse_not_below_sft": r["arms"]["grpo_iou"]["grounding"]["parse_failure_rate"]
-                <= r["arms"]["sft"]["grounding"]["parse_failure_rate"],
-                "vqa_grpo_minus_sft": None
-                if r["arms"]["sft"]["vqa"]["accuracy"] is None
-                else r["arms"]["grpo_iou"]["vqa"]["accuracy"] - r["arms"]["sft"]["vqa"]["accuracy"],
-            }
-            for r in results
-        ]
+    for name, comparison in comparisons.items():
+        if name.endswith(" - sft") and not name.startswith("low_"):
+            comparison["guard_rails"] = guard_rails(results, name.split(" - ")[0])
     prior = blind_prior(data)
     summary = {
         "command": " ".join(sys.argv),

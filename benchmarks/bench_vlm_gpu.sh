@@ -8,7 +8,12 @@
 # Step 1, on the development machine, in the repository root:
 #   bash benchmarks/bench_vlm_gpu.sh prepare
 # Step 2, on the GPU machine (device run, carry [".vlmgpu"]), in the repository root:
-#   bash benchmarks/bench_vlm_gpu.sh run "$OUT"
+#   bash benchmarks/bench_vlm_gpu.sh run "$OUT"          # SFT vs SFT + GRPO (bench_vlm.py)
+#   bash benchmarks/bench_vlm_gpu.sh grounding "$OUT" 480
+# `grounding` runs the issue-13 arms (bench_grounding.py: sft, sft_cont, grpo_preset, grpo_iou;
+# 3 seeds side by side, 4 processes per seed) within the given seconds, then packs what finished
+# (metrics, predictions, validation curves, logs; no weights) into OUT/grounding_runs.tgz.
+# Unpack it in runs/ here and run the same bench_grounding command to rebuild the tables.
 set -euo pipefail
 step=${1:?usage: bench_vlm_gpu.sh prepare | run OUT_DIR}
 here=.vlmgpu
@@ -38,6 +43,31 @@ elif [ "$step" = run ]; then
     --out /tmp/bench_vlm_gpu --data "$here/data" 2>&1 | tail -40
   cp /tmp/bench_vlm_gpu/results.md /tmp/bench_vlm_gpu/results.json "$out"/
   cp /tmp/bench_vlm_gpu/seed0/log.txt "$out"/seed0_log.txt
+elif [ "$step" = grounding ]; then
+  out=${2:?grounding needs the output folder}
+  budget=${3:-480}
+  data=${DATA:-$PWD/$here/data}
+  if ! python3 -c "import trl, datasets" 2>/dev/null; then
+    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+      --target /tmp/site "$here"/whl/*.whl
+  fi
+  export PYTHONPATH=/tmp/site:$PWD/src:$PWD${PYTHONPATH:+:$PYTHONPATH}
+  export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1
+  python3 -c "import torch, transformers, trl; print('torch', torch.__version__, 'transformers', transformers.__version__, 'trl', trl.__version__, 'cuda', torch.cuda.is_available())" | tee "$out/versions.txt"
+  nvidia-smi --query-gpu=name,memory.total --format=csv,noheader >> "$out/versions.txt" 2>&1 || true
+  runs=/tmp/bench_grounding_gpu
+  mkdir -p "$runs"
+  ln -sfn "$data" "$runs/data"
+  set +e
+  timeout "$budget" python3 -m benchmarks.bench_grounding --config small-gpu \
+    --arms sft sft_cont grpo_preset grpo_iou --parallel 3 --jobs 4 --out "$runs" \
+    --set threads=1 ${BENCH_ARGS:-} > "$out/bench.log" 2>&1
+  echo "bench_grounding exit $?" >> "$out/bench.log"
+  pkill -f 'medrl.cli vlm' ; sleep 2   # the arms still running when the budget ran out
+  set -e
+  tar czf "$out/grounding_runs.tgz" -C "$runs" --exclude=data --exclude='*.safetensors' \
+    --exclude='checkpoint-*' --exclude='*.pt' --exclude='*.bin' --exclude='events.out.*' .
+  ls -la "$out"
 else
   echo "unknown step $step" >&2
   exit 2
