@@ -22,7 +22,9 @@ from medrl.errors import CheckpointError
 from medrl.io.images import Volume
 from medrl.registration.base import METHODS, RegisterOptions
 from medrl.registration.deformable.bilevel import (
+    ADAM_STEP_BOUND,
     BilevelSettings,
+    _unroll,
     grid_search,
     hypergradient,
     inner_loss,
@@ -61,7 +63,13 @@ from medrl.registration.deformable.synthetic import (
     apply_warp,
     random_warp,
 )
-from medrl.registration.deformable.train import CHECKPOINT, TrainConfig, draw_batch, train
+from medrl.registration.deformable.train import (
+    CHECKPOINT,
+    TrainConfig,
+    _exploded,
+    draw_batch,
+    train,
+)
 
 TINY = NetworkSettings(channels=(4, 8))
 
@@ -293,6 +301,42 @@ def test_hypergradient_matches_a_finite_difference_in_lambda() -> None:
         assert math.isclose(probe.d_val_d_log_lambda, finite, rel_tol=0.02), (probe, finite)
         # the probe leaves the network as it was
         assert math.isclose(probe.val_loss, validation(lam), rel_tol=1e-9)
+
+
+def test_unrolled_adam_steps_are_bounded_like_real_adam_steps() -> None:
+    # A weight whose gradients were tiny so far has a tiny second moment; held fixed, it used to
+    # turn the next ordinary gradient into a step of lr * 1e9 (a probe diverged to a TRE of
+    # 5.8e5 mm in a 4 mm training run). Real Adam bounds the step by about lr / sqrt(1 - beta2).
+    pairs = tiny_pair_set(16, val_pairs=1)
+    torch.manual_seed(0)
+    network = VelocityUNet(TINY)
+    with torch.no_grad():
+        network.head.weight.normal_(0.0, 0.05)
+    config = TrainConfig(seed=0, crop_vox=None, synthetic=SyntheticWarpSettings(10.0, 5.0))
+    batches = [draw_batch(pairs, config, 0, stream=1)]
+    tiny = {name: torch.full_like(p, 1e-9) for name, p in network.named_parameters()}
+    lr = 1e-3
+    params = _unroll(network, 1.0, batches, "ncc", 5, lr, tiny, create_graph=False)
+    moves = [
+        float((params[name] - p).detach().abs().max()) for name, p in network.named_parameters()
+    ]
+    assert max(moves) <= lr * ADAM_STEP_BOUND * (1 + 1e-5), max(moves)
+    assert max(moves) >= 0.5 * lr * ADAM_STEP_BOUND  # the bound is reached, not a no-op
+    # without a preconditioner (plain SGD) nothing is clipped
+    plain = _unroll(network, 1.0, batches, "ncc", 5, lr, None, create_graph=False)
+    assert all(torch.isfinite(v).all() for v in plain.values())
+
+
+def test_a_diverged_outer_probe_does_not_update_lambda() -> None:
+    history = [{"val_loss_unrolled": 1.3, "skipped": False}]
+    assert _exploded(1.4, -1e-3, history) == ""
+    assert _exploded(1.4, 1e-3, []) == ""
+    assert "diverged" in _exploded(582930.3, 4.2e5, history)
+    assert "non-finite" in _exploded(float("nan"), 0.0, history)
+    assert "non-finite" in _exploded(1.0, float("inf"), history)
+    # the reference is the last *accepted* probe
+    history.append({"val_loss_unrolled": 582930.3, "skipped": True})
+    assert "diverged" in _exploded(500000.0, 1.0, history)
 
 
 def test_training_learns_lambda_resumes_and_writes_a_model(tmp_path: Path) -> None:

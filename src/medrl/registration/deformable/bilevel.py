@@ -235,6 +235,13 @@ Preconditioner = dict[str, torch.Tensor]
 ``sqrt(second moment) + eps``); held constant."""
 
 
+ADAM_STEP_BOUND = 1.0 / math.sqrt(1.0 - 0.999)
+"""Largest ``|g| / s`` of an unrolled preconditioned step (about 31.6): a real Adam step
+(beta2 = 0.999) never moves a weight by more than about ``lr / sqrt(1 - beta2)``, because the
+current gradient is part of its second moment. The unrolled steps hold the second moments
+fixed, so a weight whose history had tiny gradients would otherwise take an unbounded step."""
+
+
 def adam_preconditioner(model: nn.Module, optimizer: torch.optim.Adam) -> Preconditioner | None:
     """``sqrt(v_hat) + eps`` of each parameter from an Adam optimiser's state (None before its
     first step): the step sizes of the real inner optimiser, for the unrolled steps."""
@@ -262,7 +269,8 @@ def _unroll(
     create_graph: bool,
 ) -> dict[str, torch.Tensor]:
     """The weights after the unrolled steps on ``batches`` from the model's current weights:
-    ``w - lr * g / s`` (``s`` from ``preconditioner``, else 1)."""
+    ``w - lr * g / s`` (``s`` from ``preconditioner``, else 1; ``g / s`` clipped to
+    :data:`ADAM_STEP_BOUND` with a preconditioner, as a real Adam step is bounded)."""
     params = {name: p.detach().requires_grad_(True) for name, p in model.named_parameters()}
     for pair, crop in batches:
         loss, _ = inner_loss(
@@ -271,7 +279,12 @@ def _unroll(
         grads = torch.autograd.grad(loss, tuple(params.values()), create_graph=create_graph)
         updated = {}
         for (name, p), g in zip(params.items(), grads, strict=True):
-            step = g if preconditioner is None else g / preconditioner[name].to(g.dtype)
+            if preconditioner is None:
+                step = g
+            else:
+                step = (g / preconditioner[name].to(g.dtype)).clamp(
+                    -ADAM_STEP_BOUND, ADAM_STEP_BOUND
+                )
             updated[name] = p - lr * step
         params = updated
         if not create_graph:

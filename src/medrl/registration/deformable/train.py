@@ -210,6 +210,23 @@ def draw_batch(
     return pair, crop  # type: ignore[return-value]
 
 
+EXPLODED_FACTOR = 10.0
+"""An outer probe whose validation loss exceeds this multiple of the last accepted probe's
+is treated as diverged and does not update lambda."""
+
+
+def _exploded(val_loss: float, gradient: float, history: list[dict[str, Any]]) -> str:
+    """Why an outer probe must not update lambda ('' when it may): a non-finite value, or a
+    validation loss far above the last accepted probe's (the unrolled steps diverged; one such
+    gradient would also dominate the lambda optimiser's second moment for hundreds of steps)."""
+    if not (math.isfinite(val_loss) and math.isfinite(gradient)):
+        return f"non-finite probe: loss {val_loss}, gradient {gradient}"
+    accepted = [h["val_loss_unrolled"] for h in history if not h.get("skipped")]
+    if accepted and val_loss > EXPLODED_FACTOR * max(accepted[-1], 1e-6):
+        return f"probe diverged: validation loss {val_loss:.4g} after {accepted[-1]:.4g}"
+    return ""
+
+
 def validate(network: VelocityUNet, pairs: PairSet, config: TrainConfig) -> dict[str, float]:
     """The outer (validation) loss and its parts for the current weights."""
     network.eval()
@@ -327,18 +344,23 @@ def train(
                 lr=config.lr,
                 preconditioner=adam_preconditioner(network, optimizer),
             )
-            lambda_optimizer.zero_grad(set_to_none=True)
-            log_lambda.grad = torch.tensor(probe.d_val_d_log_lambda, dtype=log_lambda.dtype)
-            lambda_optimizer.step()
-            with torch.no_grad():
-                log_lambda.clamp_(low, high)
-            last_val = dict(probe.parts)
+            exploded = _exploded(probe.val_loss, probe.d_val_d_log_lambda, history)
+            if exploded:
+                _emit(log, f"deformable: step {step}: outer step skipped ({exploded})")
+            else:
+                lambda_optimizer.zero_grad(set_to_none=True)
+                log_lambda.grad = torch.tensor(probe.d_val_d_log_lambda, dtype=log_lambda.dtype)
+                lambda_optimizer.step()
+                with torch.no_grad():
+                    log_lambda.clamp_(low, high)
+                last_val = dict(probe.parts)
             history.append(
                 {
                     "step": step,
                     "lambda": float(log_lambda.detach().exp()),
                     "val_loss_unrolled": probe.val_loss,
                     "d_val_d_log_lambda": probe.d_val_d_log_lambda,
+                    "skipped": bool(exploded),
                 }
             )
         if step % config.log_every == 0 or step == config.steps:
