@@ -37,6 +37,8 @@ from medrl.registration.deformable.integrate import (
     compose,
     identity_grid,
     integrate_velocity,
+    trilinear,
+    twice_differentiable,
     warp,
     warp_points,
 )
@@ -301,6 +303,40 @@ def test_hypergradient_matches_a_finite_difference_in_lambda() -> None:
         assert math.isclose(probe.d_val_d_log_lambda, finite, rel_tol=0.02), (probe, finite)
         # the probe leaves the network as it was
         assert math.isclose(probe.val_loss, validation(lam), rel_tol=1e-9)
+
+
+@pytest.mark.parametrize("padding", ["zeros", "border"])
+def test_gather_trilinear_matches_grid_sample_and_is_twice_differentiable(padding: str) -> None:
+    # CUDA has no derivative of grid_sampler_3d_backward, so the hypergradient samples with
+    # gathers: the values and first derivatives must be grid_sample's, second ones must exist.
+    generator = torch.Generator().manual_seed(0)
+    image = torch.rand(1, 2, 4, 5, 6, generator=generator, dtype=torch.float64)
+    displacement = 1.5 * torch.randn(1, 3, 4, 5, 6, generator=generator, dtype=torch.float64)
+    image.requires_grad_(True)
+    displacement.requires_grad_(True)
+    reference = warp(image, displacement, padding_mode=padding)
+    with twice_differentiable():
+        gathered = warp(image, displacement, padding_mode=padding)
+    assert torch.allclose(gathered, reference, atol=1e-12)
+    weights = torch.rand(reference.shape, generator=generator, dtype=torch.float64)
+    first_ref = torch.autograd.grad((reference * weights).sum(), (image, displacement))
+    first = torch.autograd.grad(
+        (gathered * weights).sum(), (image, displacement), create_graph=True
+    )
+    for ours, theirs in zip(first, first_ref, strict=True):
+        assert torch.allclose(ours, theirs, atol=1e-10)
+
+    # second order: gradgradcheck against finite differences (positions off the voxel lattice)
+    def sample(img: torch.Tensor, disp: torch.Tensor) -> torch.Tensor:
+        return trilinear(img, identity_grid((4, 5, 6), dtype=torch.float64) + disp, padding)
+
+    small = 0.3 * torch.randn(1, 3, 4, 5, 6, generator=generator, dtype=torch.float64) + 0.37
+    assert torch.autograd.gradgradcheck(sample, (image, small.requires_grad_(True)))
+    # points (sample_field) too
+    points = torch.tensor([[0.3, 1.7, 2.2], [5.5, -0.4, 3.9]], dtype=torch.float64)
+    with twice_differentiable():
+        moved = warp_points(points, displacement.detach())
+    assert torch.allclose(moved, warp_points(points, displacement.detach()), atol=1e-12)
 
 
 def test_unrolled_adam_steps_are_bounded_like_real_adam_steps() -> None:

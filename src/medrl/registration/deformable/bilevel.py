@@ -38,7 +38,12 @@ import torch
 from torch import nn
 from torch.func import functional_call
 
-from medrl.registration.deformable.integrate import integrate_velocity, warp, warp_points
+from medrl.registration.deformable.integrate import (
+    integrate_velocity,
+    twice_differentiable,
+    warp,
+    warp_points,
+)
 from medrl.registration.deformable.losses import (
     NCC_WINDOW_VOX,
     diffusion_loss,
@@ -308,18 +313,19 @@ def hypergradient(
     batch) from the model's current weights; the model itself is not changed. ``lr`` and
     ``preconditioner``: the step (default: plain SGD at ``settings.unroll_lr``)."""
     log_lambda = log_lambda.detach().to(_reference(model).dtype).requires_grad_(True)
-    params = _unroll(
-        model,
-        log_lambda.exp(),
-        batches,
-        similarity,
-        integration_steps,
-        settings.unroll_lr if lr is None else lr,
-        preconditioner,
-        create_graph=True,
-    )
-    loss, parts = outer_loss(model, val_pairs, settings, integration_steps, params)
-    (gradient,) = torch.autograd.grad(loss, log_lambda, allow_unused=True)
+    with twice_differentiable():  # second derivatives through the sampling, on any device
+        params = _unroll(
+            model,
+            log_lambda.exp(),
+            batches,
+            similarity,
+            integration_steps,
+            settings.unroll_lr if lr is None else lr,
+            preconditioner,
+            create_graph=True,
+        )
+        loss, parts = outer_loss(model, val_pairs, settings, integration_steps, params)
+        (gradient,) = torch.autograd.grad(loss, log_lambda, allow_unused=True)
     value = 0.0 if gradient is None else float(gradient)
     return HyperGradient(float(loss.detach()), value, parts)
 

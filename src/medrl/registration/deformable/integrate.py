@@ -13,10 +13,17 @@ Conventions (the whole package uses them):
   overlays the fixed image and fixed points travel to moving points with :func:`warp_points`.
 
 Sampling uses ``grid_sample`` (trilinear, or nearest for labels) with ``align_corners=True``:
-normalised coordinate -1 / +1 is the centre of the first / last voxel.
+normalised coordinate -1 / +1 is the centre of the first / last voxel. Inside
+:func:`twice_differentiable` trilinear sampling is done by index gathers instead, which autograd
+can differentiate twice on every device (CUDA has no derivative of ``grid_sampler_3d_backward``;
+the bilevel hypergradient needs one).
 """
 
 from __future__ import annotations
+
+import contextlib
+import itertools
+from collections.abc import Iterator
 
 import torch
 import torch.nn.functional as F
@@ -28,6 +35,8 @@ __all__ = [
     "integrate_velocity",
     "sample_field",
     "to_normalised",
+    "trilinear",
+    "twice_differentiable",
     "warp",
     "warp_points",
 ]
@@ -61,6 +70,52 @@ def to_normalised(
     return 2.0 * points_vox / (sizes - 1).clamp(min=1) - 1.0
 
 
+_GATHER_SAMPLING = False
+
+
+@contextlib.contextmanager
+def twice_differentiable() -> Iterator[None]:
+    """Within the block, trilinear :func:`warp` and :func:`sample_field` use :func:`trilinear`
+    (differentiable twice on CPU and CUDA) instead of ``grid_sample``."""
+    global _GATHER_SAMPLING
+    previous, _GATHER_SAMPLING = _GATHER_SAMPLING, True
+    try:
+        yield
+    finally:
+        _GATHER_SAMPLING = previous
+
+
+def trilinear(image: torch.Tensor, positions_vox: torch.Tensor, padding_mode: str) -> torch.Tensor:
+    """``image`` (B, C, D, H, W) at (B, 3, ...) voxel positions (x, y, z), trilinear; the same
+    values as ``grid_sample(align_corners=True)`` with ``padding_mode`` ``"zeros"`` or
+    ``"border"``, written with gathers so that autograd differentiates it to any order."""
+    if padding_mode not in ("zeros", "border"):
+        raise ValueError(f"padding_mode must be 'zeros' or 'border', got {padding_mode!r}")
+    batch, channels, d, h, w = image.shape
+    out_shape = positions_vox.shape[2:]
+    sizes = (w, h, d)
+    coords = [positions_vox[:, axis].reshape(batch, -1) for axis in range(3)]
+    if padding_mode == "border":
+        coords = [c.clamp(0, n - 1) for c, n in zip(coords, sizes, strict=True)]
+    lows = [c.detach().floor() for c in coords]
+    fractions = [c - low for c, low in zip(coords, lows, strict=True)]
+    flat = image.reshape(batch, channels, d * h * w)
+    result = image.new_zeros(batch, channels, coords[0].shape[1])
+    for corner in itertools.product((0, 1), repeat=3):
+        weight = torch.ones_like(coords[0])
+        inside = torch.ones_like(coords[0], dtype=torch.bool)
+        index = []
+        for axis, offset in enumerate(corner):
+            at = lows[axis] + offset
+            weight = weight * (fractions[axis] if offset else 1.0 - fractions[axis])
+            inside = inside & (at >= 0) & (at <= sizes[axis] - 1)
+            index.append(at.clamp(0, sizes[axis] - 1).long())
+        linear = (index[2] * h + index[1]) * w + index[0]
+        values = torch.gather(flat, 2, linear[:, None].expand(batch, channels, -1))
+        result = result + values * (weight * inside.to(weight.dtype))[:, None]
+    return result.reshape(batch, channels, *out_shape)
+
+
 def warp(
     image: torch.Tensor,
     displacement_vox: torch.Tensor,
@@ -77,6 +132,8 @@ def warp(
         displacement_vox.shape[2:], displacement_vox.device, displacement_vox.dtype
     )
     positions = positions + displacement_vox
+    if _GATHER_SAMPLING and mode == "bilinear":
+        return trilinear(image, positions.to(image.dtype), padding_mode)
     grid = to_normalised(positions.permute(0, 2, 3, 4, 1), image.shape[2:])
     if image.dtype != grid.dtype:
         grid = grid.to(image.dtype)
@@ -109,6 +166,9 @@ def sample_field(field: torch.Tensor, points_vox: torch.Tensor) -> torch.Tensor:
     """(N, C) values of a (1, C, D, H, W) field at (N, 3) voxel points (trilinear, border)."""
     if field.shape[0] != 1:
         raise ValueError(f"expected a single field (batch 1), got batch {field.shape[0]}")
+    if _GATHER_SAMPLING:
+        positions = points_vox.to(field.dtype).T.reshape(1, 3, -1)
+        return trilinear(field, positions, "border").reshape(field.shape[1], -1).T
     grid = to_normalised(points_vox, field.shape[2:]).to(field.dtype).reshape(1, 1, 1, -1, 3)
     values = F.grid_sample(field, grid, mode="bilinear", padding_mode="border", align_corners=True)
     return values.reshape(field.shape[1], -1).T
