@@ -43,6 +43,7 @@ from medrl.data.afids4 import afids4_datalist
 from medrl.data.datalist import load_case
 from medrl.io.images import Volume
 from medrl.registration.base import RegisterOptions
+from medrl.registration.classical import bspline
 from medrl.registration.deformable.bilevel import BilevelSettings, GridRow, grid_search
 from medrl.registration.deformable.evaluation import (
     dice_by_label,
@@ -178,6 +179,18 @@ def evaluate_real(models: dict[str, Path], seed: int, threads: int, device: str)
                 "seconds": affine.seconds,
             }
         )
+        options = RegisterOptions(seed=seed, threads=threads)
+        classical = bspline(fixed.volume, moving.volume, options)
+        tre = landmark_tre_mm(classical.transform, fixed.landmarks.points_ras, moving_points)
+        rows.append(
+            {
+                "pair": pair,
+                "method": "SimpleITK B-spline",
+                **_stats(tre),
+                "folding": _folding(classical.transform, fixed.volume),
+                "seconds": classical.seconds,
+            }
+        )
         for name, folder in models.items():
             options = RegisterOptions(seed=seed, model_dir=folder, device=device, threads=threads)
             outcome = register_deformable(fixed.volume, moving.volume, options)
@@ -194,6 +207,18 @@ def evaluate_real(models: dict[str, Path], seed: int, threads: int, device: str)
                 }
             )
     return rows
+
+
+def _folding(transform: sitk.Transform, grid: Volume) -> float:
+    """Share of voxels of ``grid`` where a displacement-field transform folds (det J <= 0)."""
+    if not isinstance(transform, sitk.DisplacementFieldTransform):
+        return 0.0
+    field = sitk.TransformToDisplacementField(
+        transform, sitk.sitkVectorFloat64, grid.to_sitk().GetSize(),
+        grid.to_sitk().GetOrigin(), grid.to_sitk().GetSpacing(), grid.to_sitk().GetDirection(),
+    )  # fmt: skip
+    jacobian = sitk.GetArrayFromImage(sitk.DisplacementFieldJacobianDeterminant(field))
+    return float((jacobian <= 0).mean())
 
 
 def _resample_labels(labels: Volume, grid: Volume, transform: sitk.Transform) -> np.ndarray:
@@ -266,6 +291,15 @@ def evaluate_synthetic(
             landmark_tre_mm(affine.transform, fixed_ras, moving_ras),
             0.0,
             affine.seconds,
+        )
+        classical = bspline(fixed, grid, RegisterOptions(seed=seed, threads=threads))
+        record(
+            "SimpleITK B-spline",
+            _resample_labels(label_volume, fixed, classical.transform),
+            truth,
+            landmark_tre_mm(classical.transform, fixed_ras, moving_ras),
+            _folding(classical.transform, fixed),
+            classical.seconds,
         )
         for name, folder in models.items():
             options = RegisterOptions(seed=seed, model_dir=folder, device=device, threads=threads)
@@ -365,8 +399,16 @@ def main() -> None:
     parser.add_argument("--crop", type=int, default=None, help="train on cubes of N voxels")
     parser.add_argument("--max-minutes", type=float, default=None, help="per training run")
     parser.add_argument("--synthetic-tests", type=int, default=5)
+    parser.add_argument(
+        "--models", nargs="+", metavar="NAME=DIR", default=[],
+        help="evaluate these trained model folders (e.g. from bench_deformable_gpu.py) "
+        "instead of training",
+    )  # fmt: skip
     args = parser.parse_args()
     set_threads(args.threads)
+    if args.models:
+        evaluate_only(args)
+        return
     started = time.perf_counter()
     config, lambdas, synthetic_tests = _config(args)
     args.out.mkdir(parents=True, exist_ok=True)
@@ -411,6 +453,51 @@ def main() -> None:
         "synthetic_test_pairs": synthetic_tests,
         "synthetic_test": synthetic,
         "inference_2mm": timing,
+        "seconds": time.perf_counter() - started,
+    }
+    with open(args.out / "bench_deformable.json", "w") as handle:
+        json.dump(report, handle, indent=2, default=str)
+    print_tables(report)
+    print(f"\ntotal {report['seconds']:.0f} s; results in {args.out / 'bench_deformable.json'}")
+
+
+def evaluate_only(args: argparse.Namespace) -> None:
+    """The test tables for given model folders; the lambda table from their training facts."""
+    started = time.perf_counter()
+    models = {}
+    for item in args.models:
+        name, _, folder = item.rpartition("=")
+        if not name or not folder:
+            raise SystemExit(f"--models wants NAME=DIR, got {item!r}")
+        models[name] = Path(folder)
+    headers = {n: json.loads((d / "deformable.json").read_text()) for n, d in models.items()}
+    lambda_table = [
+        {
+            "run": name,
+            "lambda": header["lambda"],
+            "val_loss": header["training"]["validation"]["loss"],
+            **{k: v for k, v in header["training"]["validation"].items() if k != "loss"},
+            "seconds": header["training"]["seconds"],
+            "steps": header["training"]["steps"],
+        }
+        for name, header in headers.items()
+    ]
+    first = next(iter(headers.values()))["training"]
+    args.out.mkdir(parents=True, exist_ok=True)
+    _log("== held-out real pairs")
+    real = evaluate_real(models, args.seed, args.threads, args.device)
+    _log("== synthetic held-out warps")
+    synthetic = evaluate_synthetic(models, args.synthetic_tests, args.seed, args.threads,
+                                   args.device)  # fmt: skip
+    report = {
+        "config": first["config"],
+        "inner_steps": "/".join(str(row["steps"]) for row in lambda_table),
+        "validation_pairs": list(first["pairs"].get("val_pairs", [])),
+        "lambda_table": lambda_table,
+        "real_test": real,
+        "synthetic_test_pairs": args.synthetic_tests,
+        "synthetic_test": synthetic,
+        "inference_2mm": time_inference_2mm(args.seed, args.device),
         "seconds": time.perf_counter() - started,
     }
     with open(args.out / "bench_deformable.json", "w") as handle:

@@ -1,0 +1,110 @@
+"""The deformable lambda grid (and the learned-lambda run) side by side on one GPU machine.
+
+A GPU machine without SimpleITK cannot build the training pairs (the affine pre-alignment and
+the resampling use it), so the work is split:
+
+1. here: ``prepare`` builds the built-in PairSet (T1w, skull-stripped, as
+   ``medrl.registration.deformable.train.prepare_pairs``) and saves it with ``torch.save``;
+2. there: ``train`` loads it and trains the learned-lambda run and one run per fixed lambda,
+   all at once (one process each), each for ``--minutes`` of wall time; the model folders land
+   in ``OUT/<run>/model``;
+3. here: evaluate the model folders with ``bench_deformable.py --models``.
+
+    PYTHONPATH=src:. python -m benchmarks.bench_deformable_gpu prepare --spacing 4 \\
+        --out .defgpu/pairs4.pt
+    # on the GPU machine (carrying .defgpu):
+    PYTHONPATH=benchmarks/gpu_stand_ins:src:. python3 -m benchmarks.bench_deformable_gpu \\
+        train --pairs .defgpu/pairs4.pt --out /tmp/dg --minutes 2.3
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from multiprocessing import get_context
+from pathlib import Path
+from typing import Any
+
+import torch
+
+GRID = (1.0, 10.0, 100.0, 1000.0)
+
+
+def _config(spacing_mm: float, lam: float, learn: bool, minutes: float | None) -> Any:
+    from medrl.registration.deformable.train import TrainConfig
+
+    return TrainConfig(
+        working_spacing_mm=spacing_mm,
+        steps=100_000 if minutes else 3000,
+        variants=("_brain",),
+        contrasts=("T1w",),
+        initial_lambda=lam,
+        learn_lambda=learn,
+        max_minutes=minutes,
+        checkpoint_every=200,
+        log_every=50,
+    )
+
+
+def prepare(spacing_mm: float, out: Path) -> None:
+    from medrl.registration.deformable.train import prepare_pairs
+
+    pairs = prepare_pairs(_config(spacing_mm, 1.0, True, None), out.parent / "affines")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(pairs, out)
+    print(f"saved {out} ({out.stat().st_size / 2**20:.1f} MiB): {pairs.facts}")
+
+
+def _train_one(job: tuple[str, float, bool, float, str, str, str]) -> dict[str, Any]:
+    name, lam, learn, minutes, pairs_path, out, device = job
+    torch.set_num_threads(2)
+    from medrl.registration.deformable.train import train
+
+    pairs = torch.load(pairs_path, weights_only=False)
+    run = Path(out) / name
+    run.mkdir(parents=True, exist_ok=True)
+    config = _config(pairs.spacing_mm, lam, learn, minutes)
+    with open(run / "train.log", "a", encoding="utf-8") as log:
+        result = train(config, run, pairs=pairs, log=log, device=device)
+    return {"run": name, "lambda": result.lam, "steps": result.steps,
+            "seconds": result.seconds, "validation": result.val}  # fmt: skip
+
+
+def train_all(pairs: Path, out: Path, minutes: float, grid: tuple[float, ...]) -> list[dict]:
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    jobs = [("learned", 1.0, True, minutes, str(pairs), str(out), device)]
+    jobs += [(f"lambda_{lam:g}", lam, False, minutes, str(pairs), str(out), device) for lam in grid]
+    start = time.perf_counter()
+    with get_context("spawn").Pool(len(jobs)) as pool:
+        rows = pool.map(_train_one, jobs)
+    out.mkdir(parents=True, exist_ok=True)
+    summary = {"device": device, "wall_s": time.perf_counter() - start, "runs": rows}
+    (out / "summary.json").write_text(json.dumps(summary, indent=1, default=float) + "\n")
+    return rows
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="step", required=True)
+    p = sub.add_parser("prepare")
+    p.add_argument("--spacing", type=float, default=4.0, help="working grid, mm")
+    p.add_argument("--out", type=Path, required=True)
+    t = sub.add_parser("train")
+    t.add_argument("--pairs", type=Path, required=True)
+    t.add_argument("--out", type=Path, required=True)
+    t.add_argument("--minutes", type=float, default=2.3, help="wall time per run")
+    t.add_argument("--lambdas", default=",".join(f"{v:g}" for v in GRID))
+    args = parser.parse_args()
+    if args.step == "prepare":
+        prepare(args.spacing, args.out)
+    else:
+        grid = tuple(float(v) for v in args.lambdas.split(","))
+        for row in train_all(args.pairs, args.out, args.minutes, grid):
+            print(json.dumps(row, default=float))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
