@@ -32,12 +32,26 @@ import torch
 GRID = (1.0, 10.0, 100.0, 1000.0)
 
 
-def _config(spacing_mm: float, lam: float, learn: bool, minutes: float | None) -> Any:
+def _config(
+    spacing_mm: float,
+    lam: float,
+    learn: bool,
+    minutes: float | None,
+    steps: int | None = None,
+    lambda_lr: float | None = None,
+) -> Any:
+    from dataclasses import replace
+
+    from medrl.registration.deformable.bilevel import BilevelSettings
     from medrl.registration.deformable.train import TrainConfig
 
+    bilevel = BilevelSettings()
+    if lambda_lr is not None:
+        bilevel = replace(bilevel, lambda_lr=lambda_lr)
     return TrainConfig(
         working_spacing_mm=spacing_mm,
-        steps=100_000 if minutes else 3000,
+        steps=steps or (100_000 if minutes else 3000),
+        bilevel=bilevel,
         variants=("_brain",),
         contrasts=("T1w",),
         initial_lambda=lam,
@@ -57,25 +71,26 @@ def prepare(spacing_mm: float, out: Path) -> None:
     print(f"saved {out} ({out.stat().st_size / 2**20:.1f} MiB): {pairs.facts}")
 
 
-def _train_one(job: tuple[str, float, bool, float, str, str, str]) -> dict[str, Any]:
-    name, lam, learn, minutes, pairs_path, out, device = job
-    torch.set_num_threads(2)
+def _train_one(job: tuple[str, float, bool, argparse.Namespace, str]) -> dict[str, Any]:
+    name, lam, learn, args, device = job
+    torch.set_num_threads(args.threads)
     from medrl.registration.deformable.train import train
 
-    pairs = torch.load(pairs_path, weights_only=False)
-    run = Path(out) / name
+    pairs = torch.load(args.pairs, weights_only=False)
+    run = Path(args.out) / name
     run.mkdir(parents=True, exist_ok=True)
-    config = _config(pairs.spacing_mm, lam, learn, minutes)
+    config = _config(pairs.spacing_mm, lam, learn, args.minutes, args.steps, args.lambda_lr)
     with open(run / "train.log", "a", encoding="utf-8") as log:
         result = train(config, run, pairs=pairs, log=log, device=device)
     return {"run": name, "lambda": result.lam, "steps": result.steps,
             "seconds": result.seconds, "validation": result.val}  # fmt: skip
 
 
-def train_all(pairs: Path, out: Path, minutes: float, grid: tuple[float, ...]) -> list[dict]:
+def train_all(args: argparse.Namespace, grid: tuple[float, ...]) -> list[dict]:
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    jobs = [("learned", 1.0, True, minutes, str(pairs), str(out), device)]
-    jobs += [(f"lambda_{lam:g}", lam, False, minutes, str(pairs), str(out), device) for lam in grid]
+    jobs = [("learned", 1.0, True, args, device)] if args.learned else []
+    jobs += [(f"lambda_{lam:g}", lam, False, args, device) for lam in grid]
+    out = Path(args.out)
     start = time.perf_counter()
     with get_context("spawn").Pool(len(jobs)) as pool:
         rows = pool.map(_train_one, jobs)
@@ -95,13 +110,17 @@ def main() -> int:
     t.add_argument("--pairs", type=Path, required=True)
     t.add_argument("--out", type=Path, required=True)
     t.add_argument("--minutes", type=float, default=2.3, help="wall time per run")
-    t.add_argument("--lambdas", default=",".join(f"{v:g}" for v in GRID))
+    t.add_argument("--lambdas", default=",".join(f"{v:g}" for v in GRID), help="'' for none")
+    t.add_argument("--no-learned", dest="learned", action="store_false")
+    t.add_argument("--steps", type=int, default=None, help="default: as many as --minutes allow")
+    t.add_argument("--lambda-lr", type=float, default=None, help="default: BilevelSettings'")
+    t.add_argument("--threads", type=int, default=2, help="torch threads per run")
     args = parser.parse_args()
     if args.step == "prepare":
         prepare(args.spacing, args.out)
     else:
-        grid = tuple(float(v) for v in args.lambdas.split(","))
-        for row in train_all(args.pairs, args.out, args.minutes, grid):
+        grid = tuple(float(v) for v in args.lambdas.split(",") if v)
+        for row in train_all(args, grid):
             print(json.dumps(row, default=float))
     return 0
 
