@@ -42,6 +42,7 @@ from medrl.baselines.registration import affine_registration
 from medrl.data.afids4 import afids4_datalist
 from medrl.data.datalist import load_case
 from medrl.io.images import Volume
+from medrl.metrics.registration import jacobian_determinant, jacobian_stats
 from medrl.registration.base import RegisterOptions
 from medrl.registration.classical import bspline
 from medrl.registration.deformable.bilevel import BilevelSettings, GridRow, grid_search
@@ -61,6 +62,7 @@ from medrl.registration.deformable.pairs import (
 )
 from medrl.registration.deformable.synthetic import apply_warp, random_warp, seed_for
 from medrl.registration.deformable.train import TrainConfig, TrainResult, train, with_lambda
+from medrl.registration.transforms import is_displacement_field
 
 QUICK = {
     "working_spacing_mm": 6.0,
@@ -187,7 +189,7 @@ def evaluate_real(models: dict[str, Path], seed: int, threads: int, device: str)
                 "pair": pair,
                 "method": "SimpleITK B-spline",
                 **_stats(tre),
-                "folding": _folding(classical.transform, fixed.volume),
+                "folding": _folding(classical.transform),
                 "seconds": classical.seconds,
             }
         )
@@ -209,16 +211,14 @@ def evaluate_real(models: dict[str, Path], seed: int, threads: int, device: str)
     return rows
 
 
-def _folding(transform: sitk.Transform, grid: Volume) -> float:
-    """Share of voxels of ``grid`` where a displacement-field transform folds (det J <= 0)."""
-    if not isinstance(transform, sitk.DisplacementFieldTransform):
+def _folding(transform: sitk.Transform) -> float:
+    """Share of voxels where a displacement-field transform folds (det J <= 0), on the field's
+    own grid (the project's direction-aware Jacobian, as ``medrl register`` reports it);
+    0 for a linear transform."""
+    if not is_displacement_field(transform):
         return 0.0
-    field = sitk.TransformToDisplacementField(
-        transform, sitk.sitkVectorFloat64, grid.to_sitk().GetSize(),
-        grid.to_sitk().GetOrigin(), grid.to_sitk().GetSpacing(), grid.to_sitk().GetDirection(),
-    )  # fmt: skip
-    jacobian = sitk.GetArrayFromImage(sitk.DisplacementFieldJacobianDeterminant(field))
-    return float((jacobian <= 0).mean())
+    field = sitk.DisplacementFieldTransform(transform).GetDisplacementField()
+    return jacobian_stats(jacobian_determinant(field))["folding_share"]
 
 
 def _resample_labels(labels: Volume, grid: Volume, transform: sitk.Transform) -> np.ndarray:
@@ -298,7 +298,7 @@ def evaluate_synthetic(
             _resample_labels(label_volume, fixed, classical.transform),
             truth,
             landmark_tre_mm(classical.transform, fixed_ras, moving_ras),
-            _folding(classical.transform, fixed),
+            _folding(classical.transform),
             classical.seconds,
         )
         for name, folder in models.items():
@@ -469,6 +469,8 @@ def evaluate_only(args: argparse.Namespace) -> None:
         name, _, folder = item.rpartition("=")
         if not name or not folder:
             raise SystemExit(f"--models wants NAME=DIR, got {item!r}")
+        if not (Path(folder) / "deformable.json").is_file():
+            raise SystemExit(f"--models {name}: {folder} has no deformable.json (no model)")
         models[name] = Path(folder)
     headers = {n: json.loads((d / "deformable.json").read_text()) for n, d in models.items()}
     lambda_table = [

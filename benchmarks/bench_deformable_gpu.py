@@ -87,6 +87,8 @@ def _train_one(job: tuple[str, float, bool, argparse.Namespace, str]) -> dict[st
 
 
 def train_all(args: argparse.Namespace, grid: tuple[float, ...]) -> list[dict]:
+    if not Path(args.pairs).is_file():
+        raise SystemExit(f"{args.pairs}: no prepared pairs (run the prepare step first)")
     device = "cuda" if torch.cuda.is_available() else "cpu"
     jobs = [("learned", 1.0, True, args, device)] if args.learned else []
     jobs += [(f"lambda_{lam:g}", lam, False, args, device) for lam in grid]

@@ -156,3 +156,10 @@ def task_config(config: dict[str, Any]) -> TaskConfig:
         where = f" (with --set {' '.join(overrides)})" if overrides else ""
         problem = exc.problem if isinstance(exc, InputError) else str(exc)
         raise InputError(f"bad data section{where}: {problem}", config.get("source")) from exc
+
+
+def decoding_settings(config: dict[str, Any]) -> tuple[int, int]:
+    """``(max_new_tokens, batch_size)`` of greedy decoding, from the ``evaluate`` section
+    (defaults 40 and 16): the same for test evaluation and for validation during training."""
+    evaluation = config.get("evaluate") or {}
+    return int(evaluation.get("max_new_tokens", 40)), int(evaluation.get("batch_size", 16))

@@ -17,6 +17,7 @@ import numpy as np
 
 from medrl.utils.atomic import atomic_open
 from medrl.vlm.boxes import BoxFrame, box_area, box_centre, box_iou, pixel_to_ras
+from medrl.vlm.config import decoding_settings
 from medrl.vlm.parsing import answer_content, choice_letter, has_think_answer_format
 from medrl.vlm.rewards import predicted_box_px
 
@@ -285,15 +286,8 @@ def run_evaluate(
     model, processor = load_model(model_dir, _dtype(config, device), config)
     check_processor_size(processor, dataset, data_dir)
     model.to(device).eval()
-    evaluation = config.get("evaluate", {})
-    texts = generate(
-        model,
-        processor,
-        rows,
-        int(evaluation.get("max_new_tokens", 40)),
-        int(evaluation.get("batch_size", 16)),
-        progress,
-    )
+    max_new_tokens, batch_size = decoding_settings(config)
+    texts = generate(model, processor, rows, max_new_tokens, batch_size, progress)
     results = [score_row(row, text) for row, text in zip(rows, texts, strict=True)]
     metrics = summarise(results)
     metrics.update(model=str(model_dir), split=split, data=str(data_dir))

@@ -15,6 +15,7 @@ from typing import Any
 
 from medrl.errors import InputError
 from medrl.vlm import rewards
+from medrl.vlm.config import decoding_settings
 from medrl.vlm.dataset import load_split, read_meta
 from medrl.vlm.diagnostics import make_grounding_diagnostics
 from medrl.vlm.loading import check_processor_size, load_processor, load_weights
@@ -151,15 +152,8 @@ def validation_callback(
         return None
     val = load_split(data_dir, "val")
     rows = [val[i] for i in range(min(len(val), int(evaluation.get("val_items", 128))))]
-    return ValidationCallback(
-        rows,
-        processor,
-        run,
-        every,
-        int(evaluation.get("max_new_tokens", 40)),
-        int(evaluation.get("batch_size", 16)),
-        phase,
-    )
+    max_new_tokens, batch_size = decoding_settings(config)
+    return ValidationCallback(rows, processor, run, every, max_new_tokens, batch_size, phase)
 
 
 class CompletionSamplesCallback:
