@@ -345,3 +345,89 @@ def test_a_blurred_episode_sees_the_next_coarser_level_on_its_own_grid(
     torch.testing.assert_close(got[~blurred], sharp[~blurred])
     assert float(coarse[0].diff(dim=-1).abs().mean()) < float(sharp[0].diff(dim=-1).abs().mean())
     torch.testing.assert_close(render(coarse_t, params), coarse)  # nothing coarser
+
+
+# ------------------------------------------------------------------ contrast mix
+def _contrast_cases():
+    """Three contrasts of one brain (same grid, same landmarks), one other brain on the same
+    grid, and the first contrast on a shifted grid."""
+    from medrl.data.datalist import Case
+    from medrl.io.landmarks import Landmarks
+
+    first, centres = blob_volume(noise=1.0, seed=0)
+    marks = Landmarks(("a", "b", "c"), centres)
+    inverted = dataclasses.replace(first, array=first.array.max() - first.array)
+    noisy, _ = blob_volume(noise=200.0, seed=1)
+    shifted = dataclasses.replace(first, origin_lps=np.asarray(first.origin_lps) + 1.0)
+    other = Landmarks(("a", "b", "c"), centres + 5.0)
+    return [
+        Case("t1", first, marks, "train"),
+        Case("t2", inverted, marks, "train"),
+        Case("pd", noisy, marks, "train"),
+        Case("other_brain", noisy, other, "train"),
+        Case("other_grid", shifted, marks, "train"),
+    ], centres
+
+
+def test_siblings_are_the_same_brain_on_the_same_grid() -> None:
+    from medrl.envs.pyramid import case_pyramids, sibling_groups
+
+    cases, _ = _contrast_cases()
+    assert sibling_groups(cases) == [[1, 2], [0, 2], [0, 1], [], []]
+    scans = case_pyramids(cases, [2.0])
+    assert [s.levels for s in scans[0].siblings] == [scans[1].levels, scans[2].levels]
+    assert scans[3].siblings == () and scans[4].siblings == ()
+    assert all(s.siblings == () for s in scans[0].siblings)  # no chains
+
+
+def test_a_mixed_episode_sees_the_convex_blend_of_the_siblings_it_picked() -> None:
+    """contrast_mix: a mixed episode's patch is w0 * scan + w1 * sibling_a + w2 * sibling_b
+    (weights on the simplex, siblings picked per episode); others see the scan alone, and the
+    mix is drawn after everything else."""
+    from medrl.data.augment import MIX_SLOTS
+    from medrl.envs.pyramid import case_pyramids
+
+    cases, centres = _contrast_cases()
+    scans = case_pyramids(cases[:3], [2.0])
+    count = 60
+    plain = dataclasses.replace(SPATIAL_ONLY, rotation_deg=0.0, translation_mm=0.0, scale=0.0,
+                                anisotropic_scale=0.0, elastic_mm=0.0)  # fmt: skip
+    mixed_config = dataclasses.replace(plain, contrast_mix=0.5)
+    seeds, where = np.arange(count), np.tile(scans[0].centre_ras, (count, 1))
+    params, still = batch_params(mixed_config, seeds, where), batch_params(plain, seeds, where)
+    for name in ("matrix", "elastic_amp_mm", "lut", "blur", "bump_strength"):
+        torch.testing.assert_close(getattr(params, name), getattr(still, name))
+    mixed = params.mix[:, 0] < 1
+    assert 0.3 < float(mixed.float().mean()) < 0.7
+    torch.testing.assert_close(params.mix.sum(dim=1), torch.ones(count))
+    assert params.mix.shape == (count, MIX_SLOTS) and float(params.mix.min()) >= 0
+    position = torch.as_tensor(np.tile(centres[:1], (count, 1)), dtype=torch.float32)
+    offsets = cube_offsets(torch.full((count,), 2.0), 7)
+    zero = torch.zeros(count, dtype=torch.long)
+    got = render_patches(scans, zero, zero, position, params, offsets).reshape(count, -1)
+
+    lift = 1.0 - min(float(s.levels[0].tensor.min()) for s in scans)
+
+    def raw(scan: ScanPyramid) -> torch.Tensor:  # before the clamp at 0 of apply_intensity
+        lifted = dataclasses.replace(scan, siblings=(), levels=tuple(
+            dataclasses.replace(lv, tensor=lv.tensor + lift) for lv in scan.levels))  # fmt: skip
+        patches = render_patches([lifted], zero, zero, position, still, offsets)
+        return patches.reshape(count, -1) - lift
+
+    each = [raw(s) for s in (scans[0], *scans[0].siblings)]
+    picks = torch.clamp((params.mix_pick * 2).long(), max=1) + 1  # siblings are 1 and 2
+    expected = params.mix[:, :1] * each[0]
+    for slot in (1, 2):
+        chosen = torch.stack([each[int(picks[n, slot - 1])][n] for n in range(count)])
+        expected = expected + params.mix[:, slot : slot + 1] * chosen
+    torch.testing.assert_close(got, expected.clamp(min=0.0), atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(got[~mixed], each[0][~mixed].clamp(min=0.0), atol=1e-4, rtol=0)
+    assert float((got[mixed] - each[0][mixed]).abs().max()) > 0.1
+    # a scan without siblings is unchanged by the same parameters
+    alone = dataclasses.replace(scans[0], siblings=())
+    torch.testing.assert_close(
+        render_patches([alone], zero, zero, position, params, offsets).reshape(count, -1),
+        each[0].clamp(min=0.0),
+        atol=1e-4,
+        rtol=0,
+    )

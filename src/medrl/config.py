@@ -160,6 +160,10 @@ class AugmentConfig:
     smoothed copy of the level with the next larger spacing, sampled on the patches' grid;
     the coarsest level has none): blurrier scans (thicker voxels, averages of many people,
     older scanners) look like that; 0: never."""
+    contrast_mix: float = 0.0
+    """Probability that an episode sees a random convex blend of the scan and two of its
+    siblings (other contrasts of the same brain on the same grid, with the same landmarks:
+    T1w, T2w, PD of one template); scans without siblings are unchanged; 0: never."""
     contrast: float = 0.2
     bias_field: float = 0.3
     noise_std: float = 0.03

@@ -14,10 +14,16 @@ invertible. ``g`` applies, with probability
 ``intensity_remap``, a random lookup table (a piecewise-linear map of the normalised intensity,
 0 kept at 0 so air stays dark, knots at 0.2 ... 1 drawn uniformly in [0, 1]: tissues change
 their order of brightness, as between T1w, T2w and PD contrasts), then gamma, contrast, a
-smooth multiplicative bias field and noise. With probability ``blur`` an episode sees the
-scan one level coarser (smoother) than its patches' spacing. Patches are rendered by pushing
-their sample points through ``T``, so an augmented episode costs no more than a plain one, and
-a transition in the replay is re-rendered from the episode's seed alone.
+smooth multiplicative bias field and noise. With probability ``contrast_mix`` the scan's
+values are first a random convex blend of the scan and two of its *siblings*, other contrasts
+of the same brain on the same grid (:func:`medrl.envs.pyramid.sibling_groups`): a blend of
+T1w and T2w looks like PD, a fused T1w/T2* image is one, and where the contrasts differ in
+skull-stripping the scalp's brightness varies; unlike a lookup table of one contrast, a blend
+can make tissues that one contrast shows alike (CSF and bone in T1w) differ. With probability
+``blur`` an episode sees the scan one level coarser (smoother) than its patches' spacing.
+Patches are rendered by pushing their sample points through ``T``, so an augmented episode
+costs no more than a plain one (a mixed one samples the siblings too), and a transition in the
+replay is re-rendered from the episode's seed alone.
 
 A landmark ``l`` of the original image lies at ``T^{-1}(l)`` in the augmented image;
 :func:`inverse_transform_points` solves ``T(y) = l`` by fixed-point iteration to well below
@@ -27,6 +33,7 @@ A landmark ``l`` of the original image lies at ``T^{-1}(l)`` in the augmented im
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -35,6 +42,8 @@ from medrl.config import AugmentConfig
 
 _NUM_BIAS_MODES = 3
 LUT_KNOTS = 6
+MIX_SLOTS = 3
+"""A mixed-contrast episode blends the scan with up to two of its siblings."""
 """Knots of the random intensity lookup table at 0, 0.2, ..., 1 (normalised intensity)."""
 
 
@@ -60,6 +69,8 @@ class AugmentParams:
     bump_sigma_mm: torch.Tensor  # (N, L)
     bump_strength: torch.Tensor  # (N, L) s; 0: no local warp
     blur: torch.Tensor  # (N,) 1: patches come from the next coarser level's copy of the scan
+    mix: torch.Tensor  # (N, MIX_SLOTS) weights of the scan and of two of its siblings (sum 1)
+    mix_pick: torch.Tensor  # (N, MIX_SLOTS - 1) in [0, 1): which siblings (x their count)
 
     def __len__(self) -> int:
         return int(self.matrix.shape[0])
@@ -167,7 +178,19 @@ def sample_params(
     # drawn after everything else, so that the earlier parameters do not depend on them
     params.update(_bumps(config, rng, on, matrix, centre, translation, anchors_ras))
     params["blur"] = np.float64(on * (rng.uniform() < config.blur))
+    params.update(_contrast_mix(config, rng, on))
     return params
+
+
+def _contrast_mix(config: AugmentConfig, rng: np.random.Generator, on: float) -> dict[str, Any]:
+    """Weights of a convex blend of the scan with two of its siblings (other contrasts of the
+    same brain on the same grid), uniform on the simplex, with probability ``contrast_mix``;
+    otherwise the scan alone. Drawn last, so that every earlier parameter is unchanged."""
+    mixed = on * (rng.uniform() < config.contrast_mix)
+    weights = rng.dirichlet(np.ones(MIX_SLOTS))
+    pick = rng.uniform(0.0, 1.0, MIX_SLOTS - 1)
+    alone = np.eye(MIX_SLOTS)[0]
+    return {"mix": weights if mixed else alone, "mix_pick": pick}
 
 
 def stack_params(

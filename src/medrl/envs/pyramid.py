@@ -33,6 +33,9 @@ class ScanPyramid:
     source: str
     partner: ScanPyramid | None = None
     """A registration pair's fixed image (this scan is the moving one); None otherwise."""
+    siblings: tuple[ScanPyramid, ...] = ()
+    """Other contrasts of the same brain on the same grid (training only: the contrast-mix
+    augmentation blends them); each sibling has none of its own."""
 
     def contains_ras(self, points_ras: torch.Tensor, margin_vox: float = 0.0) -> torch.Tensor:
         """Whether points (..., 3) lie inside the original image grid."""
@@ -162,11 +165,46 @@ def build_pair_pyramid(
     return replace(build_pyramid(moving, spacings_mm, device), partner=partner)
 
 
+def _same_grid(a: Volume, b: Volume) -> bool:
+    return a.array.shape == b.array.shape and np.allclose(a.index_to_ras, b.index_to_ras, atol=1e-4)
+
+
+def _same_anatomy(a: Case, b: Case) -> bool:
+    """The same brain: identical landmarks, or (without landmarks) identical label maps."""
+    if a.landmarks is not None and b.landmarks is not None:
+        pa, pb = np.asarray(a.landmarks.points_ras), np.asarray(b.landmarks.points_ras)
+        same_names = tuple(a.landmarks.names) == tuple(b.landmarks.names)
+        return same_names and pa.shape == pb.shape and np.array_equal(pa, pb, equal_nan=True)
+    if a.landmarks is not None or b.landmarks is not None:
+        return False
+    if a.labels is None or b.labels is None:
+        return False
+    return _same_grid(a.labels, b.labels) and np.array_equal(a.labels.array, b.labels.array)
+
+
+def sibling_groups(cases: list[Case]) -> list[list[int]]:
+    """For each case, the indices of its siblings: the other single-image cases (not
+    registration pairs) whose image lies on the same grid and which mark the same anatomy
+    (identical landmarks, or identical label maps) -- other contrasts of the same brain, as
+    templates and co-registered multi-contrast scans come."""
+    out: list[list[int]] = [[] for _ in cases]
+    for i, a in enumerate(cases):
+        if a.partner is not None:
+            continue
+        for j in range(i + 1, len(cases)):
+            b = cases[j]
+            if b.partner is None and _same_grid(a.volume, b.volume) and _same_anatomy(a, b):
+                out[i].append(j)
+                out[j].append(i)
+    return out
+
+
 def case_pyramids(
     cases: list[Case], spacings_mm: list[float], device: torch.device | str = "cpu"
 ) -> list[ScanPyramid]:
-    """The pyramid of every case (with its ``partner``'s for registration pairs); an image
-    shared by several pairs is prepared once."""
+    """The pyramid of every case (with its ``partner``'s for registration pairs, and its
+    ``siblings``, see :func:`sibling_groups`); an image shared by several cases is prepared
+    once."""
     built: dict[int, ScanPyramid] = {}
 
     def pyramid(volume: Volume) -> ScanPyramid:
@@ -175,9 +213,11 @@ def case_pyramids(
         return built[id(volume)]
 
     out = []
-    for case in cases:
+    for case, siblings in zip(cases, sibling_groups(cases), strict=True):
         scan = pyramid(case.volume)
         if case.partner is not None:
             scan = replace(scan, partner=pyramid(case.partner.volume))
+        if siblings:
+            scan = replace(scan, siblings=tuple(pyramid(cases[j].volume) for j in siblings))
         out.append(scan)
     return out

@@ -55,6 +55,44 @@ def grid_coordinates(image: LevelImage, points_ras: torch.Tensor) -> torch.Tenso
     return torch.addmm(shift, points_ras, to_grid.T)
 
 
+def _sample(image: LevelImage, grid: torch.Tensor, rows: int) -> torch.Tensor:
+    sampled = F.grid_sample(
+        image.tensor, grid, mode="bilinear", padding_mode="zeros", align_corners=True
+    )
+    return sampled.reshape(rows, -1)
+
+
+def _blend_siblings(
+    scan: ScanPyramid,
+    level: int,
+    grid: torch.Tensor,
+    params: AugmentParams,
+    rows: torch.Tensor,
+    own: torch.Tensor,
+) -> torch.Tensor:
+    """The contrast mix (:mod:`medrl.data.augment`): ``own`` (R, M) values of ``scan`` blended
+    with those of the siblings each row's episode picked, on the same sample grid (siblings
+    share the scan's grid), for the rows whose episode mixes."""
+    weights = params.mix[rows]
+    mixing = weights[:, 0] < 1.0
+    if not bool(mixing.any()):
+        return own
+    count = len(scan.siblings)
+    picks = torch.clamp((params.mix_pick[rows] * count).long(), max=count - 1)
+    out = own * weights[:, :1]
+    size = own.shape[1]
+    cells = grid.reshape(len(rows), size, 3)
+    for index, sibling in enumerate(scan.siblings):
+        share = (weights[:, 1:] * (picks == index)).sum(dim=1)
+        chosen = torch.nonzero(mixing & (share > 0), as_tuple=True)[0]
+        if len(chosen) == 0:
+            continue
+        sub = cells[chosen].reshape(1, -1, *grid.shape[2:])
+        sampled = _sample(sibling.levels[level], sub, len(chosen))
+        out[chosen] += share[chosen, None] * sampled
+    return out
+
+
 def render_patches(
     scans: list[ScanPyramid],
     scan_index: torch.Tensor,
@@ -102,10 +140,9 @@ def render_patches(
         image = scan.levels[key % num_levels]
         grid = grid_coordinates(image, source_points[rows].reshape(-1, 3))
         grid = grid.reshape(1, len(rows) * patch_size, patch_size, patch_size, 3)
-        sampled = F.grid_sample(
-            image.tensor, grid, mode="bilinear", padding_mode="zeros", align_corners=True
-        )
-        values[rows] = sampled.reshape(len(rows), -1)
+        values[rows] = _sample(image, grid, len(rows))
+        if scan.siblings and not partner:
+            values[rows] = _blend_siblings(scan, key % num_levels, grid, params, rows, values[rows])
     log_bias = grid_log_bias(params, position_ras, offsets_mm, axes)
     values = apply_intensity(params, values, log_bias, noise)
     return values.reshape(n, patch_size, patch_size, patch_size)
