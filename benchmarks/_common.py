@@ -13,7 +13,7 @@ import torch
 
 from medrl.config import Config, load_config
 from medrl.data.sources import load_split
-from medrl.envs.pyramid import ScanPyramid, build_pyramid
+from medrl.envs.pyramid import ScanPyramid, case_pyramids
 from medrl.tasks.landmark import landmark_table
 
 
@@ -29,7 +29,8 @@ def builtin_training_scans(config: Config) -> tuple[list[ScanPyramid], list, tup
     table = landmark_table(cases)
     names, targets = table.names, table.poses
     spacings = [lv.spacing_mm for lv in config.env.levels]
-    return [build_pyramid(c.volume, spacings) for c in cases], targets, names
+    # as training builds them: T1w and T2w are each other's siblings (augment.contrast_mix)
+    return case_pyramids(cases, spacings), targets, names
 
 
 def median_seconds(fn: Callable[[], object], repeats: int = 5, warmup: int = 1) -> float:
