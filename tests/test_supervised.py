@@ -146,3 +146,32 @@ def test_training_sees_the_levels_detection_builds(data) -> None:
     for level in (0, 1):
         assert torch.equal(trained_on.levels[level].tensor, detected_on.levels[level].tensor)
     assert coarser_levels(trained_on) == [0, 2, 0]  # local blurs to the 3 mm copy
+
+
+def test_training_blends_the_contrasts_of_one_brain_as_the_agent_does(data, tmp_path) -> None:
+    """A second contrast of the training scan (same grid, same landmarks) is its sibling, so
+    ``augment.contrast_mix`` reaches the detector too; another brain is not."""
+    import json
+    import shutil
+    from dataclasses import replace as swap
+
+    from medrl.io.images import write_image
+
+    folder = data["datalist"].parent
+    volume = read_image(folder / "train.nii.gz")
+    write_image(swap(volume, array=volume.array.max() - volume.array), tmp_path / "t2.nii.gz")
+    for name in ("train", "test"):
+        shutil.copy(folder / f"{name}.nii.gz", tmp_path / f"{name}.nii.gz")
+        shutil.copy(folder / f"{name}.fcsv", tmp_path / f"{name}.fcsv")
+    cases = [
+        {"id": "t1", "image": "train.nii.gz", "landmarks": "train.fcsv", "split": "train"},
+        {"id": "t2", "image": "t2.nii.gz", "landmarks": "train.fcsv", "split": "train"},
+        {"id": "other", "image": "test.nii.gz", "landmarks": "test.fcsv", "split": "train"},
+    ]
+    (tmp_path / "datalist.json").write_text(json.dumps({"cases": cases}))
+    trainer = DetectorTrainer(_config(tmp_path / "datalist.json"), tmp_path / "run",
+                              _settings(0), TINY)  # fmt: skip
+    first, second, other = trainer.scans
+    assert [s.levels for s in first.siblings] == [second.levels]
+    assert [s.levels for s in second.siblings] == [first.levels]
+    assert other.siblings == ()

@@ -2,7 +2,8 @@
 
 Every step draws fresh augmented samples from the preset's training scans
 (:func:`medrl.data.augment.batch_params` with the preset's ``augment`` section, local warps
-centred near the scan's landmarks as for the agent): ``coarse_batch`` whole-head patches for the
+centred near the scan's landmarks and contrast blends with the scan's siblings as for the
+agent): ``coarse_batch`` whole-head patches for the
 coarse network and ``local_batch`` local patches (a random landmark each, centred up to
 ``local_jitter_mm`` from its true position, as a coarse estimate would be) for the local one.
 Loss per stage: the mean L1 distance (mm) between the expected position under the softmax and
@@ -27,7 +28,7 @@ import torch
 from medrl.config import Config
 from medrl.data.augment import batch_params, inverse_transform_points
 from medrl.data.sources import load_split
-from medrl.envs.pyramid import ScanPyramid, build_pyramid
+from medrl.envs.pyramid import ScanPyramid, build_pyramid, sibling_groups
 from medrl.envs.sampler import episode_noise
 from medrl.errors import InputError
 from medrl.io.images import Volume
@@ -99,7 +100,12 @@ class DetectorTrainer:
             self.table.names, self.table.descriptions, detector_settings or DetectorSettings()
         )
         s = self.detector.settings
-        self.scans: list[ScanPyramid] = [training_pyramid(c.volume, s) for c in cases]
+        built = [training_pyramid(c.volume, s) for c in cases]
+        # other contrasts of the same brain, for the agent's augment.contrast_mix
+        self.scans: list[ScanPyramid] = [
+            replace(scan, siblings=tuple(built[j] for j in group)) if group else scan
+            for scan, group in zip(built, sibling_groups(cases), strict=True)
+        ]
         self.sources = [c.volume.source for c in cases]
         parameters = [*self.detector.coarse.parameters(), *self.detector.local.parameters()]
         self.optimizer = torch.optim.Adam(parameters, lr=self.settings.lr)
