@@ -9,7 +9,7 @@ import SimpleITK as sitk
 import torch
 
 from medrl.data.datalist import Case
-from medrl.io.images import Volume, resample_isotropic
+from medrl.io.images import Volume, resample_isotropic, same_grid
 
 
 @dataclass(frozen=True, eq=False)
@@ -165,10 +165,6 @@ def build_pair_pyramid(
     return replace(build_pyramid(moving, spacings_mm, device), partner=partner)
 
 
-def _same_grid(a: Volume, b: Volume) -> bool:
-    return a.array.shape == b.array.shape and np.allclose(a.index_to_ras, b.index_to_ras, atol=1e-4)
-
-
 def _same_anatomy(a: Case, b: Case) -> bool:
     """The same brain: identical landmarks, or (without landmarks) identical label maps."""
     if a.landmarks is not None and b.landmarks is not None:
@@ -179,7 +175,7 @@ def _same_anatomy(a: Case, b: Case) -> bool:
         return False
     if a.labels is None or b.labels is None:
         return False
-    return _same_grid(a.labels, b.labels) and np.array_equal(a.labels.array, b.labels.array)
+    return same_grid(a.labels, b.labels) and np.array_equal(a.labels.array, b.labels.array)
 
 
 def sibling_groups(cases: list[Case]) -> list[list[int]]:
@@ -193,7 +189,7 @@ def sibling_groups(cases: list[Case]) -> list[list[int]]:
             continue
         for j in range(i + 1, len(cases)):
             b = cases[j]
-            if b.partner is None and _same_grid(a.volume, b.volume) and _same_anatomy(a, b):
+            if b.partner is None and same_grid(a.volume, b.volume) and _same_anatomy(a, b):
                 out[i].append(j)
                 out[j].append(i)
     return out
@@ -213,11 +209,18 @@ def case_pyramids(
         return built[id(volume)]
 
     out = []
-    for case, siblings in zip(cases, sibling_groups(cases), strict=True):
+    for case in cases:
         scan = pyramid(case.volume)
         if case.partner is not None:
             scan = replace(scan, partner=pyramid(case.partner.volume))
-        if siblings:
-            scan = replace(scan, siblings=tuple(pyramid(cases[j].volume) for j in siblings))
         out.append(scan)
-    return out
+    return attach_siblings(out, cases)
+
+
+def attach_siblings(scans: list[ScanPyramid], cases: list[Case]) -> list[ScanPyramid]:
+    """``scans`` (one per case, none with siblings yet) with each one's ``siblings`` (see
+    :func:`sibling_groups`) set to the other scans of its group."""
+    return [
+        replace(scan, siblings=tuple(scans[j] for j in group)) if group else scan
+        for scan, group in zip(scans, sibling_groups(cases), strict=True)
+    ]

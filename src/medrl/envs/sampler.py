@@ -140,9 +140,10 @@ def render_patches(
         image = scan.levels[key % num_levels]
         grid = grid_coordinates(image, source_points[rows].reshape(-1, 3))
         grid = grid.reshape(1, len(rows) * patch_size, patch_size, patch_size, 3)
-        values[rows] = _sample(image, grid, len(rows))
+        sampled = _sample(image, grid, len(rows))
         if scan.siblings and not partner:
-            values[rows] = _blend_siblings(scan, key % num_levels, grid, params, rows, values[rows])
+            sampled = _blend_siblings(scan, key % num_levels, grid, params, rows, sampled)
+        values[rows] = sampled
     log_bias = grid_log_bias(params, position_ras, offsets_mm, axes)
     values = apply_intensity(params, values, log_bias, noise)
     return values.reshape(n, patch_size, patch_size, patch_size)

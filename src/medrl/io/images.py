@@ -185,6 +185,17 @@ class Volume:
 
 
 # ------------------------------------------------------------------------ reading
+def same_grid(a: Volume, b: Volume, tolerance_mm: float = 1e-3) -> bool:
+    """Whether two volumes share size, spacing, origin and direction (within ``tolerance_mm``
+    for positions and spacings, 1e-4 for the direction cosines)."""
+    return (
+        a.shape_xyz == b.shape_xyz
+        and np.allclose(a.spacing_mm, b.spacing_mm, rtol=0.0, atol=tolerance_mm)
+        and np.allclose(a.origin_lps, b.origin_lps, rtol=0.0, atol=tolerance_mm)
+        and np.allclose(a.direction_lps, b.direction_lps, rtol=0.0, atol=1e-4)
+    )
+
+
 def _sitk_detail(error: RuntimeError) -> str:
     """The useful part of a SimpleITK exception message, without ITK source paths."""
     text = str(error)

@@ -15,7 +15,7 @@ import SimpleITK as sitk
 from scipy import ndimage
 
 from medrl.errors import InputError
-from medrl.io.images import Volume
+from medrl.io.images import Volume, same_grid
 
 _SLAB = 16
 """Slices of a field whose Jacobian is computed at once (bounds the memory used)."""
@@ -34,17 +34,6 @@ def tre_mm(points_a_ras: np.ndarray, points_b_ras: np.ndarray) -> np.ndarray:
     if not (np.all(np.isfinite(a)) and np.all(np.isfinite(b))):
         raise ValueError("points have NaN or infinite coordinates")
     return np.linalg.norm(a - b, axis=1)
-
-
-def same_grid(a: Volume, b: Volume, tolerance_mm: float = 1e-3) -> bool:
-    """Whether two volumes share size, spacing, origin and direction (within ``tolerance_mm``
-    for positions and spacings, 1e-4 for the direction cosines)."""
-    return (
-        a.shape_xyz == b.shape_xyz
-        and np.allclose(a.spacing_mm, b.spacing_mm, rtol=0.0, atol=tolerance_mm)
-        and np.allclose(a.origin_lps, b.origin_lps, rtol=0.0, atol=tolerance_mm)
-        and np.allclose(a.direction_lps, b.direction_lps, rtol=0.0, atol=1e-4)
-    )
 
 
 def _check_grid(labels_a: Volume, labels_b: Volume) -> None:

@@ -41,14 +41,13 @@ import numpy as np
 import SimpleITK as sitk
 
 from medrl.errors import InputError, MedrlError
-from medrl.io.images import Volume, read_image, write_image
+from medrl.io.images import Volume, read_image, same_grid, write_image
 from medrl.io.landmarks import Landmarks, read_landmarks, write_landmarks
 from medrl.metrics.registration import (
     dice_per_label,
     hd95_mm_per_label,
     jacobian_determinant,
     jacobian_stats,
-    same_grid,
     tre_mm,
 )
 from medrl.registration.base import (

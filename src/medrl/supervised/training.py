@@ -28,7 +28,7 @@ import torch
 from medrl.config import Config
 from medrl.data.augment import batch_params, inverse_transform_points
 from medrl.data.sources import load_split
-from medrl.envs.pyramid import ScanPyramid, build_pyramid, sibling_groups
+from medrl.envs.pyramid import ScanPyramid, attach_siblings, build_pyramid
 from medrl.envs.sampler import episode_noise
 from medrl.errors import InputError
 from medrl.io.images import Volume
@@ -100,12 +100,10 @@ class DetectorTrainer:
             self.table.names, self.table.descriptions, detector_settings or DetectorSettings()
         )
         s = self.detector.settings
-        built = [training_pyramid(c.volume, s) for c in cases]
-        # other contrasts of the same brain, for the agent's augment.contrast_mix
-        self.scans: list[ScanPyramid] = [
-            replace(scan, siblings=tuple(built[j] for j in group)) if group else scan
-            for scan, group in zip(built, sibling_groups(cases), strict=True)
-        ]
+        # with their siblings (the same brain's other contrasts), for augment.contrast_mix
+        self.scans: list[ScanPyramid] = attach_siblings(
+            [training_pyramid(c.volume, s) for c in cases], cases
+        )
         self.sources = [c.volume.source for c in cases]
         parameters = [*self.detector.coarse.parameters(), *self.detector.local.parameters()]
         self.optimizer = torch.optim.Adam(parameters, lr=self.settings.lr)
