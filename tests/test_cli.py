@@ -170,6 +170,15 @@ def test_train_malformed_overrides(tmp_path: Path, override: str, capsys) -> Non
     assert capsys.readouterr().err.startswith("medrl: error:")
 
 
+@pytest.mark.parametrize("override", ["augment.contrast_mix=-0.5", "augment.blur=1.5"])
+def test_train_probability_outside_0_1_is_refused(tmp_path: Path, override: str, capsys) -> None:
+    run_dir = tmp_path / "run"
+    argv = ["train", "--config", "smoke", "--set", override, "--run-dir", str(run_dir)]
+    assert main([*argv, "--quiet"]) == 2
+    assert "probability in [0, 1]" in capsys.readouterr().err
+    assert _empty(run_dir)
+
+
 def test_train_unknown_config_preset(tmp_path: Path, capsys) -> None:
     argv = ["train", "--config", "no-such-preset", "--run-dir", str(tmp_path / "r")]
     assert main([*argv, "--quiet"]) == 2

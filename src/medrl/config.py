@@ -169,6 +169,12 @@ class AugmentConfig:
     noise_std: float = 0.03
     enabled: bool = True
 
+    def __post_init__(self) -> None:
+        for name in ("intensity_remap", "blur", "contrast_mix"):
+            value = getattr(self, name)
+            if not 0.0 <= value <= 1.0:
+                raise ValueError(f"augment.{name} is a probability in [0, 1], got {value}")
+
 
 @dataclass(frozen=True)
 class AgentConfig:
@@ -340,7 +346,7 @@ def _build(cls: type, data: Any, source: str, where: str = "") -> Any:
     kwargs = {k: _convert(hints[k], v, source, f"{where}{k}") for k, v in data.items()}
     try:
         return cls(**kwargs)
-    except TypeError as exc:
+    except (TypeError, ValueError) as exc:
         raise InputError(f"bad config section {where or 'root'}: {exc}", source) from exc
 
 
