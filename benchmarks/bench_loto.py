@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import json
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -32,7 +31,7 @@ import torch
 
 from benchmarks._common import set_threads
 from benchmarks._family import SCENARIOS
-from medrl.agents.checkpoint import load_model
+from medrl.agents.checkpoint import load_model, with_overrides
 from medrl.data.sources import load_split
 from medrl.evaluation import evaluate
 from medrl.models import default_model_dir
@@ -54,7 +53,7 @@ def _named(items: list[str]) -> list[tuple[str, str]]:
 def _model(path: str, overrides: list[str]):  # type: ignore[no-untyped-def]
     model = load_model(default_model_dir("landmark") if path == "default" else path,
                        task="landmark")  # fmt: skip
-    return replace(model, config=model.config.with_overrides(overrides))
+    return with_overrides(model, overrides)
 
 
 def main() -> None:

@@ -3,6 +3,7 @@
 template and scenario). The baseline fits the planes to the carried AFIDs.
 
 PYTHONPATH=. python -m benchmarks.bench_planes [--model DIR] [--spm12-dir DIR] [--out DIR]
+    [--set task.plane_acpc_landmarks=""]
 
 ``--spm12-dir`` (default ``../shared/data/templates`` when it exists) is where the SPM12 files
 are taken from instead of downloading them (``medrl.data.spm12``).
@@ -18,7 +19,7 @@ import numpy as np
 
 from benchmarks._common import set_threads
 from benchmarks._family import add_family_arguments, run_scenarios
-from medrl.agents.checkpoint import load_model
+from medrl.agents.checkpoint import load_model, with_overrides
 from medrl.evaluation_planes import ALANSARY_2018, evaluate_planes
 from medrl.models import default_model_dir
 
@@ -42,9 +43,12 @@ def report(rows: list[dict], title: str) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser()
     add_family_arguments(parser, "runs/bench_planes")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a search or task setting of the model")  # fmt: skip
     args = parser.parse_args()
     set_threads(args.threads)
     model = load_model(args.model or default_model_dir("plane"), task="plane")
+    model = with_overrides(model, args.set, "--set")
     everything = run_scenarios(evaluate_planes, "planes", model, args, report)
     agent = [r for r in everything if r["method"] == "agent"]
     worst_angle = max(r["angle_deg_max"] for r in agent)

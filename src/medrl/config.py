@@ -87,6 +87,10 @@ class TaskConfig:
     """Plane task: after the search, move the MSP to the nearby plane across which the scan is
     most mirror-symmetric (:mod:`medrl.geometry.symmetry`); the AC-PC plane is then made
     perpendicular to it again."""
+    plane_acpc_landmarks: str = ""
+    """Plane task: after the search (and the MSP refinement), put the AC-PC plane through the
+    AC and PC that this landmark model finds (:mod:`medrl.tasks.acpc_locator`): ``""`` (off),
+    ``"builtin:NAME"`` (a model shipped with medrl) or a landmark model folder."""
     slice_axis: int = -1
     """Slice task: the voxel axis (0, 1, 2) whose slices the agent moves through; -1: the one
     closest to superior-inferior (the slab settings are the plane task's)."""

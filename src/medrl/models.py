@@ -25,3 +25,12 @@ def default_model_dir(task: str = "landmark") -> Path:
             f"medrl ships no model for task {task!r} (known: {', '.join(SHIPPED_MODELS)})"
         )
     return Path(str(resources.files("medrl") / "models" / folder))
+
+
+def shipped_model_dir(name: str) -> Path:
+    """A model folder shipped with medrl by its folder name (``builtin:NAME`` in settings,
+    e.g. ``builtin:afids``, the default landmark model; the folders of :data:`SHIPPED_MODELS`)."""
+    folder = Path(str(resources.files("medrl") / "models" / name))
+    if "/" in name or not name or not (folder / "model.yaml").is_file():
+        raise InputError(f"medrl ships no model named {name!r}")
+    return folder

@@ -166,6 +166,15 @@ def load_model(
     return Model(network, config, names, descriptions, header.get("training", {}), model_task)
 
 
+def with_overrides(model: Model, overrides: list[str], source: str = "override") -> Model:
+    """``model`` with ``--set``-style overrides of its search and task settings; the task is
+    made again from the new config, keeping its learned state (priors, reference layout)."""
+    if not overrides:
+        return model
+    config = model.config.with_overrides(overrides, source)
+    return replace(model, config=config, task=make_task(config, model.task.state_dict()))
+
+
 def init_network_from(network: QFunction, folder: str | Path, names: tuple[str, ...]) -> None:
     """Copy a model folder's weights into ``network`` (fine-tuning); ``default``: shipped model.
 
@@ -200,4 +209,5 @@ __all__ = [
     "init_network_from",
     "load_model",
     "save_model_files",
+    "with_overrides",
 ]

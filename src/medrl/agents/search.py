@@ -19,6 +19,7 @@ final pose is still the agent's reading of the image.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -182,26 +183,38 @@ def search(
     scan: ScanPyramid | None = None,
     num_starts: int | None = None,
     consensus_level: int | None = None,
+    targets: Sequence[str] | None = None,
 ) -> SearchResult:
-    """Find every target the model knows in ``volume``; poses in world RAS mm.
+    """Find every target the model knows in ``volume`` (or only those named in ``targets``, in
+    the model's order); poses in world RAS mm.
 
     ``num_starts`` (1 to 7) overrides the model's ``search.num_starts``, ``consensus_level``
-    its ``search.consensus_level`` (-1: no second search).
+    its ``search.consensus_level`` (-1: no second search). A search of some of the targets
+    has no second search and no adaptive level choice (both fit the layout of all targets).
     """
     config, task = model.config, model.task
     device = torch.device(device)
     if scan is None:
         scan = build_pyramid(volume, [lv.spacing_mm for lv in config.env.levels], device)
-    num_targets = len(model.names)
-    starts = task.initial(scan, num_starts or config.search.num_starts, num_targets)
+    rows_searched = _target_rows(model, targets)
+    names = tuple(model.names[r] for r in rows_searched)
+    known = len(model.descriptions)
+    descriptions = tuple(model.descriptions[r] for r in rows_searched if r < known)
+    num_targets = len(rows_searched)
+    starts = task.initial(scan, num_starts or config.search.num_starts, len(model.names))
+    starts = starts[rows_searched]
     num_starts = starts.shape[1]
-    first = _run_levels(model, scan, starts, 0, 0, device)
-    chosen = _chosen_level(model, first.level_estimates)
+    first = _run_levels(model, scan, starts, 0, 0, device, targets=rows_searched)
+    chosen = len(first.level_estimates) - 1
+    if num_targets == len(model.names):
+        chosen = _chosen_level(model, first.level_estimates)
     estimate = first.level_estimates[chosen]
     paths, levels = first.paths, first.levels
     steps, consensus = first.steps, None
     if consensus_level is None:
         consensus_level = config.search.consensus_level
+    if num_targets < len(model.names):
+        consensus_level = -1  # the layout fit needs every target
     if consensus_level is not None and consensus_level >= len(first.level_estimates):
         raise InputError(
             f"search.consensus_level is {consensus_level}, but the search has only "
@@ -220,7 +233,7 @@ def search(
         rows = np.flatnonzero(redo)
         second = _run_levels(
             model, scan, consensus[rows], min(consensus_level, chosen), offset, device,
-            targets=rows, last_level=chosen,
+            targets=rows_searched[rows], last_level=chosen,
         )  # fmt: skip
         estimate = estimate.copy()
         estimate[rows] = task.consensus_merge(consensus[rows, 0], second.level_estimates[-1])
@@ -232,7 +245,7 @@ def search(
             paths = [*paths, full.reshape(num_targets * num_starts, -1)]
         levels = levels + second.levels
         steps += second.steps
-    estimate = task.refine(scan, estimate, model.names)
+    estimate = task.refine(scan, estimate, names)
     if consensus is not None:
         consensus = np.where(redo[:, None], consensus[:, 0], np.nan)
     n = num_targets * num_starts
@@ -244,8 +257,8 @@ def search(
         per_target_paths.append([stacked[r] for r in rows_t])
         per_target_levels.append([level_stack[r] for r in rows_t])
     return SearchResult(
-        model.names,
-        model.descriptions,
+        names,
+        descriptions,
         estimate,
         per_target_paths,
         per_target_levels,
@@ -254,6 +267,20 @@ def search(
         chosen,
         consensus,
     )
+
+
+def _target_rows(model: Model, targets: Sequence[str] | None) -> np.ndarray:
+    """Rows of the model's targets named in ``targets`` (all when None), in the model's order;
+    InputError for a name the model does not know."""
+    if targets is None:
+        return np.arange(len(model.names))
+    unknown = [name for name in targets if name not in model.names]
+    if unknown or not targets:
+        raise InputError(
+            f"the {model.kind} model has no target(s) {', '.join(unknown) or '(none named)'}; "
+            f"it knows {', '.join(model.names)}"
+        )
+    return np.array([r for r, name in enumerate(model.names) if name in set(targets)])
 
 
 def _chosen_level(model: Model, level_estimates: list[np.ndarray]) -> int:

@@ -34,6 +34,7 @@ __all__ = [
     "ACPC_AFIDS",
     "MIDLINE_AFIDS",
     "PLANE_NAMES",
+    "acpc_plane",
     "fit_plane",
     "in_plane_axis",
     "plane_angle_deg",
@@ -101,16 +102,29 @@ def planes_from_afids(points_ras: np.ndarray, names: Sequence[str], source: str 
     if normal @ _RIGHT < 0:
         normal = -normal
     ac, pc = points[index[ACPC_AFIDS[0]]], points[index[ACPC_AFIDS[1]]]
-    acpc_normal = np.cross(pc - ac, normal)
-    length = np.linalg.norm(acpc_normal)
+    try:
+        acpc = acpc_plane(normal, ac, pc)
+    except ValueError as exc:
+        raise InputError(str(exc), source or None) from exc
+    msp = np.concatenate([centroid, normal, in_plane_axis(normal)[0]])
+    return np.stack([msp, acpc])
+
+
+def acpc_plane(
+    msp_normal: np.ndarray, ac_ras: np.ndarray, pc_ras: np.ndarray, up: np.ndarray = _SUPERIOR
+) -> np.ndarray:
+    """(9,) pose of the AC-PC plane: through AC (its reference point) and PC, containing the
+    MSP's normal; its normal on the side of ``up`` (default: superior). ValueError when AC and
+    PC coincide or lie along the MSP normal."""
+    ac = np.asarray(ac_ras, dtype=np.float64)
+    normal = np.cross(np.asarray(pc_ras, dtype=np.float64) - ac, msp_normal)
+    length = np.linalg.norm(normal)
     if length < 1e-6:
-        raise InputError("AC and PC coincide or lie along the MSP normal", source or None)
-    acpc_normal /= length
-    if acpc_normal @ _SUPERIOR < 0:
-        acpc_normal = -acpc_normal
-    normals = np.stack([normal, acpc_normal])
-    axes = in_plane_axis(normals)
-    return np.concatenate([np.stack([centroid, ac]), normals, axes], axis=1)
+        raise ValueError("AC and PC coincide or lie along the MSP normal")
+    normal /= length
+    if normal @ up < 0:
+        normal = -normal
+    return np.concatenate([ac, normal, in_plane_axis(normal)[0]])
 
 
 def plane_angle_deg(a: np.ndarray, b: np.ndarray) -> np.ndarray:

@@ -42,6 +42,7 @@ from medrl.geometry.planes import (
     planes_from_afids,
 )
 from medrl.geometry.symmetry import find_symmetry_plane
+from medrl.tasks.acpc_locator import acpc_from_landmarks
 from medrl.tasks.base import TargetTable, Task
 
 PLANE_ACTIONS = ("tilt+u", "tilt-u", "tilt+v", "tilt-v", "+n", "-n")
@@ -293,17 +294,26 @@ class PlaneTask(Task):
     def refine(self, scan: ScanPyramid, estimate: np.ndarray, names: Sequence[str]) -> np.ndarray:
         """With ``task.plane_symmetry``: the MSP moved to the nearby plane of best mirror
         symmetry (:func:`medrl.geometry.symmetry.find_symmetry_plane`, on the levels nearest
-        4 and 2 mm), then the AC-PC plane made perpendicular to it again."""
+        4 and 2 mm), then the AC-PC plane made perpendicular to it again. With
+        ``task.plane_acpc_landmarks``: then the AC-PC plane put through the AC and PC that the
+        landmark model finds (:func:`medrl.tasks.acpc_locator.acpc_from_landmarks`)."""
         names = list(names)
-        if not self.config.task.plane_symmetry or "MSP" not in names:
-            return estimate
-        spacings = np.array([lv.spacing_mm for lv in self.config.env.levels])
-        coarse = scan.levels[int(np.argmin(np.abs(spacings - 4.0)))]
-        fine = scan.levels[int(np.argmin(np.abs(spacings - 2.0)))]
-        out = estimate.copy()
-        msp = names.index("MSP")
-        out[msp] = find_symmetry_plane(coarse, fine, estimate[msp]).pose
-        return self.finalize(out, names)
+        out = estimate
+        if self.config.task.plane_symmetry and "MSP" in names:
+            spacings = np.array([lv.spacing_mm for lv in self.config.env.levels])
+            coarse = scan.levels[int(np.argmin(np.abs(spacings - 4.0)))]
+            fine = scan.levels[int(np.argmin(np.abs(spacings - 2.0)))]
+            out = estimate.copy()
+            msp = names.index("MSP")
+            out[msp] = find_symmetry_plane(coarse, fine, estimate[msp]).pose
+            out = self.finalize(out, names)
+        if self.config.task.plane_acpc_landmarks and {"MSP", "ACPC"} <= set(names):
+            msp, acpc = names.index("MSP"), names.index("ACPC")
+            out = out.copy()
+            out[acpc] = acpc_from_landmarks(
+                scan, out[msp], out[acpc], self.config.task.plane_acpc_landmarks
+            )
+        return out
 
     def settle(self, recent: torch.Tensor) -> torch.Tensor:
         return orthonormal(torch.nanmean(recent[:, -4:], dim=1))
