@@ -24,13 +24,17 @@ def default_model_dir(task: str = "landmark") -> Path:
         raise InputError(
             f"medrl ships no model for task {task!r} (known: {', '.join(SHIPPED_MODELS)})"
         )
-    return Path(str(resources.files("medrl") / "models" / folder))
+    return _models_root() / folder
+
+
+def _models_root() -> Path:
+    return Path(str(resources.files("medrl") / "models"))
 
 
 def shipped_model_dir(name: str) -> Path:
     """A model folder shipped with medrl by its folder name (``builtin:NAME`` in settings,
     e.g. ``builtin:afids``, the default landmark model; the folders of :data:`SHIPPED_MODELS`)."""
-    folder = Path(str(resources.files("medrl") / "models" / name))
+    folder = _models_root() / name
     if "/" in name or not name or not (folder / "model.yaml").is_file():
         raise InputError(f"medrl ships no model named {name!r}")
     return folder
