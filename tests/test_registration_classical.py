@@ -9,9 +9,9 @@ import pytest
 import SimpleITK as sitk
 
 from _registration_data import moved_copy, padded, rigid_matrix_ras, smooth_warp, template_4mm
+from medrl.baselines.bspline import bspline_registration
 from medrl.baselines.registration import (
     affine_registration,
-    bspline_registration,
     map_points_lps,
     rigid_registration,
 )

@@ -1,6 +1,7 @@
 """The classical SimpleITK registrations as ``medrl register`` methods: rigid, affine, bspline.
 
-Each wraps a function of :mod:`medrl.baselines.registration` (same recipe, same seed
+Each wraps a function of :mod:`medrl.baselines.registration` or
+:mod:`medrl.baselines.bspline` (same recipe, same seed
 handling) and returns a :class:`~medrl.registration.base.RegistrationOutcome` with the
 fixed -> moving transform (LPS mm) and the optimiser's facts in ``details``. The working
 spacing is the baselines' 2 mm; ``options.threads`` threads are used (the results are
@@ -11,11 +12,10 @@ from __future__ import annotations
 
 from typing import Any
 
+from medrl.baselines.bspline import BSPLINE_MESH_SPACING_MM, bspline_registration
 from medrl.baselines.registration import (
-    BSPLINE_MESH_SPACING_MM,
     RegistrationResult,
     affine_registration,
-    bspline_registration,
     rigid_registration,
 )
 from medrl.io.images import Volume

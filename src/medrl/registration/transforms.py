@@ -21,7 +21,8 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
-from medrl.baselines.registration import invert_displacement_field, map_points_lps
+from medrl.baselines.bspline import invert_displacement_field
+from medrl.baselines.registration import map_points_lps
 from medrl.errors import InputError
 from medrl.geometry.kabsch import fit_rigid_ras  # noqa: F401  (re-exported)
 from medrl.io.images import _INTERPOLATORS, IMAGE_SUFFIXES, Interpolator, Volume
