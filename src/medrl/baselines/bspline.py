@@ -21,13 +21,12 @@ from medrl.baselines.registration import (
     HISTOGRAM_BINS,
     WORKING_SPACING_MM,
     RegistrationResult,
-    _affine_stage,
     _check_arguments,
     _execute,
     _global_threads,
     _itk_seed,
     _log_result,
-    _rigid_stage,
+    affine_stages,
     working_image,
 )
 from medrl.io.images import Volume
@@ -165,11 +164,8 @@ def bspline_registration(
     with _global_threads(num_threads):
         fixed_image = working_image(fixed, spacing_mm)
         moving_image = working_image(moving, spacing_mm)
-        rigid, rigid_method, rigid_iterations = _rigid_stage(
-            fixed_image, moving_image, seed, moving.source
-        )
-        affine, affine_method, affine_iterations = _affine_stage(
-            rigid, fixed_image, moving_image, seed, moving.source
+        affine, (rigid_method, rigid_iterations), (affine_method, affine_iterations) = (
+            affine_stages(fixed_image, moving_image, seed, moving.source)
         )
         bspline, bspline_method, bspline_iterations = _bspline_stage(
             affine,

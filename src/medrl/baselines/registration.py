@@ -285,6 +285,22 @@ def _affine_stage(
     return affine, method, iterations
 
 
+def affine_stages(
+    fixed_image: sitk.Image, moving_image: sitk.Image, seed: int, source: str
+) -> tuple[
+    sitk.AffineTransform,
+    tuple[sitk.ImageRegistrationMethod, int],
+    tuple[sitk.ImageRegistrationMethod, int],
+]:
+    """The affine recipe on working images: the rigid stage, then the affine stage from it.
+    Returns the affine transform and (method, iterations) of each stage."""
+    rigid, rigid_method, rigid_iterations = _rigid_stage(fixed_image, moving_image, seed, source)
+    affine, affine_method, affine_iterations = _affine_stage(
+        rigid, fixed_image, moving_image, seed, source
+    )
+    return affine, (rigid_method, rigid_iterations), (affine_method, affine_iterations)
+
+
 def rigid_registration(
     fixed: Volume,
     moving: Volume,
@@ -339,11 +355,8 @@ def affine_registration(
     with _global_threads(num_threads):
         fixed_image = working_image(fixed, spacing_mm)
         moving_image = working_image(moving, spacing_mm)
-        rigid, rigid_method, rigid_iterations = _rigid_stage(
-            fixed_image, moving_image, seed, moving.source
-        )
-        affine, affine_method, affine_iterations = _affine_stage(
-            rigid, fixed_image, moving_image, seed, moving.source
+        affine, (rigid_method, rigid_iterations), (affine_method, affine_iterations) = (
+            affine_stages(fixed_image, moving_image, seed, moving.source)
         )
     result = RegistrationResult(
         transform=affine,
