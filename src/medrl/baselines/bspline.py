@@ -21,12 +21,12 @@ from medrl.baselines.registration import (
     HISTOGRAM_BINS,
     WORKING_SPACING_MM,
     RegistrationResult,
-    _check_arguments,
-    _execute,
-    _global_threads,
-    _itk_seed,
-    _log_result,
     affine_stages,
+    check_arguments,
+    execute_registration,
+    global_threads,
+    itk_seed,
+    log_result,
     working_image,
 )
 from medrl.io.images import Volume
@@ -76,7 +76,7 @@ def _bspline_stage(
     method.SetMetricSamplingStrategy(method.RANDOM)
     voxels = float(np.prod(fixed_image.GetSize()))
     percentages = [min(1.0, samples * f**3 / voxels) for f in BSPLINE_SHRINK_FACTORS]
-    method.SetMetricSamplingPercentagePerLevel(percentages, _itk_seed(seed))
+    method.SetMetricSamplingPercentagePerLevel(percentages, itk_seed(seed))
     method.SetMetricUseFixedImageGradientFilter(False)
     method.SetMetricUseMovingImageGradientFilter(False)
     method.SetInterpolator(sitk.sitkLinear)
@@ -94,7 +94,7 @@ def _bspline_stage(
     # One mesh for both levels: L-BFGS-B keeps its parameter scales across levels, so a mesh
     # refined between levels (scaleFactors) is rejected.
     method.SetInitialTransform(bspline, inPlace=True)
-    iterations = _execute(method, "B-spline", fixed_image, moving_image, source)
+    iterations = execute_registration(method, "B-spline", fixed_image, moving_image, source)
     return bspline, method, iterations
 
 
@@ -153,7 +153,7 @@ def bspline_registration(
     (``sitk.InvertDisplacementField``). Stages: rigid, affine, B-spline. Deterministic for a
     given ``seed`` with ``num_threads=1`` (seeded sampling; L-BFGS-B itself is deterministic).
     """
-    _check_arguments(seed, spacing_mm, num_threads)
+    check_arguments(seed, spacing_mm, num_threads)
     if not mesh_spacing_mm > 0:
         raise ValueError(f"mesh_spacing_mm must be positive, got {mesh_spacing_mm}")
     if samples < 100 or max_iterations < 1:
@@ -161,7 +161,7 @@ def bspline_registration(
             f"need samples >= 100 and max_iterations >= 1, got {samples}, {max_iterations}"
         )
     started = time.perf_counter()
-    with _global_threads(num_threads):
+    with global_threads(num_threads):
         fixed_image = working_image(fixed, spacing_mm)
         moving_image = working_image(moving, spacing_mm)
         affine, (rigid_method, rigid_iterations), (affine_method, affine_iterations) = (
@@ -198,5 +198,5 @@ def bspline_registration(
         ),
         inverse=inverse,
     )
-    _log_result("B-spline", fixed, moving, result)
+    log_result("B-spline", fixed, moving, result)
     return result

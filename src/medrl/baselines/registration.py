@@ -124,7 +124,7 @@ class RegistrationResult:
 
 
 @contextlib.contextmanager
-def _global_threads(num_threads: int) -> Iterator[None]:
+def global_threads(num_threads: int) -> Iterator[None]:
     """Temporarily set SimpleITK's default thread count (restored on exit)."""
     previous = sitk.ProcessObject.GetGlobalDefaultNumberOfThreads()
     sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(num_threads)
@@ -149,7 +149,7 @@ def working_image(volume: Volume, spacing_mm: float) -> sitk.Image:
     return sitk.BinShrink(image, factors)
 
 
-def _itk_seed(seed: int) -> int:
+def itk_seed(seed: int) -> int:
     """Map a user seed (int >= 0) to a non-zero 32-bit ITK seed.
 
     SimpleITK reads seed 0 as ``sitkWallClock`` (a different sample every run), so the
@@ -165,7 +165,7 @@ def _registration_method(stage: _Stage, seed: int) -> sitk.ImageRegistrationMeth
     method = sitk.ImageRegistrationMethod()
     method.SetMetricAsMattesMutualInformation(numberOfHistogramBins=HISTOGRAM_BINS)
     method.SetMetricSamplingStrategy(method.RANDOM)
-    method.SetMetricSamplingPercentagePerLevel(list(stage.sampling_percentages), _itk_seed(seed))
+    method.SetMetricSamplingPercentagePerLevel(list(stage.sampling_percentages), itk_seed(seed))
     # Image gradients at the sampled points only, instead of whole gradient images per level.
     method.SetMetricUseFixedImageGradientFilter(False)
     method.SetMetricUseMovingImageGradientFilter(False)
@@ -198,10 +198,10 @@ def _run_stage(
     """
     method = _registration_method(stage, seed)
     method.SetInitialTransform(transform, inPlace=True)
-    return method, _execute(method, stage.name, fixed, moving, source)
+    return method, execute_registration(method, stage.name, fixed, moving, source)
 
 
-def _execute(
+def execute_registration(
     method: sitk.ImageRegistrationMethod,
     name: str,
     fixed: sitk.Image,
@@ -230,13 +230,13 @@ def _execute(
     return iterations[0]
 
 
-def _check_arguments(seed: int, spacing_mm: float, num_threads: int) -> None:
+def check_arguments(seed: int, spacing_mm: float, num_threads: int) -> None:
     """ValueError for a bad seed, working spacing or thread count (before any work)."""
     if num_threads < 1:
         raise ValueError(f"num_threads must be >= 1, got {num_threads}")
     if spacing_mm <= 0:
         raise ValueError(f"spacing_mm must be positive, got {spacing_mm}")
-    _itk_seed(seed)
+    itk_seed(seed)
 
 
 def _rigid_stage(
@@ -316,9 +316,9 @@ def rigid_registration(
     The result's transform is a ``sitk.Euler3DTransform`` mapping fixed LPS points to moving
     LPS points. Deterministic like :func:`affine_registration`.
     """
-    _check_arguments(seed, spacing_mm, num_threads)
+    check_arguments(seed, spacing_mm, num_threads)
     started = time.perf_counter()
-    with _global_threads(num_threads):
+    with global_threads(num_threads):
         fixed_image = working_image(fixed, spacing_mm)
         moving_image = working_image(moving, spacing_mm)
         rigid, method, iterations = _rigid_stage(
@@ -331,7 +331,7 @@ def rigid_registration(
         iterations=(iterations,),
         stop_conditions=(method.GetOptimizerStopConditionDescription(),),
     )
-    _log_result("rigid", fixed, moving, result)
+    log_result("rigid", fixed, moving, result)
     return result
 
 
@@ -350,9 +350,9 @@ def affine_registration(
     Bit-for-bit deterministic for a given ``seed`` with ``num_threads=1`` (the default);
     SimpleITK's global thread setting is restored afterwards.
     """
-    _check_arguments(seed, spacing_mm, num_threads)
+    check_arguments(seed, spacing_mm, num_threads)
     started = time.perf_counter()
-    with _global_threads(num_threads):
+    with global_threads(num_threads):
         fixed_image = working_image(fixed, spacing_mm)
         moving_image = working_image(moving, spacing_mm)
         affine, (rigid_method, rigid_iterations), (affine_method, affine_iterations) = (
@@ -368,11 +368,11 @@ def affine_registration(
             affine_method.GetOptimizerStopConditionDescription(),
         ),
     )
-    _log_result("affine", fixed, moving, result)
+    log_result("affine", fixed, moving, result)
     return result
 
 
-def _log_result(name: str, fixed: Volume, moving: Volume, result: RegistrationResult) -> None:
+def log_result(name: str, fixed: Volume, moving: Volume, result: RegistrationResult) -> None:
     log.info(
         "%s registration of %s to %s: %.2f s, Mattes MI %.4f, iterations %s",
         name,
