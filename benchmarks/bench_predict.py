@@ -23,7 +23,8 @@ from benchmarks._common import set_threads
 from medrl.data.sources import load_split
 from medrl.evaluation import move_case, random_rigid
 from medrl.io.images import write_image
-from medrl.predict import jobs_from_folder, predict_jobs
+from medrl.predict import predict_jobs
+from medrl.scan_jobs import jobs_from_folder
 
 
 def write_scans(folder: Path, count: int) -> None:

@@ -20,10 +20,11 @@ from medrl.agents.checkpoint import (
     load_model,
     save_model_files,
 )
-from medrl.agents.dqn import CHECKPOINT_DIR, Trainer
+from medrl.agents.dqn import Trainer
 from medrl.agents.networks import LevelQNetworks, QNetwork
 from medrl.agents.replay import NStepAssembler, PoseReplay, split_poses
 from medrl.agents.search import search
+from medrl.agents.trainer_checkpoint import CHECKPOINT_DIR
 from medrl.config import AgentConfig, Config, EnvConfig, load_config
 from medrl.envs.pyramid import build_pyramid
 from medrl.errors import CheckpointError, InputError

@@ -19,8 +19,8 @@ import yaml
 import medrl
 from _synthetic import BLOB_NAMES, blob_volume, write_blob_datalist, write_untrained_model
 from medrl.agents.checkpoint import load_model
-from medrl.agents.dqn import STATE_FILE
 from medrl.agents.search import search
+from medrl.agents.trainer_checkpoint import STATE_FILE
 from medrl.cli import main
 from medrl.errors import InputError
 from medrl.evaluation import deform_case, move_case, random_rigid

@@ -18,19 +18,18 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from medrl.data import builtin
+from medrl.data import builtin, wheels
 from medrl.data.builtin import (
     MANIFEST_NAME,
     MNI6_BRAIN_MASK,
     MNI2009C_T1W,
-    PinnedWheel,
-    PipDownloadError,
     afids_datalist,
     afids_file,
     afids_landmarks,
     cache_root,
     fetch_afids,
 )
+from medrl.data.wheels import PinnedWheel, PipDownloadError
 from medrl.errors import DataUnavailableError, InputError
 from medrl.io.images import read_image
 
@@ -105,7 +104,7 @@ def fake(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict:
             f"ERROR: No matching distribution found for {requirement} (fake: no network)"
         )
 
-    monkeypatch.setattr(builtin, "_pip_download", failing_pip)
+    monkeypatch.setattr(wheels, "pip_download", failing_pip)
     return {
         "wheel_dir": wheel_dir,
         "cache": tmp_path / "cache",
@@ -249,7 +248,7 @@ def test_pip_error_last_line_is_reported(monkeypatch: pytest.MonkeyPatch, tmp_pa
 
     monkeypatch.setattr(subprocess, "run", fake_run)
     with pytest.raises(PipDownloadError, match="ERROR: last words"):
-        builtin._pip_download("autoafids==0.1.4", tmp_path)
+        wheels.pip_download("autoafids==0.1.4", tmp_path)
 
 
 def test_wheels_from_environment_variable(fake: dict, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -333,7 +332,7 @@ def test_real_data(builtin_data: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     def no_pip(requirement: str, dest_dir: Path) -> None:
         raise AssertionError("must not download again: the files are cached and intact")
 
-    monkeypatch.setattr(builtin, "_pip_download", no_pip)
+    monkeypatch.setattr(wheels, "pip_download", no_pip)
     folder = builtin_data
     cache = folder.parent.parent
     assert {p.name for p in folder.iterdir()} == _listed_basenames(REAL_TABLE) | {MANIFEST_NAME}

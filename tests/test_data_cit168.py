@@ -19,7 +19,8 @@ from medrl.data.cit168 import (
     cit168_names_path,
     is_cit168_label_map,
 )
-from medrl.data.datalist import load_case, read_label_names
+from medrl.data.datalist import load_case
+from medrl.data.label_maps import read_label_names
 from medrl.errors import InputError
 from medrl.geometry.boxes import boxes_from_label_map
 

@@ -26,7 +26,7 @@ import torch
 from safetensors.torch import load_file
 
 from _synthetic import BLOB_NAMES, blob_volume, write_untrained_model
-from medrl.agents.dqn import STATE_FILE
+from medrl.agents.trainer_checkpoint import STATE_FILE
 from medrl.io.images import write_image
 from medrl.io.landmarks import Landmarks, read_landmarks, write_landmarks
 from medrl.utils.atomic import TEMP_PREFIX

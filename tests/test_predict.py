@@ -16,7 +16,8 @@ from medrl.cli import main
 from medrl.errors import InputError
 from medrl.io.images import write_image
 from medrl.io.landmarks import read_landmarks
-from medrl.predict import ScanPredictor, find_scans, jobs_from_folder, jobs_from_images
+from medrl.predict import ScanPredictor
+from medrl.scan_jobs import find_scans, jobs_from_folder, jobs_from_images
 
 torch.set_num_threads(1)
 

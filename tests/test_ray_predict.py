@@ -17,7 +17,8 @@ from medrl.config import load_config
 from medrl.errors import MedrlError
 from medrl.io.images import write_image
 from medrl.io.landmarks import read_landmarks
-from medrl.predict import ScanPredictor, jobs_from_folder
+from medrl.predict import ScanPredictor
+from medrl.scan_jobs import jobs_from_folder
 
 ray = pytest.importorskip("ray", reason="the ray extra is not installed")
 

@@ -17,7 +17,6 @@ beside it (``checkpoints/latest-rank<r>``).
 from __future__ import annotations
 
 import copy
-import json
 import os
 import random
 import signal
@@ -31,7 +30,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from medrl.agents.checkpoint import build_network, init_network_from, save_model_files
+from medrl.agents.checkpoint import build_network, init_network_from
 from medrl.agents.losses import (
     all_actions_loss,
     check_all_actions_supported,
@@ -39,21 +38,17 @@ from medrl.agents.losses import (
     sampled_loss,
 )
 from medrl.agents.replay import NStepAssembler, PoseReplay, split_poses
+from medrl.agents.trainer_checkpoint import TrainerCheckpoints
 from medrl.config import Config, save_config
 from medrl.data.augment import AugmentParams
 from medrl.data.sources import load_split
 from medrl.distributed.ddp import SINGLE, DistContext, rank_device
 from medrl.envs.kernel import SearchKernel, render_observation
 from medrl.envs.pyramid import ScanPyramid, case_pyramids
-from medrl.errors import CheckpointError, InputError
+from medrl.errors import InputError
 from medrl.tasks import LandmarkTask, TargetTable, make_task
-from medrl.utils.atomic import atomic_dir, atomic_open
 from medrl.utils.faults import failpoint
 from medrl.utils.signals import StopRequested, deferred_stop
-
-CHECKPOINT_DIR = "checkpoints/latest"
-"""Rank 0's checkpoint (a loadable model folder too); rank r > 0 uses ``...-rank<r>``."""
-STATE_FILE = "trainer_state.pt"
 
 
 def epsilon_at(config: Config, step: int) -> float:
@@ -63,7 +58,7 @@ def epsilon_at(config: Config, step: int) -> float:
     return agent.eps_start + frac * (agent.eps_end - agent.eps_start)
 
 
-class Trainer:
+class Trainer(TrainerCheckpoints):
     """Owns the environment, networks, replay and random streams of one training run.
 
     The task (``config.task.kind``) decides the poses, actions and observations; the loop
@@ -404,156 +399,6 @@ class Trainer:
         for key, value in record.items():
             if key != "step" and np.isfinite(value):
                 self.writer.add_scalar(f"train/{key}", value, int(record["step"]))
-
-    # ------------------------------------------------------------ checkpoints
-    def model_meta(self) -> dict[str, Any]:
-        return {
-            "seed": self.config.train.seed,
-            "steps": self.step,
-            "updates": self.updates,
-            "command": self.command,
-            **({"processes": self.dist.world_size} if self.dist.active else {}),
-            **self.extra_meta,
-        }
-
-    def _model_files(self, folder: Path) -> None:
-        save_model_files(
-            folder,
-            self.network,
-            self.config,
-            self.names,
-            self.descriptions,
-            self.model_meta(),
-            self.task,
-        )
-
-    def save_model(self, folder: str | Path) -> None:
-        with atomic_dir(folder) as tmp:
-            self._model_files(tmp)
-
-    def checkpoint_dir(self) -> Path:
-        """This rank's checkpoint folder."""
-        suffix = f"-rank{self.dist.rank}" if self.dist.rank > 0 else ""
-        return self.run_dir / (CHECKPOINT_DIR + suffix)
-
-    def save_checkpoint(self) -> Path:
-        """Every rank writes its own folder (atomically); rank 0's is also a model folder."""
-        folder = self.checkpoint_dir()
-        kernel = self.kernel
-        state = {
-            "world_size": self.dist.world_size,
-            "rank": self.dist.rank,
-            "step": self.step,
-            "updates": self.updates,
-            "update_credit": self.update_credit,
-            "network": self.network.state_dict(),
-            "target": self.target.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
-            "rng": self.rng.bit_generator.state,
-            "kernel": kernel.state_dict(),
-            "assembler": self.assembler.state_dict(),
-            "torch_rng": torch.get_rng_state(),
-            "history": self.history,
-            "evaluations": self.evaluations,
-            "names": self.names,
-            "task": self.task.name,
-        }
-        with atomic_dir(folder) as tmp:
-            if self.dist.is_main:
-                self._model_files(tmp)
-            torch.save(state, tmp / STATE_FILE)
-            self.replay.save(tmp / "replay.npz")
-        if self.dist.is_main:
-            with atomic_open(self.run_dir / "history.json") as handle:
-                json.dump(self.history, handle)
-            if self.evaluations:
-                with atomic_open(self.run_dir / "evaluations.json") as handle:
-                    json.dump(self.evaluations, handle)
-        return folder
-
-    def load_checkpoint(self) -> bool:
-        """Restore the latest checkpoint of this run folder; False if there is none.
-
-        Under torchrun every rank restores its own folder; the ranks must all find one, from
-        the same step (a run killed while the ranks were writing them cannot be resumed).
-        """
-        folder = self.checkpoint_dir()
-        state_path = folder / STATE_FILE
-        found = state_path.is_file()
-        if not self.dist.same_everywhere(int(found)):
-            raise CheckpointError(
-                f"only some of the {self.dist.world_size} processes find their checkpoint "
-                "(checkpoints/latest*); use --restart",
-                self.run_dir,
-            )
-        if not found:
-            return False
-        failure: CheckpointError | None = None
-        try:
-            state = self._read_checkpoint(folder, state_path)
-        except CheckpointError as exc:
-            failure = exc
-        # Every rank learns whether any failed, so none is left waiting in a collective call.
-        if self.dist.any(failure is not None):
-            raise failure or CheckpointError(
-                "another process could not resume from its checkpoint; use --restart",
-                self.run_dir,
-            )
-        self.step, self.updates = state["step"], state["updates"]
-        self.update_credit = state["update_credit"]
-        self.rng.bit_generator.state = state["rng"]
-        self.kernel.load_state_dict(state["kernel"])
-        self.assembler.load_state_dict(state["assembler"])
-        torch.set_rng_state(state["torch_rng"])
-        self.history = state["history"]
-        self.evaluations = state.get("evaluations", [])
-        if not self.dist.same_everywhere(self.step):
-            raise CheckpointError(
-                "the processes' checkpoints are from different steps (the run was stopped "
-                "while writing them); use --restart",
-                self.run_dir,
-            )
-        return True
-
-    def _read_checkpoint(self, folder: Path, state_path: Path) -> dict[str, Any]:
-        """Load this rank's checkpoint and check it fits the run (CheckpointError if not)."""
-        try:
-            state = torch.load(state_path, map_location=self.device, weights_only=False)
-            world_size = int(state.get("world_size", 1))
-            if world_size != self.dist.world_size:
-                raise CheckpointError(
-                    f"checkpoint was written by {world_size} process(es), this run has "
-                    f"{self.dist.world_size}; resume with as many or use --restart",
-                    folder,
-                )
-            if tuple(state["names"]) != self.names:
-                raise CheckpointError("checkpoint was trained on other targets", folder)
-            if "kernel_rngs" in state or state.get("task", "landmark") != self.task.name:
-                raise CheckpointError(
-                    "checkpoint is from another task or an older medrl (before the task "
-                    "family); use --restart",
-                    folder,
-                )
-            if len(state["kernel"]["rngs"]) != self.kernel.num_envs:
-                raise CheckpointError(
-                    f"checkpoint has {len(state['kernel']['rngs'])} environments, the config "
-                    f"{self.kernel.num_envs} (train.num_envs); use the run's config or --restart",
-                    folder,
-                )
-            self.network.load_state_dict(state["network"])
-            self.target.load_state_dict(state["target"])
-            self.optimizer.load_state_dict(state["optimizer"])
-            for group in self.optimizer.param_groups:  # a resumed run takes agent.lr as set now
-                group["lr"] = self.config.agent.lr
-            self.replay.load(folder / "replay.npz")
-        except CheckpointError:
-            raise
-        except Exception as exc:
-            raise CheckpointError(
-                f"cannot resume from this checkpoint (corrupt or from another config): {exc}",
-                folder,
-            ) from exc
-        return state
 
 
 def _mean_stats(window: list[dict[str, float]]) -> dict[str, float]:

@@ -19,22 +19,26 @@ wheel and of each extracted file, and stores only the listed files in
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import os
 import shutil
-import subprocess
 import sys
 import tempfile
-import zipfile
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
 from medrl.data.cit168 import cit168_label_map_path, cit168_names_path
 from medrl.data.datalist import CaseSpec
+from medrl.data.wheels import (
+    PinnedWheel,
+    check_sha256,
+    extract_member,
+    obtain_wheel,
+    sha256_file,
+    wheel_dirs,
+)
 from medrl.errors import DataUnavailableError, InputError
 from medrl.io.landmarks import Landmarks, read_landmarks
 from medrl.utils.atomic import atomic_dir, atomic_open
@@ -50,8 +54,6 @@ __all__ = [
     "MNI2009C_T1W",
     "MNI2009C_T2W",
     "PINNED_WHEELS",
-    "PinnedWheel",
-    "PipDownloadError",
     "afids_datalist",
     "afids_file",
     "afids_landmarks",
@@ -86,16 +88,6 @@ _LANDMARK_FILES: dict[tuple[str, str | None], str] = {
 }
 _RESOURCE_PACKAGE = "medrl.data"
 _RESOURCE_FOLDER = ("resources", "afids")
-
-
-@dataclass(frozen=True)
-class PinnedWheel:
-    """A PyPI wheel pinned by version and sha256, and the members medrl takes from it."""
-
-    requirement: str  # what ``pip download`` is asked for, e.g. "autoafids==0.1.4"
-    filename: str  # the wheel's file name
-    sha256: str  # of the whole wheel file
-    members: dict[str, str] = field(default_factory=dict)  # member path in zip -> sha256
 
 
 # Module-level so tests can monkeypatch it (keyed by requirement).
@@ -134,13 +126,6 @@ PINNED_WHEELS: dict[str, PinnedWheel] = {
     ),
 }
 
-_HASH_CHUNK_BYTES = 1 << 20
-
-
-class PipDownloadError(RuntimeError):
-    """``pip download`` failed; the message is the last line pip printed."""
-
-
 # --------------------------------------------------------------------------------------
 # cache location and manifest
 
@@ -173,14 +158,6 @@ def _expected_files() -> dict[str, tuple[PinnedWheel, str, str]]:
     return expected
 
 
-def _sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while chunk := handle.read(_HASH_CHUNK_BYTES):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def _read_manifest(folder: Path) -> dict[str, Any] | None:
     try:
         manifest = json.loads((folder / MANIFEST_NAME).read_text(encoding="utf-8"))
@@ -211,7 +188,7 @@ def _cache_is_complete(folder: Path, verify: bool = False) -> bool:
                 return False
         except OSError:
             return False
-        if verify and _sha256_file(path) != sha:
+        if verify and sha256_file(path) != sha:
             return False
     return True
 
@@ -226,123 +203,6 @@ def _complete_cache_or_raise(cache: str | Path | None) -> Path:
             folder,
         )
     return folder
-
-
-# --------------------------------------------------------------------------------------
-# obtaining and checking wheels
-
-
-def _pip_download(requirement: str, dest_dir: Path) -> None:
-    """Run ``pip download`` for one pinned wheel into ``dest_dir`` (uses the user's pip config).
-
-    Raises :class:`PipDownloadError` with pip's last output line when pip fails.
-    """
-    command = [
-        sys.executable,
-        "-m",
-        "pip",
-        "download",
-        "--no-deps",
-        "--only-binary=:all:",
-        "-d",
-        str(dest_dir),
-        requirement,
-    ]
-    try:
-        result = subprocess.run(command, capture_output=True, text=True, check=False)
-    except OSError as exc:
-        raise PipDownloadError(f"could not run pip: {exc}") from exc
-    if result.returncode != 0:
-        lines = [line.strip() for line in (result.stderr + "\n" + result.stdout).splitlines()]
-        lines = [line for line in lines if line]
-        last = next((line for line in reversed(lines) if "ERROR" in line), None)
-        raise PipDownloadError(last or (lines[-1] if lines else f"exit status {result.returncode}"))
-
-
-def _wheel_dirs(wheel_dir: str | Path | None) -> list[Path]:
-    dirs: list[Path] = []
-    if wheel_dir is not None:
-        dirs.append(Path(wheel_dir).expanduser())
-    env = os.environ.get("MEDRL_WHEELS")
-    if env:
-        dirs.extend(Path(part).expanduser() for part in env.split(os.pathsep) if part)
-    return dirs
-
-
-def _check_sha256(path: Path, expected: str, what: str) -> None:
-    actual = _sha256_file(path)
-    if actual != expected.lower():
-        raise DataUnavailableError(
-            f"{what} is corrupt or has been tampered with: sha256 {actual}, expected "
-            f"{expected.lower()}; delete it and fetch again",
-            path,
-        )
-
-
-def _obtain_wheel(
-    wheel: PinnedWheel, wheel_dirs: list[Path], download_dir: Path, quiet: bool
-) -> Path:
-    """Return a sha256-checked path to ``wheel``: from a wheel folder if present, else via pip."""
-    for folder in wheel_dirs:
-        candidate = folder / wheel.filename
-        if candidate.is_file():
-            _say(quiet, f"medrl: using {candidate}")
-            _check_sha256(candidate, wheel.sha256, f"wheel {wheel.filename}")
-            return candidate
-    _say(quiet, f"medrl: downloading {wheel.requirement} with pip ...")
-    target = download_dir / wheel.requirement.replace("=", "_")
-    target.mkdir(parents=True, exist_ok=True)
-    try:
-        _pip_download(wheel.requirement, target)
-    except PipDownloadError as exc:
-        searched = (
-            f" (looked for {wheel.filename} in: {', '.join(str(d) for d in wheel_dirs)})"
-            if wheel_dirs
-            else ""
-        )
-        raise DataUnavailableError(
-            f"could not obtain the PyPI wheel {wheel.requirement}{searched}. pip said: {exc}. "
-            "To fix: connect to the network (or configure pip's index) and run "
-            "`medrl data fetch afids` again; or set MEDRL_CACHE to a folder that already "
-            f"holds {AFIDS_CACHE_SUBDIR.as_posix()}/; or download {wheel.filename} elsewhere and "
-            "pass wheel_dir= (environment variable MEDRL_WHEELS) pointing at its folder"
-        ) from exc
-    path = target / wheel.filename
-    if not path.is_file():
-        found = sorted(target.glob("*.whl"))
-        if len(found) != 1:
-            raise DataUnavailableError(
-                f"pip download {wheel.requirement} did not produce {wheel.filename}", target
-            )
-        path = found[0]
-    _check_sha256(path, wheel.sha256, f"wheel {path.name}")
-    return path
-
-
-def _extract_member(wheel_path: Path, member: str, expected_sha256: str, destination: Path) -> None:
-    """Copy one zip member to ``destination`` and check its sha256 while copying."""
-    digest = hashlib.sha256()
-    try:
-        with zipfile.ZipFile(wheel_path) as archive:
-            try:
-                source = archive.open(member)
-            except KeyError as exc:
-                raise DataUnavailableError(
-                    f"wheel does not contain the expected file {member}", wheel_path
-                ) from exc
-            with source, open(destination, "wb") as out:
-                while chunk := source.read(_HASH_CHUNK_BYTES):
-                    digest.update(chunk)
-                    out.write(chunk)
-    except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError) as exc:
-        raise DataUnavailableError(f"cannot read wheel: {exc}", wheel_path) from exc
-    actual = digest.hexdigest()
-    if actual != expected_sha256.lower():
-        raise DataUnavailableError(
-            f"file {member} inside the wheel is corrupt or has been tampered with: "
-            f"sha256 {actual}, expected {expected_sha256.lower()}",
-            wheel_path,
-        )
 
 
 def _current_umask() -> int:
@@ -415,7 +275,7 @@ def fetch_afids(
     reusable = {
         name
         for name, (_wheel, _member, sha) in expected.items()
-        if (folder / name).is_file() and _sha256_file(folder / name) == sha
+        if (folder / name).is_file() and sha256_file(folder / name) == sha
     }
     needed_wheels = [
         wheel
@@ -427,9 +287,15 @@ def fetch_afids(
     root_existed = root.exists()
     try:
         with _scratch_dir(folder.parent) as scratch, atomic_dir(folder) as staging:
-            wheel_dirs = _wheel_dirs(wheel_dir)
+            folders = wheel_dirs(wheel_dir)
+            hint = (
+                "run `medrl data fetch afids` again; or set MEDRL_CACHE to a folder that "
+                f"already holds {AFIDS_CACHE_SUBDIR.as_posix()}/"
+            )
             wheel_paths = {
-                wheel.requirement: _obtain_wheel(wheel, wheel_dirs, scratch, quiet)
+                wheel.requirement: obtain_wheel(
+                    wheel, folders, scratch, lambda line: _say(quiet, line), hint
+                )
                 for wheel in needed_wheels
             }
             manifest_files: dict[str, dict[str, Any]] = {}
@@ -437,10 +303,10 @@ def fetch_afids(
                 target = staging / name
                 if name in reusable:
                     shutil.copy2(folder / name, target)
-                    _check_sha256(target, sha, f"cached file {name}")
+                    check_sha256(target, sha, f"cached file {name}")
                 else:
                     _say(quiet, f"medrl: extracting {name}")
-                    _extract_member(wheel_paths[wheel.requirement], member, sha, target)
+                    extract_member(wheel_paths[wheel.requirement], member, sha, target)
                 manifest_files[name] = {
                     "sha256": sha,
                     "size": target.stat().st_size,

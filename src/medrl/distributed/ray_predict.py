@@ -16,14 +16,8 @@ from pathlib import Path
 from typing import Any
 
 from medrl.errors import MedrlError
-from medrl.predict import (
-    SKIPPED,
-    ScanJob,
-    ScanPredictor,
-    _check_unique,
-    finish,
-    summary_row,
-)
+from medrl.predict import SKIPPED, ScanPredictor, finish, summary_row
+from medrl.scan_jobs import ScanJob, check_unique
 
 
 class _Worker:
@@ -75,7 +69,7 @@ def predict_with_ray(
     :class:`MedrlError` after writing the summary if any scan failed.
     """
     ray = _import_ray()
-    _check_unique(jobs)
+    check_unique(jobs)
     # The model is checked here, before the cluster gets any work: a bad --model is one
     # clear error, not one failure per scan.
     from medrl.agents.checkpoint import load_model
