@@ -11,6 +11,7 @@ import math
 from collections.abc import Callable, Iterator
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -375,8 +376,8 @@ def test_a_diverged_outer_probe_does_not_update_lambda() -> None:
     assert "diverged" in _exploded(500000.0, 1.0, history)
 
 
-def test_training_learns_lambda_resumes_and_writes_a_model(tmp_path: Path) -> None:
-    pairs = tiny_pair_set(16)
+def tiny_train_config(**changes: Any) -> TrainConfig:
+    """A 6-step training run on :func:`tiny_pair_set` (checkpoints every 2 steps)."""
     config = TrainConfig(
         seed=3,
         working_spacing_mm=2.0,
@@ -389,6 +390,12 @@ def test_training_learns_lambda_resumes_and_writes_a_model(tmp_path: Path) -> No
         checkpoint_every=2,
         log_every=2,
     )
+    return replace(config, **changes)
+
+
+def test_training_learns_lambda_resumes_and_writes_a_model(tmp_path: Path) -> None:
+    pairs = tiny_pair_set(16)
+    config = tiny_train_config()
     whole = train(config, tmp_path / "whole", pairs, log=None)
     assert whole.steps == 6 and len(whole.history) == 3
     assert whole.lam != 1.0  # the outer steps moved lambda

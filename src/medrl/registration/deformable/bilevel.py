@@ -95,6 +95,9 @@ class BilevelSettings:
     :func:`label_dice`)."""
     min_lambda: float = 1e-3
     max_lambda: float = 1e3
+    amortised_steps: int = 100
+    """Outer Adam steps on log(lambda) after training a lambda-conditioned network
+    (:mod:`.amortised`)."""
     dice_margin_vox: int = 8
     """Labels are compared in their bounding box grown by this margin (saves memory)."""
 
@@ -137,12 +140,15 @@ def predict(
     moving: torch.Tensor,
     integration_steps: int,
     params: dict[str, torch.Tensor] | None = None,
+    lam: float | torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(velocity, displacement) of the pair (both (1, 3, D, H, W) working voxels); with
-    ``params`` the network runs with those weights (functional call)."""
+    ``params`` the network runs with those weights (functional call); ``lam`` is what a
+    lambda-conditioned network predicts for (ignored by others)."""
     reference = _reference(model)
     pair = torch.cat([fixed, moving], dim=1).to(reference.device, reference.dtype)
-    velocity = model(pair) if params is None else functional_call(model, params, (pair,))
+    arguments = (pair, lam)
+    velocity = model(*arguments) if params is None else functional_call(model, params, arguments)
     return velocity, integrate_velocity(velocity, integration_steps)
 
 
@@ -162,7 +168,7 @@ def inner_loss(
     box = (slice(None), slice(None), *(crop or (slice(None),) * 3))
     fixed = pair.fixed[box].to(reference.device, reference.dtype)
     moving = pair.moving[box].to(reference.device, reference.dtype)
-    velocity, displacement = predict(model, fixed, moving, integration_steps, params)
+    velocity, displacement = predict(model, fixed, moving, integration_steps, params, lam)
     warped = warp(moving, displacement)
     sim = similarity_loss(similarity_for(similarity, pair), fixed, warped, window)
     smooth = diffusion_loss(velocity)
@@ -207,13 +213,15 @@ def outer_loss(
     settings: BilevelSettings,
     integration_steps: int,
     params: dict[str, torch.Tensor] | None = None,
+    lam: float | torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, dict[str, float]]:
-    """The validation loss (differentiable in ``params``) and its parts: mean TRE (mm) over
-    the pairs with landmarks, mean soft Dice over the pairs with labels."""
+    """The validation loss (differentiable in ``params``, and in ``lam`` for a
+    lambda-conditioned network) and its parts: mean TRE (mm) over the pairs with landmarks,
+    mean soft Dice over the pairs with labels."""
     reference = _reference(model)
     tres, dices = [], []
     for pair in val_pairs:
-        _, displacement = predict(model, pair.fixed, pair.moving, integration_steps, params)
+        _, displacement = predict(model, pair.fixed, pair.moving, integration_steps, params, lam)
         if pair.fixed_points_vox is not None and pair.moving_points_vox is not None:
             fixed_points = pair.fixed_points_vox.to(reference.device, reference.dtype)
             target = pair.moving_points_vox.to(reference.device, reference.dtype)

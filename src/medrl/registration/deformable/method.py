@@ -93,7 +93,7 @@ def deformable_fields(
     network = model.network.to(device).eval()
     prepared = time.perf_counter()
     with torch.no_grad():
-        velocity = network(inputs)
+        velocity = network(inputs, model.lam)
         displacement = integrate_velocity(velocity, model.integration_steps)
         inverse_displacement = integrate_velocity(-velocity, model.integration_steps)
     if inputs.device.type == "cuda":

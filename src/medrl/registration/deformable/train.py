@@ -13,6 +13,11 @@ random ``crop_vox`` cube of it, and makes one Adam step on ``similarity + lambda
 diffusion``. With ``learn_lambda``, every ``bilevel.outer_every`` inner steps an outer step
 updates log(lambda) by the hypergradient of the validation loss (:mod:`.bilevel`).
 
+With ``network.lambda_range`` set the network is conditioned on lambda (amortised,
+:mod:`.amortised`): every inner step draws its own lambda from the range, there are no outer
+steps during training, and after it ``learn_lambda`` learns lambda by gradient descent through
+the network on the validation pairs (else the model keeps ``initial_lambda``).
+
 Progress lines go to ``log`` (stderr by default)::
 
     deformable step 40/300 loss -0.4123 sim -0.4310 smooth 0.019 lambda 1.0000 val 3.210 \
@@ -32,6 +37,7 @@ import numpy as np
 import torch
 
 from medrl.errors import CheckpointError
+from medrl.registration.deformable.amortised import amortised_lambda, draw_lambda, training_scale
 from medrl.registration.deformable.bilevel import (
     BilevelSettings,
     Crop,
@@ -117,6 +123,19 @@ class TrainConfig:
             raise ValueError(f"similarity must be 'ncc', 'mind' or 'auto', got {self.similarity!r}")
         if self.crop_vox is not None and self.crop_vox < 8:
             raise ValueError(f"crop_vox must be >= 8 voxels, got {self.crop_vox}")
+        lambda_range = self.network.lambda_range
+        if lambda_range is not None and not (
+            lambda_range[0] <= self.initial_lambda <= lambda_range[1]
+        ):
+            raise ValueError(
+                f"initial_lambda {self.initial_lambda} lies outside network.lambda_range "
+                f"{lambda_range}"
+            )
+
+    @property
+    def amortised(self) -> bool:
+        """True when one network is trained for every lambda of ``network.lambda_range``."""
+        return self.network.lambda_range is not None
 
     @property
     def cross_contrast(self) -> bool:
@@ -227,11 +246,14 @@ def _exploded(val_loss: float, gradient: float, history: list[dict[str, Any]]) -
     return ""
 
 
-def validate(network: VelocityUNet, pairs: PairSet, config: TrainConfig) -> dict[str, float]:
-    """The outer (validation) loss and its parts for the current weights."""
+def validate(
+    network: VelocityUNet, pairs: PairSet, config: TrainConfig, lam: float | None = None
+) -> dict[str, float]:
+    """The outer (validation) loss and its parts for the current weights (at ``lam``, for a
+    lambda-conditioned network)."""
     network.eval()
     with torch.no_grad():
-        _, parts = outer_loss(network, pairs.val, config.bilevel, config.integration_steps)
+        _, parts = outer_loss(network, pairs.val, config.bilevel, config.integration_steps, lam=lam)
     network.train()
     return parts
 
@@ -318,16 +340,23 @@ def train(
             stopped_early = True
             _emit(log, f"deformable: stopping at step {step}: {config.max_minutes} min budget")
             break
-        lam = float(log_lambda.detach().exp())
+        if config.amortised:
+            assert config.network.lambda_range is not None
+            lam = draw_lambda(config.network.lambda_range, config.seed, step)
+        else:
+            lam = float(log_lambda.detach().exp())
         pair, crop = draw_batch(pairs, config, step)
         loss, parts = inner_loss(
             network, pair, lam, config.similarity, config.integration_steps, crop=crop
         )
+        if config.amortised:
+            loss = loss * training_scale(lam)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
         step += 1
-        if config.learn_lambda and step % config.bilevel.outer_every == 0:
+        unrolled = config.learn_lambda and not config.amortised
+        if unrolled and step % config.bilevel.outer_every == 0:
             first = step * config.bilevel.unroll_steps
             batches = [
                 draw_batch(pairs, config, first + k, stream=1)
@@ -376,15 +405,27 @@ def train(
                 log,
                 f"deformable step {step}/{config.steps} loss {float(loss.detach()):.4f} "
                 f"sim {parts['similarity']:.4f} smooth {parts['smoothness']:.3g} "
-                f"lambda {float(log_lambda.detach().exp()):.4f}{val_text} "
+                f"lambda {lam:.4f}{val_text} "
                 f"{elapsed + time.perf_counter() - session_start:.1f} s",
             )
         if step % config.checkpoint_every == 0:
             save_checkpoint()
     save_checkpoint()
+    amortised: dict[str, Any] = {}
+    if config.amortised:
+        lam, amortised = amortised_lambda(
+            network,
+            pairs.val,
+            config.bilevel,
+            config.integration_steps,
+            learn=config.learn_lambda,
+            initial_lambda=config.initial_lambda,
+            say=lambda line: _emit(log, line),
+        )
+    else:
+        lam = float(log_lambda.detach().exp())
     seconds = elapsed + time.perf_counter() - session_start
-    val = validate(network, pairs, config)
-    lam = float(log_lambda.detach().exp())
+    val = validate(network, pairs, config, lam)
     _emit(
         log,
         f"deformable: done, {step} steps, lambda {lam:.4f}, validation loss {val['loss']:.4f}, "
@@ -397,6 +438,7 @@ def train(
         "learned_lambda": config.learn_lambda,
         "initial_lambda": config.initial_lambda,
         "lambda_history": [[h["step"], round(h["lambda"], 6)] for h in history],
+        **({"amortised": amortised} if amortised else {}),
         "validation": val,
         "pairs": pairs.facts,
         "config": config.identity() | {k: getattr(config, k) for k in _BUDGET_FIELDS},
