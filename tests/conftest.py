@@ -61,3 +61,14 @@ def builtin_data(request: pytest.FixtureRequest) -> Path:
             flush=True,
         )
     return folder
+
+
+@pytest.fixture
+def one_torch_thread() -> Iterator[None]:
+    """Torch on one thread for the test (restored after): tiny tensors run faster so."""
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
