@@ -153,3 +153,86 @@ def test_an_adaptive_search_builds_on_the_level_it_chose(builtin_data: Path) -> 
     residuals = [model.task.layout_residual(e) for e in result.level_estimates]
     assert result.chosen_level == int(np.argmin(residuals))
     np.testing.assert_array_equal(result.estimate, result.level_estimates[result.chosen_level])
+
+
+def test_the_reference_layout_is_the_mean_shape_of_the_distinct_training_brains() -> None:
+    """Contrasts and stripped copies of one brain share its landmarks: each brain counts
+    once, and a scan missing a landmark does not count."""
+    from medrl.config import Config
+    from medrl.geometry.robust_affine import mean_layout
+    from medrl.tasks.base import TargetTable
+
+    other = _moved(REFERENCE) + RNG.normal(0.0, 2.0, size=REFERENCE.shape)
+    partial = REFERENCE.copy()
+    partial[4] = np.nan
+    names = tuple(str(i) for i in range(32))
+    table = TargetTable(names, names, [partial, REFERENCE, REFERENCE.copy(), other, other.copy()])
+    task = LandmarkTask(Config(), {})
+    task.fit([], table)
+    np.testing.assert_allclose(task.reference_points_ras, mean_layout([REFERENCE, other]))
+    assert not np.allclose(task.reference_points_ras, REFERENCE, atol=0.5)
+
+
+def test_a_layout_weight_blends_the_search_with_the_fitted_layout(builtin_data: Path) -> None:
+    """search.layout_weight w: the estimate is (1 - w) x the search's own + w x the layout
+    fitted to level layout_level; the confidence stays that of the search's own points."""
+    from dataclasses import replace
+
+    from medrl.agents.checkpoint import load_model
+    from medrl.agents.search import search
+    from medrl.data.builtin import MNI6_T1W
+    from medrl.errors import InputError
+    from medrl.io.images import read_image, resample_isotropic
+    from medrl.predict_confidence import landmark_check
+
+    model = load_model(default_model_dir("landmark"), task="landmark")
+    scan = resample_isotropic(read_image(builtin_data / MNI6_T1W), 2.0)
+    own = search(model, scan)
+    assert own.unblended is None and own.layout_ras is None
+    layout = model.task.layout_positions(own.level_estimates[1])
+    assert layout is not None and layout.shape == (32, 3)
+
+    def blended(weight: float):  # type: ignore[no-untyped-def]
+        overrides = [f"search.layout_weight={weight}", "search.layout_level=1"]
+        return search(replace(model, config=model.config.with_overrides(overrides)), scan)
+
+    full, half = blended(1.0), blended(0.5)
+    np.testing.assert_allclose(full.estimate, layout)
+    np.testing.assert_allclose(full.own_estimate, own.estimate)
+    np.testing.assert_allclose(half.estimate, 0.5 * (own.estimate + layout))
+    assert np.abs(full.estimate - own.estimate).max() > 0.5  # the layout did move points
+    reference = model.task.reference_points_ras
+    np.testing.assert_allclose(
+        landmark_check(reference, full).residual_mm, landmark_check(reference, own).residual_mm
+    )
+    with pytest.raises(InputError, match="layout_weight"):
+        model.config.with_overrides(["search.layout_weight=1.5"])
+    beyond = model.config.with_overrides(["search.layout_weight=1", "search.layout_level=7"])
+    with pytest.raises(InputError, match="layout_level is 7"):
+        search(replace(model, config=beyond), scan)
+
+
+def test_predict_set_turns_on_the_layout_fit_and_refuses_training_settings(
+    builtin_data: Path, tmp_path
+) -> None:
+    from medrl.agents.checkpoint import load_model, with_overrides
+    from medrl.agents.search import search
+    from medrl.data.builtin import MNI6_T1W
+    from medrl.io.images import read_image, resample_isotropic
+    from medrl.io.landmarks import read_landmarks
+
+    scan = tmp_path / "mni6_2mm.nii.gz"
+    write_image(resample_isotropic(read_image(builtin_data / MNI6_T1W), 2.0), scan)
+    overrides = ["search.layout_weight=1", "search.layout_level=1"]
+    out = tmp_path / "fit"
+    sets = [arg for value in overrides for arg in ("--set", value)]
+    assert main(["predict", "--image", str(scan), "--out", str(out), *sets]) == 0
+    written = read_landmarks(out / "mni6_2mm.fcsv")
+    model = with_overrides(load_model(default_model_dir("landmark"), task="landmark"), overrides)
+    result = search(model, read_image(scan))
+    assert result.layout_ras is not None
+    np.testing.assert_allclose(written.points_ras, result.layout_ras, atol=0.01)
+    assert (out / "mni6_2mm_confidence.csv").is_file()
+    refused = tmp_path / "refused"
+    code = main(["predict", "--image", str(scan), "--out", str(refused), "--set", "agent.lr=1"])
+    assert code != 0 and not (refused / "mni6_2mm.fcsv").exists()

@@ -96,7 +96,8 @@ def cmd_train_heatmap(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from medrl.agents.checkpoint import load_model
+    from medrl.agents.checkpoint import load_model, with_overrides
+    from medrl.config import search_overrides
     from medrl.data.sources import load_split
     from medrl.evaluation import evaluate, print_tables
     from medrl.evaluation_boxes import evaluate_boxes, print_box_tables
@@ -111,6 +112,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         raise InputError("--elastic-mm warps the moved scans: it needs --rigid-trials 1 or more")
     model_dir = args.model or default_model_dir(args.task or "landmark")
     model = load_model(model_dir, args.device, args.task)
+    model = with_overrides(model, search_overrides(args.set))
     if model.kind == "rigid":
         raise InputError(
             "a rigid-registration model is evaluated on pairs by misalignment: "
@@ -252,6 +254,13 @@ def _add_search_options(parser: argparse.ArgumentParser) -> None:
         choices=range(1, 8),
         metavar="1-7",
         help="search starts per landmark (default: the model's)",
+    )
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a search.* or task.* setting of the model, e.g. search.layout_weight=1",
     )
 
 

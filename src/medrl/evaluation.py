@@ -164,9 +164,9 @@ def evaluate(
 def evaluation_key(
     model: Model, atlas: Case, num_starts: int | None, supervised: HeatmapDetector | None = None
 ) -> str:
-    """What a scan's result depends on besides the scan: the model's weights and config, the
-    baseline's atlas, the number of starts and the supervised detector's weights, if any (a
-    hash, stored in each case record)."""
+    """What a scan's result depends on besides the scan: the model's weights, config and
+    learned task state (the reference layout), the baseline's atlas, the number of starts and
+    the supervised detector's weights, if any (a hash, stored in each case record)."""
     digest = hashlib.sha256()
     states = [model.network.state_dict()]
     if supervised is not None:
@@ -176,6 +176,7 @@ def evaluation_key(
             digest.update(name.encode())
             digest.update(value.detach().cpu().contiguous().numpy().tobytes())
     digest.update(json.dumps(model.config.to_dict(), sort_keys=True, default=str).encode())
+    digest.update(json.dumps(model.task.state_dict(), sort_keys=True, default=str).encode())
     digest.update(np.ascontiguousarray(atlas.volume.array).tobytes())
     digest.update(json.dumps([atlas.case_id, num_starts]).encode())
     return digest.hexdigest()

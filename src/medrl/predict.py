@@ -18,6 +18,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from medrl.config import search_overrides
 from medrl.errors import CheckpointError, InputError, MedrlError
 from medrl.models import default_model_dir as shipped_model_dir
 from medrl.scan_jobs import (
@@ -98,12 +99,14 @@ class ScanPredictor:
         write_aligned: bool = False,
         slice_axis: int | None = None,
         strict: bool = False,
+        overrides: Sequence[str] = (),
     ) -> None:
         from dataclasses import replace
 
-        from medrl.agents.checkpoint import load_model
+        from medrl.agents.checkpoint import load_model, with_overrides
 
-        self.model = load_model(model_dir or default_model_dir(task or "landmark"), device, task)
+        folder = model_dir or default_model_dir(task or "landmark")
+        self.model = with_overrides(load_model(folder, device, task), list(overrides))
         self.device = device
         self.coordinate_system = coordinate_system
         self.num_starts = num_starts
@@ -277,6 +280,7 @@ def predict_jobs(
     write_aligned: bool = False,
     slice_axis: int | None = None,
     strict: bool = False,
+    overrides: Sequence[str] = (),
 ) -> list[dict[str, Any]]:
     """Predict every job in this process; the summary is written even if interrupted.
 
@@ -287,7 +291,15 @@ def predict_jobs(
 
     check_unique(jobs)
     predictor = ScanPredictor(
-        model_dir, device, coordinate_system, num_starts, task, write_aligned, slice_axis, strict
+        model_dir,
+        device,
+        coordinate_system,
+        num_starts,
+        task,
+        write_aligned,
+        slice_axis,
+        strict,
+        overrides,
     )
     rows: list[dict[str, Any]] = []
     bar = tqdm(jobs, desc="predict", unit="scan", file=sys.stderr, disable=not progress)
@@ -375,6 +387,9 @@ def run_from_args(args: Any) -> int:
     strict = bool(getattr(args, "strict", False))
     if strict and args.ray:
         raise InputError("--strict runs here only, not with --ray")
+    overrides = search_overrides(getattr(args, "set", None) or [])
+    if overrides and args.ray:
+        raise InputError("--set runs here only, not with --ray")
     options = {
         "model_dir": model_dir,
         "device": args.device,
@@ -403,6 +418,7 @@ def run_from_args(args: Any) -> int:
                 write_aligned=write_aligned,
                 slice_axis=slice_axis,
                 strict=strict,
+                overrides=overrides,
                 **options,
             )
     return 0

@@ -9,7 +9,8 @@ with the others (:mod:`medrl.confidence`), ``NAME_confidence.csv``::
 the other landmarks put it, ``layout`` for one whose point is where the others put it (both
 searches disagreed with them; the residual is the first detection's), and ``scan`` on every
 row when the scan as a whole does not have the model's layout (then every confidence is 0 and
-``medrl predict`` warns, or fails the scan with ``--strict``).
+``medrl predict`` warns, or fails the scan with ``--strict``). With ``search.layout_weight`` the
+residuals and flags are those of the search's own points, before the blend with the layout.
 """
 
 from __future__ import annotations
@@ -40,12 +41,11 @@ def landmark_check(
     if reference_ras is None:
         return None
     reference = np.asarray(reference_ras, dtype=np.float64)
-    if reference.shape != result.estimate.shape:
+    own = result.own_estimate
+    if reference.shape != own.shape:
         return None
-    first = (
-        result.level_estimates[result.chosen_level] if result.level_estimates else result.estimate
-    )
-    return search_confidence(reference, first, result.estimate, result.consensus_starts)
+    first = result.level_estimates[result.chosen_level] if result.level_estimates else own
+    return search_confidence(reference, first, own, result.consensus_starts)
 
 
 def write_confidence(

@@ -4,9 +4,10 @@ A model folder keeps, beside the network, what the search learned from the train
 (the task state: the box task's start prior and reference layout) and the search settings the
 export chose on validation data (``search.levels``, ``search.consensus_level``). When a newer
 medrl adds to either, :func:`refit_model` re-learns the task state from the model's training
-data and re-chooses ``search.consensus_level`` on the same validation moves the export uses,
-and rewrites the folder atomically; the network weights are copied unchanged. This is how the
-shipped box model received its reference layout (BENCHMARKS.md).
+data and re-chooses ``search.consensus_level`` on the same validation moves the export uses
+(on a tie the model keeps its setting), and rewrites the folder atomically; the network
+weights are copied unchanged. This is how the shipped box model received its reference layout
+(BENCHMARKS.md).
 
     python -m medrl.agents.refit MODEL_DIR [--datalist DATALIST]
 """
@@ -46,6 +47,9 @@ def refit_model(model_dir: str | Path, datalist: str | None = None) -> dict[str,
     unset = replace(config, search=replace(config.search, consensus_level=None))
     with torch.inference_mode():
         level, scores = select_consensus_level(replace(model, config=unset), cases)
+    current = config.search.consensus_level
+    if current is not None and current in scores and scores[current] == scores.get(level):
+        level = current  # a tie: the model keeps its setting
     chosen = replace(config, search=replace(config.search, consensus_level=level))
     key = model.task.primary_score[0]
     meta = dict(model.meta)

@@ -15,6 +15,10 @@ robust affine map (:meth:`medrl.tasks.base.Task.consensus_starts`), and every ta
 searched again from where the fitted layout puts it, from level k on. The relations between
 the targets then correct a search that settled on the wrong part of a structure, while the
 final pose is still the agent's reading of the image.
+
+With ``search.layout_weight`` w > 0, the final estimate is blended with where the layout,
+fitted to the estimates of one level, puts every target (w = 1: a landmark-driven affine fit of
+the layout; see :class:`medrl.config.SearchConfig`).
 """
 
 from __future__ import annotations
@@ -73,6 +77,17 @@ class SearchResult:
     target: the start of the second search (None without one; NaN rows for targets the task
     did not search again). The second search's poses follow the first's in ``paths``, their
     levels offset by the number of levels."""
+    unblended: np.ndarray | None = None
+    """(targets, D) the search's own estimate before ``search.layout_weight`` blended in the
+    fitted layout (None without a blend: ``estimate`` is the search's own)."""
+    layout_ras: np.ndarray | None = None
+    """(targets, D) where the layout fitted to level ``search.layout_level`` put every target
+    (None without a blend)."""
+
+    @property
+    def own_estimate(self) -> np.ndarray:
+        """The search's own reading of the image, before any blend with the layout."""
+        return self.estimate if self.unblended is None else self.unblended
 
     @property
     def landmarks(self) -> Landmarks:
@@ -246,6 +261,19 @@ def search(
         levels = levels + second.levels
         steps += second.steps
     estimate = task.refine(scan, estimate, names)
+    unblended, layout = None, None
+    weight = config.search.layout_weight
+    if weight > 0 and num_targets == len(model.names):
+        level = chosen if config.search.layout_level is None else config.search.layout_level
+        if level >= len(first.level_estimates):
+            raise InputError(
+                f"search.layout_level is {level}, but the search has only "
+                f"{len(first.level_estimates)} level(s) (0-based)"
+            )
+        layout = task.layout_positions(first.level_estimates[level])
+        if layout is not None:
+            unblended = estimate
+            estimate = (1.0 - weight) * estimate + weight * layout
     if consensus is not None:
         consensus = np.where(redo[:, None], consensus[:, 0], np.nan)
     n = num_targets * num_starts
@@ -266,6 +294,8 @@ def search(
         first.level_estimates,
         chosen,
         consensus,
+        unblended,
+        layout,
     )
 
 

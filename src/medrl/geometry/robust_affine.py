@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["AffineFit", "apply_affine", "fit_affine_robust"]
+__all__ = ["AffineFit", "apply_affine", "fit_affine_robust", "mean_layout"]
 
 
 @dataclass(frozen=True)
@@ -82,3 +82,40 @@ def fit_affine_robust(
     all_weights = np.zeros(len(source))
     all_weights[usable] = weights
     return AffineFit(matrix, all_residuals, all_weights)
+
+
+def _affine_lstsq(source: np.ndarray, target: np.ndarray) -> np.ndarray:
+    """``source`` (N, 3) mapped by the least-squares affine map onto ``target`` (N, 3)."""
+    design = np.c_[source, np.ones(len(source))]
+    solution, *_ = np.linalg.lstsq(design, target, rcond=None)
+    return design @ solution
+
+
+def mean_layout(layouts_ras: list[np.ndarray], iterations: int = 20) -> np.ndarray:
+    """The mean shape (N, 3) of several layouts of the same targets, each (N, 3) and complete,
+    up to affine maps: generalised Procrustes analysis with affine alignment. Every layout is
+    mapped onto the current mean by least squares and the maps' results averaged; the mean is
+    kept in the first layout's frame (mapped onto it after each round), so it stays a layout of
+    head size and orientation. One layout is returned as it is.
+
+    Each brain differs from a new one by more than an affine map; the mean of several lies
+    closer to a new brain than a typical one of them does (docs/tasks.md: the AFIDs of four
+    templates), and does not depend on which came first.
+    """
+    layouts = [np.asarray(layout, dtype=np.float64).reshape(-1, 3) for layout in layouts_ras]
+    if not layouts:
+        raise ValueError("no layout to average")
+    if any(layout.shape != layouts[0].shape for layout in layouts):
+        raise ValueError(f"layouts of different sizes: {[layout.shape for layout in layouts]}")
+    if not all(np.isfinite(layout).all() for layout in layouts):
+        raise ValueError("a layout to average has a missing (non-finite) point")
+    mean = layouts[0].copy()
+    if len(layouts) == 1:
+        return mean
+    for _ in range(iterations):
+        aligned = np.mean([_affine_lstsq(layout, mean) for layout in layouts], axis=0)
+        new = _affine_lstsq(aligned, layouts[0])
+        if np.abs(new - mean).max() < 1e-9:
+            return new
+        mean = new
+    return mean

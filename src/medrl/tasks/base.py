@@ -257,6 +257,12 @@ class Task:
         levels. None when the task has no reference layout (the default)."""
         return None
 
+    def layout_positions(self, estimate: np.ndarray) -> np.ndarray | None:
+        """(T, D) where the task's reference layout, robustly fitted to the estimates (T, D),
+        puts every target (``search.layout_weight``); None when the task has no reference
+        layout (the default) or the estimates do not determine one."""
+        return None
+
     def consensus_merge(self, starts: np.ndarray, second: np.ndarray) -> np.ndarray:
         """(R, D) the estimates of the targets searched again, from their second-search starts
         (R, D) and where that search ended (R, D) (default: where it ended)."""

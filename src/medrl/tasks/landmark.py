@@ -27,6 +27,7 @@ from medrl.data.datalist import Case
 from medrl.envs.pyramid import ScanPyramid
 from medrl.envs.sampler import cube_offsets
 from medrl.errors import InputError
+from medrl.geometry.robust_affine import mean_layout
 from medrl.tasks.base import TargetTable, Task
 
 ACTION_NAMES = ("+R", "-R", "+A", "-A", "+S", "-S")
@@ -95,11 +96,18 @@ class LandmarkTask(Task):
             raise InputError(f"task.state of the landmark model is malformed: {exc}") from exc
 
     def fit(self, scans: list[ScanPyramid], table: TargetTable) -> None:
-        """The reference layout: the landmarks of the first scan that has all of them."""
+        """The reference layout: the mean shape (:func:`mean_layout`) of the distinct complete
+        landmark sets of the training scans (one per brain: the contrasts and stripped copies
+        of a brain share its landmarks), in the frame of the first."""
+        layouts: list[np.ndarray] = []
         for poses in table.poses:
-            if np.isfinite(poses).all():
-                self.reference_points_ras = np.asarray(poses, dtype=np.float64)
-                return
+            poses = np.asarray(poses, dtype=np.float64)
+            if np.isfinite(poses).all() and not any(
+                np.allclose(poses, known, atol=1e-6) for known in layouts
+            ):
+                layouts.append(poses)
+        if layouts:
+            self.reference_points_ras = mean_layout(layouts)
 
     # ------------------------------------------------------------------ data
     def target_table(self, cases: list[Case], names: Sequence[str] = ()) -> TargetTable:
@@ -174,6 +182,14 @@ class LandmarkTask(Task):
             return None
         residual = check_layout(self.reference_points_ras, estimate).residual_mm
         return float(np.nanmedian(residual)) if np.isfinite(residual).any() else None
+
+    def layout_positions(self, estimate: np.ndarray) -> np.ndarray | None:
+        """Where the reference layout, robustly fitted to ``estimate`` (T, 3), puts every
+        landmark; None without a layout or on a scan whose layout is implausible."""
+        if self.reference_points_ras.shape != estimate.shape:
+            return None
+        check = check_layout(self.reference_points_ras, estimate)
+        return check.expected_ras if check.plausible else None
 
     def consensus_merge(self, starts: np.ndarray, second: np.ndarray) -> np.ndarray:
         """A second search that walks away from where the other landmarks put the landmark
