@@ -15,10 +15,16 @@ AFIDs (the identity for one anatomy). TRE: the mean over the fixed image's 32 AF
 distance between where the found and the true transform send them; success: TRE < 2 mm.
 
 Rows: ``agent_search`` (the agent's search alone), ``agent`` (``medrl register --method
-agent``: the search, then SimpleITK's rigid refinement from where it stopped) and
-``simpleitk_rigid`` (Mattes MI, moments initialisation, 3 levels).
+agent``: the search, then SimpleITK's rigid refinement from where it stopped),
+``simpleitk_rigid`` (Mattes MI, moments initialisation, 3 levels) and, with
+``--landmark-model DIR``, ``landmarks`` (``medrl register --method landmarks``: the search,
+then the robust rigid fit of the landmarks that model finds in both images). The test pairs
+all involve MNI305, so the landmark model must not have seen it: the left-one-template-out
+fold ``medrl train --config afids4 --set train.datalist=builtin:afids4/MNI305``, not the
+shipped model.
 
-    PYTHONPATH=. python -m benchmarks.bench_rigid [--model DIR] [--trials 4] [--split test]
+    PYTHONPATH=. python -m benchmarks.bench_rigid [--model DIR] [--trials 4] [--split test] \
+        [--landmark-model runs/loto/f_MNI305/model]
 """
 
 from __future__ import annotations
@@ -39,6 +45,7 @@ from medrl.data.scenarios import RigidTransform
 from medrl.io.images import Volume
 from medrl.registration.agent import agent_registration
 from medrl.registration.base import RegisterOptions
+from medrl.registration.landmark_rigid import landmark_rigid_registration
 from medrl.registration.transforms import LPS_RAS_4X4, fit_rigid_ras, move_header
 
 TEST_PAIRS = (
@@ -100,13 +107,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--split", choices=("test", "val"), default="test")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--no-baseline", action="store_true", help="the agent only")
+    parser.add_argument("--landmark-model", type=Path, default=None,
+                        help="add the landmarks row with this landmark model")  # fmt: skip
     parser.add_argument("--csv", type=Path, default=None, help="write every registration here")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     specs = {spec.case_id: spec for spec in afids4_datalist()}
     pairs = TEST_PAIRS if args.split == "test" else VAL_PAIRS
     cases = {name: load_case(specs[name]) for pair in pairs for name in pair}
-    options = RegisterOptions(model_dir=args.model, threads=args.threads)
+    options = RegisterOptions(
+        model_dir=args.model, landmark_model_dir=args.landmark_model, threads=args.threads
+    )
     rows = []
     for p, (moving_id, fixed_id) in enumerate(pairs):
         fixed, moving = cases[fixed_id], cases[moving_id]
@@ -119,9 +130,14 @@ def main(argv: list[str] | None = None) -> int:
                 before = float(np.linalg.norm(points - truth, axis=1).mean())
                 methods = ["agent_search", "agent"]
                 methods += [] if args.no_baseline else ["simpleitk_rigid"]
+                methods += [] if args.landmark_model is None else ["landmarks"]
                 for method in methods:
                     started = time.perf_counter()
-                    if method.startswith("agent"):
+                    if method == "landmarks":
+                        transform = landmark_rigid_registration(
+                            fixed.volume, moved, options
+                        ).transform
+                    elif method.startswith("agent"):
                         refine = method == "agent"
                         outcome = agent_registration(fixed.volume, moved, options, refine)
                         transform = outcome.transform

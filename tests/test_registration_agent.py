@@ -38,15 +38,50 @@ def t2_to_t1(builtin_data: Path, tmp_path_factory: pytest.TempPathFactory) -> di
     return files
 
 
+def _register(method: str, files: dict[str, Path], out: Path) -> int:
+    """``medrl register`` of the pair ``files`` (with both images' landmarks) into ``out``."""
+    argv = ["register", "--method", method, "--out", str(out), "--no-report"]
+    for key in ("fixed", "moving", "landmarks", "fixed_landmarks"):
+        argv += [f"--{key.replace('_', '-')}", str(files[key])]
+    return main(argv)
+
+
 def test_the_shipped_agent_aligns_a_moved_contrast(t2_to_t1: dict[str, Path], tmp_path) -> None:
     out = tmp_path / "out"
-    argv = ["register", "--method", "agent", "--out", str(out), "--no-report"]
-    for key in ("fixed", "moving", "landmarks", "fixed_landmarks"):
-        argv += [f"--{key.replace('_', '-')}", str(t2_to_t1[key])]
-    assert main(argv) == 0
+    assert _register("agent", t2_to_t1, out) == 0
     record = json.loads((out / "registration.json").read_text())
     tre = record["metrics"]["landmarks"]
     assert tre["tre_before_mm"]["mean"] > 20.0
     assert tre["tre_after_mm"]["mean"] < 3.0
     transform = sitk.ReadTransform(str(out / "transform.tfm"))
     assert transform.GetName() == "Euler3DTransform"
+
+
+def test_landmarks_method_aligns_the_anatomy_and_refuses_a_scan_without_it(
+    t2_to_t1: dict[str, Path], tmp_path
+) -> None:
+    """--method landmarks: the agent's search, then the robust rigid fit of the AFIDs the
+    shipped landmark model finds in both images; a moving image with no brain in it (noise)
+    is an error naming it, with no output folder."""
+    import numpy as np
+
+    out = tmp_path / "out"
+    assert _register("landmarks", t2_to_t1, out) == 0
+    record = json.loads((out / "registration.json").read_text())
+    assert record["method"] == "landmarks"
+    assert record["details"]["landmarks"] == 32
+    tre = record["metrics"]["landmarks"]
+    assert tre["tre_before_mm"]["mean"] > 20.0
+    assert tre["tre_after_mm"]["mean"] < 2.0
+    assert sitk.ReadTransform(str(out / "transform.tfm")).GetName() == "Euler3DTransform"
+
+    noise = tmp_path / "noise.nii.gz"
+    fixed = read_image(t2_to_t1["fixed"])
+    rng = np.random.default_rng(0)
+    array = rng.random(fixed.array.shape).astype(np.float32)
+    write_image(Volume(array, fixed.spacing_mm, fixed.origin_lps, fixed.direction_lps), noise)
+    refused = tmp_path / "refused"
+    argv = ["register", "--method", "landmarks", "--fixed", str(t2_to_t1["fixed"]),
+            "--moving", str(noise), "--out", str(refused), "--no-report"]  # fmt: skip
+    assert main(argv) != 0
+    assert not refused.exists()

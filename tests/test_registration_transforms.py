@@ -12,6 +12,7 @@ from _registration_data import rigid_matrix_ras
 from _synthetic import oblique_volume
 from medrl.baselines.registration import map_points_lps
 from medrl.errors import InputError
+from medrl.geometry.kabsch import fit_rigid_robust
 from medrl.io.images import Volume
 from medrl.io.landmarks import Landmarks
 from medrl.registration.base import RegistrationOutcome
@@ -57,6 +58,32 @@ def test_kabsch_never_reflects_and_rejects_bad_input() -> None:
         fit_rigid_ras(source[:2], source[:2])
     with pytest.raises(ValueError, match="NaN"):
         fit_rigid_ras(np.full((4, 3), np.nan), source[:4])
+
+
+def test_weighted_and_robust_kabsch_ignore_what_they_should() -> None:
+    """Weight 0 drops a pair; the robust fit finds the map despite gross outliers (failed
+    detections 20-40 mm off) and gives them weight 0, where the plain fit is pulled."""
+    truth = rigid_matrix_ras(18.0, (4.0, 9.0, -6.0))
+    source = _points(32, seed=3)
+    target = _apply(truth, source) + np.random.default_rng(4).normal(0.0, 0.5, (32, 3))
+    target[[2, 11, 20]] += np.array([[25.0, 0.0, 0.0], [0.0, -40.0, 0.0], [0.0, 12.0, 18.0]])
+    weights = np.ones(32)
+    weights[[2, 11, 20]] = 0.0
+    dropped = fit_rigid_ras(source, target, weights)
+    np.testing.assert_allclose(dropped[:3, 3], truth[:3, 3], atol=0.5)
+    matrix, residuals, robust = fit_rigid_robust(source, target)
+    assert robust[[2, 11, 20]].tolist() == [0.0, 0.0, 0.0] and robust.min() == 0.0
+    assert np.count_nonzero(robust > 0) >= 27
+    assert residuals[[2, 11, 20]].min() > 10.0
+    points_error = np.linalg.norm(_apply(matrix, source) - _apply(truth, source), axis=1)
+    plain_error = np.linalg.norm(
+        _apply(fit_rigid_ras(source, target), source) - _apply(truth, source), axis=1
+    )
+    assert points_error.mean() < 0.5 < plain_error.mean()
+    with pytest.raises(ValueError, match="weights"):
+        fit_rigid_ras(source, target, np.zeros(32))
+    with pytest.raises(ValueError, match="weights"):
+        fit_rigid_ras(source, target, -weights)
 
 
 def test_ras_matrix_becomes_the_same_map_of_lps_points() -> None:

@@ -179,6 +179,7 @@ def cmd_register(args: argparse.Namespace) -> int:
     options = RegisterOptions(
         seed=args.seed,
         model_dir=None if args.model is None else Path(args.model),
+        landmark_model_dir=None if args.landmark_model is None else Path(args.landmark_model),
         device=args.device,
         threads=args.threads,
     )
@@ -415,11 +416,16 @@ def build_parser() -> argparse.ArgumentParser:
     register.add_argument(
         "--method",
         default="affine",
-        choices=("agent", "affine", "rigid", "bspline", "deformable"),
-        help="agent: the rigid-registration agent (shipped model); affine, rigid, bspline: "
-        "SimpleITK (Mattes MI); deformable: the learned SVF network (needs --model)",
+        choices=("agent", "landmarks", "affine", "rigid", "bspline", "deformable"),
+        help="agent: the rigid-registration agent (shipped model); landmarks: rigid, the "
+        "agent's search then the robust fit of the landmarks a landmark model finds in both "
+        "images (two different brains); affine, rigid, bspline: SimpleITK (Mattes MI); "
+        "deformable: the learned SVF network (needs --model)",
     )
     register.add_argument("--model", help="model folder of the agent or deformable method")
+    register.add_argument(
+        "--landmark-model", help="--method landmarks: landmark model (default: the shipped one)"
+    )
     register.add_argument("--labels", help="label map of the moving image (on its grid)")
     register.add_argument("--landmarks", help="landmarks of the moving image (.fcsv, ...)")
     register.add_argument("--fixed-landmarks", help="landmarks of the fixed image: TRE")

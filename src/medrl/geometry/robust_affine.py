@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["AffineFit", "apply_affine", "fit_affine_robust", "mean_layout"]
+__all__ = ["AffineFit", "apply_affine", "fit_affine_robust", "mean_layout", "robust_weights"]
 
 
 @dataclass(frozen=True)
@@ -34,6 +34,26 @@ def apply_affine(matrix: np.ndarray, points_ras: np.ndarray) -> np.ndarray:
     """(N, 3) points mapped by a (4, 4) homogeneous matrix."""
     points = np.asarray(points_ras, dtype=np.float64).reshape(-1, 3)
     return points @ matrix[:3, :3].T + matrix[:3, 3]
+
+
+def robust_weights(
+    residuals_mm: np.ndarray,
+    tukey: bool,
+    min_count: int,
+    huber_scale: float = 1.345,
+    tukey_scale: float = 4.685,
+    min_scale_mm: float = 0.5,
+) -> np.ndarray:
+    """IRLS weights (N,) of point pairs from their residuals (N,): Huber's, or with ``tukey``
+    Tukey's biweight, on the robust scale 1.4826 x the median residual (at least
+    ``min_scale_mm``). Tukey's weights that leave fewer than ``min_count`` pairs (too few to
+    determine the map) fall back to Huber's."""
+    scale = max(1.4826 * float(np.median(residuals_mm)), min_scale_mm)
+    huber = np.minimum(1.0, huber_scale * scale / np.maximum(residuals_mm, 1e-12))
+    if not tukey:
+        return huber
+    weights = np.clip(1.0 - (residuals_mm / (tukey_scale * scale)) ** 2, 0.0, None) ** 2
+    return weights if np.count_nonzero(weights) >= min_count else huber
 
 
 def fit_affine_robust(
@@ -67,13 +87,8 @@ def fit_affine_robust(
         root = np.sqrt(weights)[:, None]
         solution, *_ = np.linalg.lstsq(design * root, goal * root, rcond=None)
         residuals = np.linalg.norm(design @ solution - goal, axis=1)
-        scale = max(1.4826 * float(np.median(residuals)), min_scale_mm)
-        if iteration < iterations // 2:
-            weights = np.minimum(1.0, huber_scale * scale / np.maximum(residuals, 1e-12))
-        else:
-            weights = np.clip(1.0 - (residuals / (tukey_scale * scale)) ** 2, 0.0, None) ** 2
-        if np.count_nonzero(weights) < 4:  # too few left to determine the map: keep Huber's
-            weights = np.minimum(1.0, huber_scale * scale / np.maximum(residuals, 1e-12))
+        tukey = iteration >= iterations // 2
+        weights = robust_weights(residuals, tukey, 4, huber_scale, tukey_scale, min_scale_mm)
     matrix = np.eye(4)
     matrix[:3, :3] = solution[:3].T
     matrix[:3, 3] = solution[3]

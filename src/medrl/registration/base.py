@@ -26,6 +26,8 @@ class RegisterOptions:
     seed: int = 0
     model_dir: Path | None = None
     """A trained model (agent, deformable); None = the shipped default of the method."""
+    landmark_model_dir: Path | None = None
+    """The landmark model of ``--method landmarks``; None = the shipped AFIDs model."""
     device: str = "cpu"
     threads: int = 2
 

@@ -81,7 +81,11 @@ OUTPUT_NAMES = (
     "report.html",
 )
 """Every file a pair may have (an older run's leftovers among them are removed)."""
-OPTIONAL_METHOD_MODULES = ("medrl.registration.agent", "medrl.registration.deformable")
+OPTIONAL_METHOD_MODULES = (
+    "medrl.registration.agent",
+    "medrl.registration.landmark_rigid",
+    "medrl.registration.deformable",
+)
 """Modules that register more methods when they are installed."""
 IDENTITY = sitk.Transform(3, sitk.sitkIdentity)
 
