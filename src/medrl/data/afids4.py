@@ -35,6 +35,7 @@ from medrl.data.builtin import (
 from medrl.data.datalist import CaseSpec
 from medrl.data.spm12 import spm12_datalist
 from medrl.errors import InputError
+from medrl.geometry.robust_affine import affine_lstsq
 from medrl.io.images import Volume, read_image, write_image
 from medrl.io.landmarks import read_landmarks
 
@@ -52,15 +53,6 @@ def template_of(case_id: str) -> str:
         if case_id.startswith(template + "_"):
             return template
     raise InputError(f"{case_id!r} is not a case of builtin:afids4")
-
-
-def affine_lstsq(source_ras: np.ndarray, target_ras: np.ndarray) -> np.ndarray:
-    """(4, 4) least-squares affine map taking ``source_ras`` onto ``target_ras`` (N, 3)."""
-    design = np.c_[source_ras, np.ones(len(source_ras))]
-    solution, *_ = np.linalg.lstsq(design, target_ras, rcond=None)
-    matrix = np.eye(4)
-    matrix[:3, :] = solution.T
-    return matrix
 
 
 def brain_mask(

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from medrl.geometry.robust_affine import robust_weights
+from medrl.geometry.robust_affine import apply_affine, robust_weights
 
 
 def fit_rigid_ras(
@@ -64,8 +64,8 @@ def fit_rigid_robust(
     weights = np.ones(len(source))
     for iteration in range(iterations):
         matrix = fit_rigid_ras(source, target, weights)
-        residuals = np.linalg.norm(source @ matrix[:3, :3].T + matrix[:3, 3] - target, axis=1)
+        residuals = np.linalg.norm(apply_affine(matrix, source) - target, axis=1)
         weights = robust_weights(residuals, iteration >= iterations // 2, 3)
     matrix = fit_rigid_ras(source, target, weights)
-    residuals = np.linalg.norm(source @ matrix[:3, :3].T + matrix[:3, 3] - target, axis=1)
+    residuals = np.linalg.norm(apply_affine(matrix, source) - target, axis=1)
     return matrix, residuals, weights

@@ -16,7 +16,14 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["AffineFit", "apply_affine", "fit_affine_robust", "mean_layout", "robust_weights"]
+__all__ = [
+    "AffineFit",
+    "affine_lstsq",
+    "apply_affine",
+    "fit_affine_robust",
+    "mean_layout",
+    "robust_weights",
+]
 
 
 @dataclass(frozen=True)
@@ -99,11 +106,18 @@ def fit_affine_robust(
     return AffineFit(matrix, all_residuals, all_weights)
 
 
-def _affine_lstsq(source: np.ndarray, target: np.ndarray) -> np.ndarray:
+def affine_lstsq(source_ras: np.ndarray, target_ras: np.ndarray) -> np.ndarray:
+    """(4, 4) least-squares affine map taking ``source_ras`` onto ``target_ras`` (N, 3)."""
+    design = np.c_[source_ras, np.ones(len(source_ras))]
+    solution, *_ = np.linalg.lstsq(design, target_ras, rcond=None)
+    matrix = np.eye(4)
+    matrix[:3, :] = solution.T
+    return matrix
+
+
+def _aligned(source: np.ndarray, target: np.ndarray) -> np.ndarray:
     """``source`` (N, 3) mapped by the least-squares affine map onto ``target`` (N, 3)."""
-    design = np.c_[source, np.ones(len(source))]
-    solution, *_ = np.linalg.lstsq(design, target, rcond=None)
-    return design @ solution
+    return apply_affine(affine_lstsq(source, target), source)
 
 
 def mean_layout(layouts_ras: list[np.ndarray], iterations: int = 20) -> np.ndarray:
@@ -128,8 +142,8 @@ def mean_layout(layouts_ras: list[np.ndarray], iterations: int = 20) -> np.ndarr
     if len(layouts) == 1:
         return mean
     for _ in range(iterations):
-        aligned = np.mean([_affine_lstsq(layout, mean) for layout in layouts], axis=0)
-        new = _affine_lstsq(aligned, layouts[0])
+        aligned = np.mean([_aligned(layout, mean) for layout in layouts], axis=0)
+        new = _aligned(aligned, layouts[0])
         if np.abs(new - mean).max() < 1e-9:
             return new
         mean = new

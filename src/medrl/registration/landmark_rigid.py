@@ -27,11 +27,12 @@ import time
 import numpy as np
 import torch
 
-from medrl.agents.checkpoint import load_model
+from medrl.agents.checkpoint import Model, load_model
 from medrl.agents.search import search
 from medrl.confidence import check_layout
 from medrl.errors import InputError
 from medrl.geometry.kabsch import fit_rigid_robust
+from medrl.geometry.robust_affine import apply_affine
 from medrl.io.images import Volume
 from medrl.models import default_model_dir
 from medrl.registration.agent import agent_registration
@@ -39,10 +40,10 @@ from medrl.registration.base import RegisterOptions, RegistrationOutcome, regist
 from medrl.registration.transforms import move_header, rigid_ras_to_sitk, sitk_to_matrix_ras
 
 
-def _landmarks(model, volume: Volume, role: str) -> np.ndarray:  # type: ignore[no-untyped-def]
+def _landmarks(model: Model, volume: Volume, role: str, device: str) -> np.ndarray:
     """The model's landmarks (T, 3, RAS) found in ``volume``; InputError naming the image when
     they do not have the model's layout (not anatomy the model knows)."""
-    points = search(model, volume, _device(model)).estimate
+    points = search(model, volume, device).estimate
     reference = getattr(model.task, "reference_points_ras", None)
     if reference is not None and np.shape(reference) == points.shape:
         check = check_layout(reference, points)
@@ -52,10 +53,6 @@ def _landmarks(model, volume: Volume, role: str) -> np.ndarray:  # type: ignore[
                 volume.source,
             )
     return points
-
-
-def _device(model) -> str:  # type: ignore[no-untyped-def]
-    return str(next(model.network.parameters()).device)
 
 
 @register_method("landmarks")
@@ -71,12 +68,9 @@ def landmark_rigid_registration(
     facing = move_header(moving, np.linalg.inv(to_moving))  # the moving image, turned to face
     folder = options.landmark_model_dir or default_model_dir("landmark")
     model = load_model(folder, options.device, task="landmark")
-    if options.threads > 0:
-        torch.set_num_threads(options.threads)
-    with torch.inference_mode():
-        fixed_points = _landmarks(model, fixed, "fixed")
-        moving_points = _landmarks(model, facing, "moving")
-    moving_points = moving_points @ to_moving[:3, :3].T + to_moving[:3, 3]
+    with torch.inference_mode():  # threads: set by the agent's registration
+        fixed_points = _landmarks(model, fixed, "fixed", options.device)
+        moving_points = apply_affine(to_moving, _landmarks(model, facing, "moving", options.device))
     matrix, residuals, weights = fit_rigid_robust(fixed_points, moving_points)
     details = {
         "agent_model": coarse.details.get("model", ""),

@@ -40,9 +40,10 @@ import SimpleITK as sitk
 import torch
 
 from medrl.baselines.registration import affine_registration
-from medrl.data.afids4 import AFIDS4_TEMPLATES, affine_lstsq, afids4_datalist, template_of
+from medrl.data.afids4 import AFIDS4_TEMPLATES, afids4_datalist, template_of
 from medrl.data.cit168 import cit168_label_map
 from medrl.data.datalist import Case, load_case
+from medrl.geometry.robust_affine import affine_lstsq
 from medrl.io.images import Volume
 from medrl.registration.deformable.frames import (
     normalise_intensity,
