@@ -15,7 +15,11 @@ from medrl.config import AugmentConfig, EnvConfig, LevelConfig
 from medrl.data.augment import batch_params, transform_points
 from medrl.envs.gym import LandmarkEnv, LandmarkVectorEnv
 from medrl.envs.landmark import ACTION_NAMES, action_vectors
-from medrl.envs.pyramid import build_pyramid
+from medrl.envs.pyramid import (
+    build_pyramid,
+    intensity_centre_ras,
+    normalise_intensity,
+)
 from medrl.envs.sampler import cube_offsets, render_patches
 from medrl.io.images import Volume
 
@@ -69,6 +73,16 @@ def test_pyramid_geometry(case) -> None:
     corners = volume.index_to_world(np.array([[0.0, 0, 0], [43, 47, 39], [-0.7, 3, 3]]))
     inside = scan.contains_ras(torch.as_tensor(corners, dtype=torch.float32))
     assert inside.tolist() == [True, True, False]
+
+
+def test_intensity_centre_is_the_intensity_weighted_centroid() -> None:
+    rng = np.random.default_rng(3)
+    array = rng.gamma(2.0, size=(9, 11, 13)).astype(np.float32)  # (k, j, i)
+    volume = Volume(array, np.array([1.5, 2.0, 2.5]), np.array([4.0, -7.0, 9.0]), np.eye(3))
+    weights = np.clip(normalise_intensity(array), 0, None).astype(np.float64)
+    k, j, i = np.indices(array.shape)
+    index = np.array([(weights * c).sum() for c in (i, j, k)]) / weights.sum()
+    np.testing.assert_allclose(intensity_centre_ras(volume), volume.index_to_world(index)[0])
 
 
 # --------------------------------------------------------------------- patch rendering

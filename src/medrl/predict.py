@@ -71,9 +71,11 @@ def model_task(model_dir: str | Path) -> str:
     """The task of a model folder, read from its model.yaml (without loading the weights)."""
     import yaml
 
+    from medrl.utils.yaml_io import safe_load
+
     header_path = Path(model_dir) / "model.yaml"
     try:
-        header = yaml.safe_load(header_path.read_text())
+        header = safe_load(header_path.read_text())
     except (OSError, yaml.YAMLError) as exc:
         raise CheckpointError(f"cannot read the model's header: {exc}", header_path) from exc
     if not isinstance(header, dict):

@@ -23,6 +23,7 @@ from medrl.config import Config
 from medrl.errors import CheckpointError, InputError
 from medrl.models import default_model_dir
 from medrl.tasks import Task, make_task
+from medrl.utils.yaml_io import safe_load
 
 MODEL_FORMAT = "medrl-dqn"
 MODEL_FORMAT_VERSION = 2
@@ -98,7 +99,7 @@ def save_model_files(
 
 def _read_header(header_path: Path) -> dict[str, Any]:
     try:
-        header = yaml.safe_load(header_path.read_text())
+        header = safe_load(header_path.read_text())
     except yaml.YAMLError as exc:
         raise CheckpointError(f"model.yaml is not valid YAML: {exc}", header_path) from exc
     if not isinstance(header, dict) or header.get("format") not in (MODEL_FORMAT, _V1_FORMAT):

@@ -251,6 +251,10 @@ def _has_bumps(params: AugmentParams) -> bool:
     return bool((params.bump_strength != 0).any())
 
 
+def _has_waves(params: AugmentParams) -> bool:
+    return bool((params.elastic_amp_mm != 0).any())
+
+
 def _elastic(params: AugmentParams, points_ras: torch.Tensor) -> torch.Tensor:
     """Non-affine displacement (N, M, 3) at points (N, M, 3): sinusoids plus local warps."""
     angles = torch.bmm(points_ras, params.elastic_freq.transpose(1, 2))
@@ -343,8 +347,12 @@ def transform_grid(
         + along[1][:, None, :, None, :]
         + along[0][:, None, None, :, :]
     ).reshape(n, p**3, 3)
-    waves = grid_sinusoids(params.elastic_freq, params.elastic_phase, centre_ras, offsets_mm, axes)
-    out = affine + torch.bmm(params.elastic_amp_mm, waves).transpose(1, 2)
+    out = affine
+    if _has_waves(params):  # searches and detection have none: skip P^3 x K sinusoids
+        waves = grid_sinusoids(
+            params.elastic_freq, params.elastic_phase, centre_ras, offsets_mm, axes
+        )
+        out = out + torch.bmm(params.elastic_amp_mm, waves).transpose(1, 2)
     if _has_bumps(params):
         unit = torch.eye(3, dtype=offsets_mm.dtype, device=offsets_mm.device).expand(n, 3, 3)
         grid_axes = unit if axes is None else axes.to(offsets_mm.dtype)

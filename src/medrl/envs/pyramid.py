@@ -135,12 +135,22 @@ def _centres_ras(normalised: Volume) -> tuple[np.ndarray, np.ndarray]:
     shape_xyz = np.asarray(normalised.shape_xyz, dtype=np.float64)
     centre_index = (shape_xyz - 1) / 2
     index_to_ras = np.asarray(normalised.index_to_ras, dtype=np.float64)
-    weights = np.clip(normalised.array, 0, None).astype(np.float64)
-    total = weights.sum()
+    weights = np.clip(normalised.array, 0, None)
+    # the centroid from the three marginal profiles (sums over planes, in float64): the same
+    # moments as weighting every voxel by its index, without (k, j, i) arrays of the volume
+    planes_k = weights.sum(axis=(1, 2), dtype=np.float64)
+    rows = weights.sum(axis=0, dtype=np.float64)  # (j, i)
+    total = planes_k.sum()
     if total > 0:
-        k, j, i = np.indices(weights.shape, sparse=True)
         centroid_index = (
-            np.array([(weights * i).sum(), (weights * j).sum(), (weights * k).sum()]) / total
+            np.array(
+                [
+                    rows.sum(axis=0) @ np.arange(rows.shape[1]),
+                    rows.sum(axis=1) @ np.arange(rows.shape[0]),
+                    planes_k @ np.arange(planes_k.shape[0]),
+                ]
+            )
+            / total
         )
     else:
         centroid_index = centre_index

@@ -27,6 +27,7 @@ from medrl.io.images import Volume
 from medrl.io.landmarks import Landmarks
 from medrl.supervised.network import HeatmapNet, heatmap_axes_mm, peak_offsets
 from medrl.utils.atomic import atomic_open
+from medrl.utils.yaml_io import safe_load
 
 FORMAT = "medrl-heatmap"
 HEADER = "detector.yaml"
@@ -177,7 +178,7 @@ def load_detector(folder: str | Path, device: torch.device | str = "cpu") -> Hea
         if not path.is_file():
             raise CheckpointError(f"missing {path.name}: not a supervised detector folder", folder)
     try:
-        header = yaml.safe_load(header_path.read_text())
+        header = safe_load(header_path.read_text())
         if header.get("format") != FORMAT:
             raise CheckpointError(f"format is {header.get('format')!r}, not {FORMAT}", header_path)
         settings = DetectorSettings(**header["settings"])
