@@ -1,9 +1,10 @@
 """The plane model on validation moves of its training scans (MNI152NLin2009cAsym T1w and T2w,
-never a test template), with and without AC-PC locators (``task.plane_acpc_landmarks``): the
+never a test template), with and without AC-PC locators (``task.plane_acpc_landmarks``,
+``task.plane_acpc_template``): the
 moves on which a plane setting is chosen before the test templates are searched (BENCHMARKS.md).
 
 PYTHONPATH=. python -m benchmarks.bench_plane_validation [--model DIR] \
-    [--locator NAME=DIR ...] [--trials 3] [--threads 2]
+    [--locator NAME=DIR ...] [--template NAME=SETTING ...] [--trials 3] [--threads 2]
 
 Scenarios (3 moves per contrast each): rigid up to 15 degrees (seeds 77...), up to 30 degrees
 (seeds 177...), up to 15 degrees plus a smooth 3 mm warp (seeds 500...). Prints the mean AC-PC
@@ -35,6 +36,8 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--model", default=None)
     parser.add_argument("--locator", action="append", default=[], metavar="NAME=DIR")
+    parser.add_argument("--template", action="append", default=[], metavar="NAME=SETTING",
+                        help="a variant with task.plane_acpc_template=SETTING")  # fmt: skip
     parser.add_argument("--trials", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
@@ -44,6 +47,9 @@ def main() -> None:
     for item in args.locator:
         name, folder = item.split("=", 1)
         variants[name] = with_overrides(base, [f"task.plane_acpc_landmarks={folder}"], "--locator")
+    for item in args.template:
+        name, setting = item.split("=", 1)
+        variants[name] = with_overrides(base, [f"task.plane_acpc_template={setting}"], "--template")
     cases = load_split("builtin:afids", "train")
     names = tuple(cases[0].landmarks.names)  # type: ignore[union-attr]
     print("| scenario | variant | MSP angle ° / mm | AC-PC angle ° mean / max | AC-PC mm mean | "

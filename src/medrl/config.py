@@ -91,6 +91,11 @@ class TaskConfig:
     """Plane task: after the search (and the MSP refinement), put the AC-PC plane through the
     AC and PC that this landmark model finds (:mod:`medrl.tasks.acpc_locator`): ``""`` (off),
     ``"builtin:NAME"`` (a model shipped with medrl) or a landmark model folder."""
+    plane_acpc_template: str = ""
+    """Plane task: after the search (and the MSP refinement), put the AC-PC plane through a
+    template's AC and PC carried onto the scan by a 2D registration of the mid-sagittal plane
+    (:mod:`medrl.tasks.acpc_template`): ``""`` (off), ``"builtin:afids"`` or
+    ``"IMAGE,LANDMARKS"``; not with ``plane_acpc_landmarks``."""
     slice_axis: int = -1
     """Slice task: the voxel axis (0, 1, 2) whose slices the agent moves through; -1: the one
     closest to superior-inferior (the slab settings are the plane task's)."""

@@ -43,6 +43,7 @@ from medrl.geometry.planes import (
 )
 from medrl.geometry.symmetry import find_symmetry_plane
 from medrl.tasks.acpc_locator import acpc_from_landmarks
+from medrl.tasks.acpc_template import acpc_from_template
 from medrl.tasks.base import TargetTable, Task
 
 PLANE_ACTIONS = ("tilt+u", "tilt-u", "tilt+v", "tilt-v", "+n", "-n")
@@ -296,7 +297,9 @@ class PlaneTask(Task):
         symmetry (:func:`medrl.geometry.symmetry.find_symmetry_plane`, on the levels nearest
         4 and 2 mm), then the AC-PC plane made perpendicular to it again. With
         ``task.plane_acpc_landmarks``: then the AC-PC plane put through the AC and PC that the
-        landmark model finds (:func:`medrl.tasks.acpc_locator.acpc_from_landmarks`)."""
+        landmark model finds (:func:`medrl.tasks.acpc_locator.acpc_from_landmarks`); with
+        ``task.plane_acpc_template`` through a template's AC and PC carried by a 2D registration
+        of the mid-sagittal plane (:func:`medrl.tasks.acpc_template.acpc_from_template`)."""
         names = list(names)
         out = estimate
         if self.config.task.plane_symmetry and "MSP" in names:
@@ -307,12 +310,24 @@ class PlaneTask(Task):
             msp = names.index("MSP")
             out[msp] = find_symmetry_plane(coarse, fine, estimate[msp]).pose
             out = self.finalize(out, names)
-        if self.config.task.plane_acpc_landmarks and {"MSP", "ACPC"} <= set(names):
+        settings = self.config.task
+        if settings.plane_acpc_landmarks and settings.plane_acpc_template:
+            raise InputError(
+                "task.plane_acpc_landmarks and task.plane_acpc_template both set: choose one"
+            )
+        if {"MSP", "ACPC"} <= set(names) and (
+            settings.plane_acpc_landmarks or settings.plane_acpc_template
+        ):
             msp, acpc = names.index("MSP"), names.index("ACPC")
             out = out.copy()
-            out[acpc] = acpc_from_landmarks(
-                scan, out[msp], out[acpc], self.config.task.plane_acpc_landmarks
-            )
+            if settings.plane_acpc_landmarks:
+                out[acpc] = acpc_from_landmarks(
+                    scan, out[msp], out[acpc], settings.plane_acpc_landmarks
+                )
+            else:
+                out[acpc] = acpc_from_template(
+                    scan, out[msp], out[acpc], settings.plane_acpc_template
+                )
         return out
 
     def settle(self, recent: torch.Tensor) -> torch.Tensor:
