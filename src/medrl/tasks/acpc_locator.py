@@ -34,7 +34,13 @@ from medrl.envs.pyramid import ScanPyramid, level_spacings_mm
 from medrl.errors import InputError
 from medrl.geometry.planes import ACPC_AFIDS, acpc_plane, plane_angle_deg
 
-__all__ = ["AC_PC_DISTANCE_MM", "MAX_DISAGREEMENT_DEG", "acpc_from_landmarks", "locator_dir"]
+__all__ = [
+    "AC_PC_DISTANCE_MM",
+    "MAX_DISAGREEMENT_DEG",
+    "acpc_from_landmarks",
+    "checked_acpc_plane",
+    "locator_dir",
+]
 
 AC_PC_DISTANCE_MM = (15.0, 40.0)
 """Plausible AC-PC distances (adults: about 23-30 mm)."""
@@ -91,6 +97,35 @@ def _sub_pyramid(scan: ScanPyramid, spacings_mm: list[float], folder: str) -> Sc
     )
 
 
+def checked_acpc_plane(
+    msp_normal: np.ndarray,
+    ac_ras: np.ndarray,
+    pc_ras: np.ndarray,
+    agent_acpc_pose: np.ndarray,
+    how: str,
+) -> tuple[np.ndarray | None, str]:
+    """(9,) the AC-PC plane through ``ac_ras`` and ``pc_ras`` containing ``msp_normal`` and
+    facing the way ``agent_acpc_pose`` does, and ``""``; or None and what makes it implausible
+    (AC and PC outside :data:`AC_PC_DISTANCE_MM`, or the plane more than
+    :data:`MAX_DISAGREEMENT_DEG` from the agent's). ``how`` says how AC and PC were got
+    ("found", "carried") in the message."""
+    distance_mm = float(np.linalg.norm(np.asarray(pc_ras) - np.asarray(ac_ras)))
+    low, high = AC_PC_DISTANCE_MM
+    if not low <= distance_mm <= high:
+        return None, f"AC and PC {how} {distance_mm:.1f} mm apart (plausible: {low:g}-{high:g} mm)"
+    try:
+        plane = acpc_plane(msp_normal, ac_ras, pc_ras, up=agent_acpc_pose[3:6])
+    except ValueError as exc:
+        return None, str(exc)
+    disagreement = float(plane_angle_deg(plane, agent_acpc_pose)[0])
+    if disagreement > MAX_DISAGREEMENT_DEG:
+        return None, (
+            f"the plane through the AC and PC {how} lies {disagreement:.1f} degrees from the "
+            f"plane agent's (more than {MAX_DISAGREEMENT_DEG:g})"
+        )
+    return plane, ""
+
+
 def acpc_from_landmarks(
     scan: ScanPyramid, msp_pose: np.ndarray, agent_acpc_pose: np.ndarray, setting: str
 ) -> np.ndarray:
@@ -108,24 +143,9 @@ def acpc_from_landmarks(
         found = search(model, None, device, scan=pyramid, targets=ACPC_AFIDS)  # type: ignore[arg-type]
     names = list(found.names)
     ac, pc = (found.estimate[names.index(name), :3] for name in ACPC_AFIDS)
-    distance_mm = float(np.linalg.norm(pc - ac))
-    low, high = AC_PC_DISTANCE_MM
-    problem = ""
-    if not low <= distance_mm <= high:
-        problem = f"AC and PC found {distance_mm:.1f} mm apart (plausible: {low:g}-{high:g} mm)"
-    else:
-        try:
-            plane = acpc_plane(msp_pose[3:6], ac, pc, up=agent_acpc_pose[3:6])
-        except ValueError as exc:
-            problem = str(exc)
-        else:
-            disagreement = float(plane_angle_deg(plane, agent_acpc_pose)[0])
-            if disagreement <= MAX_DISAGREEMENT_DEG:
-                return plane
-            problem = (
-                f"the plane through the AC and PC found lies {disagreement:.1f} degrees from "
-                f"the plane agent's (more than {MAX_DISAGREEMENT_DEG:g})"
-            )
+    plane, problem = checked_acpc_plane(msp_pose[3:6], ac, pc, agent_acpc_pose, "found")
+    if plane is not None:
+        return plane
     warnings.warn(
         f"{scan.source}: the AC-PC plane is the plane agent's own, not through the AC and PC "
         f"the landmark model found: {problem}",

@@ -14,8 +14,9 @@ AC and PC onto the scan. The AC-PC plane is put through them, containing the MSP
 The two images are sampled in the same frame (origin at AC, first axis along AC -> PC, second
 axis the AC-PC plane's normal, superior), so the registration starts at the identity and only
 has to correct what the agent got wrong: a few degrees of pitch and a few mm. The result is
-used only when it is plausible (AC and PC :data:`AC_PC_DISTANCE_MM` apart, the scale within
-:data:`SCALE_RANGE`, the plane within :data:`MAX_DISAGREEMENT_DEG` of the agent's); otherwise
+used only when it is plausible (the scale within :data:`SCALE_RANGE`, and the checks of
+:func:`medrl.tasks.acpc_locator.checked_acpc_plane`: AC and PC 15-40 mm apart, the plane
+within 10 degrees of the agent's); otherwise
 the agent's plane stands and a warning names the scan.
 
 ``task.plane_acpc_template``: ``""`` (off), ``"builtin:afids"`` (MNI152NLin2009cAsym T1w and
@@ -37,11 +38,10 @@ import torch.nn.functional as F
 from medrl.envs.pyramid import LevelImage, ScanPyramid, build_pyramid, level_spacings_mm
 from medrl.envs.sampler import grid_coordinates
 from medrl.errors import InputError
-from medrl.geometry.planes import ACPC_AFIDS, acpc_plane, plane_angle_deg, planes_from_afids
+from medrl.geometry.planes import ACPC_AFIDS, planes_from_afids
+from medrl.tasks.acpc_locator import checked_acpc_plane
 
 __all__ = [
-    "AC_PC_DISTANCE_MM",
-    "MAX_DISAGREEMENT_DEG",
     "SCALE_RANGE",
     "WINDOW_MM",
     "MidsagittalTemplate",
@@ -58,12 +58,8 @@ SAMPLE_MM = 1.0
 """Sample spacing in the plane."""
 SLAB_MM = (-1.0, 0.0, 1.0)
 """Offsets along the MSP normal averaged into each 2D sample (a thin slab, less noise)."""
-AC_PC_DISTANCE_MM = (15.0, 40.0)
-"""Plausible AC-PC distances (adults: about 23-30 mm)."""
 SCALE_RANGE = (0.8, 1.25)
 """Plausible scale of the template's midline onto the scan's."""
-MAX_DISAGREEMENT_DEG = 10.0
-"""The carried plane is used only within this angle of the plane agent's own."""
 
 
 @dataclass(frozen=True)
@@ -220,21 +216,12 @@ def acpc_from_template(
         ac_uv, pc_uv, scale = register_midsagittal(image, template)
         u, v = _frame(msp_normal, acpc_normal)
         ac, pc = (ac_ras + p[0] * u + p[1] * v for p in (ac_uv, pc_uv))
-        distance_mm = float(np.linalg.norm(pc - ac))
-        low, high = AC_PC_DISTANCE_MM
         if not SCALE_RANGE[0] <= scale <= SCALE_RANGE[1]:
             problem = f"the midline registration scaled by {scale:.2f}"
-        elif not low <= distance_mm <= high:
-            problem = f"AC and PC carried {distance_mm:.1f} mm apart"
         else:
-            plane = acpc_plane(msp_normal, ac, pc, up=acpc_normal)
-            disagreement = float(plane_angle_deg(plane, agent_acpc_pose)[0])
-            if disagreement <= MAX_DISAGREEMENT_DEG:
+            plane, problem = checked_acpc_plane(msp_normal, ac, pc, agent_acpc_pose, "carried")
+            if plane is not None:
                 return plane
-            problem = (
-                f"the carried plane lies {disagreement:.1f} degrees from the plane agent's "
-                f"(more than {MAX_DISAGREEMENT_DEG:g})"
-            )
     warnings.warn(
         f"{scan.source}: the AC-PC plane is the plane agent's own, not the template's carried "
         f"by the midline registration: {problem}",
