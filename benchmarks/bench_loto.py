@@ -122,6 +122,40 @@ def main() -> None:
     )[:6]  # fmt: skip
     print("\nworst landmarks of the left-out models (mean over folds and scenarios, mm): "
           + ", ".join(f"{k} {v:.1f}" for v, k in worst))  # fmt: skip
+    print()
+    print_per_landmark(rows)
+
+
+PER_LANDMARK_METHODS = (("agent (left out)", "agent"), ("supervised-heatmap", "supervised"),
+                        ("affine-baseline", "affine"))  # fmt: skip
+
+
+def print_per_landmark(rows: list[dict]) -> None:
+    """Per landmark and left-out template: the mean error (mm, over the scenarios) of the
+    left-out agent, the supervised detector (when given) and the affine baseline; the best of
+    the three in bold."""
+    templates = list(dict.fromkeys(r["template"] for r in rows))
+    methods = [(m, short) for m, short in PER_LANDMARK_METHODS
+               if any(r["method"] == m for r in rows)]  # fmt: skip
+    if not rows or not methods:
+        return
+    scenarios = sorted({r["scenario"] for r in rows})
+    print(f"per landmark, mean mm over {', '.join(scenarios)} "
+          f"({' / '.join(short for _, short in methods)}):")  # fmt: skip
+    print("| AFID | " + " | ".join(templates) + " |")
+    print("|---|" + "---|" * len(templates))
+    for landmark in rows[0]["per_landmark_mean_mm"]:
+        cells = []
+        for template in templates:
+            means = []
+            for method, _ in methods:
+                values = [r["per_landmark_mean_mm"].get(landmark, np.nan) for r in rows
+                          if r["template"] == template and r["method"] == method]  # fmt: skip
+                means.append(float(np.mean(values)) if values else float("nan"))
+            best = int(np.nanargmin(means))
+            cells.append(" / ".join(f"**{v:.1f}**" if i == best else f"{v:.1f}"
+                                    for i, v in enumerate(means)))  # fmt: skip
+        print(f"| {landmark} | " + " | ".join(cells) + " |")
 
 
 if __name__ == "__main__":
