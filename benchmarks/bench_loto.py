@@ -9,7 +9,8 @@ registration baseline (the AFIDs of MNI152NLin2009cAsym T1w, a training template
 fold, carried by SimpleITK affine registration), every ``--also NAME=MODEL_DIR`` (e.g. the
 model shipped before, trained on MNI152NLin2009cAsym alone: ``--also shipped=default``) and,
 with ``--supervised TEMPLATE=DETECTOR_DIR``, the supervised heatmap detector trained on the
-same fold (``medrl train-heatmap --config afids4 --set train.datalist=builtin:afids4/TEMPLATE``).
+same fold (``medrl train-heatmap --config afids4 --set train.datalist=builtin:afids4/TEMPLATE``)
+and the point halfway between the agent's and the detector's (an ensemble of the two).
 Every row shows the mean, median and max error, the landmarks above 10 mm and the seconds per
 scan. Writes ``loto.json`` (all rows, the per-landmark means too) into ``--out``, and the
 ``medrl evaluate`` folders below it.
@@ -33,7 +34,7 @@ from benchmarks._common import set_threads
 from benchmarks._family import SCENARIOS
 from medrl.agents.checkpoint import load_model, with_overrides
 from medrl.data.sources import load_split
-from medrl.evaluation import evaluate
+from medrl.evaluation import CASES_DIR, evaluate
 from medrl.models import default_model_dir
 from medrl.supervised.detector import load_detector
 
@@ -42,6 +43,22 @@ LOTO_SCENARIOS = {**SCENARIOS, "warp15_6mm": {"max_rotation_deg": 15.0, "elastic
 """The family's scenarios and a stronger warp (6 mm): anatomy further from any affine copy of
 the training brains, where a layout fit (``search.layout_weight``) cannot follow and the search
 must read the image."""
+
+
+ENSEMBLE = "mean of agent and supervised"
+
+
+def ensemble_errors(evaluation_dir: Path) -> np.ndarray:
+    """Errors (mm) of the point halfway between the agent's and the supervised detector's, for
+    every landmark of every scan of a ``medrl evaluate`` folder run with a detector (from its
+    per-case records)."""
+    errors = []
+    for path in sorted((evaluation_dir / CASES_DIR).glob("*.json")):
+        record = json.loads(path.read_text(encoding="utf-8"))
+        truth = np.asarray(record["truth_ras"], dtype=np.float64)
+        halfway = (np.asarray(record["agent_ras"]) + np.asarray(record["supervised_ras"])) / 2
+        errors.append(np.linalg.norm(halfway - truth, axis=1))
+    return np.concatenate(errors)
 
 
 def _named(items: list[str]) -> list[tuple[str, str]]:
@@ -112,6 +129,12 @@ def main() -> None:
                         f"{row['seconds_per_scan_median']:.2f} |",
                         flush=True,
                     )
+                if index == 0 and template in detectors:
+                    errors = ensemble_errors(out / template / scenario / method)
+                    above = int((errors > 10).sum())
+                    print(f"| {template} | {scenario} | {ENSEMBLE} | {errors.mean():.2f} | "
+                          f"{np.median(errors):.2f} | {errors.max():.1f} | "
+                          f"{above} of {errors.size} | - |", flush=True)  # fmt: skip
     out.mkdir(parents=True, exist_ok=True)
     (out / "loto.json").write_text(json.dumps(rows, indent=1), encoding="utf-8")
     worst = sorted(
