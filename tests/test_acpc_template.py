@@ -14,6 +14,7 @@ import pytest
 import SimpleITK as sitk
 import torch
 
+from medrl.agents.checkpoint import load_model, with_overrides
 from medrl.config import Config, EnvConfig, LevelConfig, TaskConfig
 from medrl.data.scenarios import scenario_scans
 from medrl.data.sources import load_split
@@ -21,6 +22,7 @@ from medrl.envs.pyramid import build_pyramid
 from medrl.errors import InputError
 from medrl.geometry.planes import plane_angle_deg, plane_distance_mm, planes_from_afids
 from medrl.io.images import Volume
+from medrl.models import default_model_dir
 from medrl.tasks.acpc_template import (
     SAMPLE_MM,
     WINDOW_MM,
@@ -45,14 +47,12 @@ def moved_t2w(builtin_data):  # type: ignore[no-untyped-def]
     return scan, truth, build_pyramid(scan.volume, [4.0, 2.0, 1.0])
 
 
-def _plane_task(template: str = "", landmarks: str = "") -> PlaneTask:
+def _plane_task(template: str = "") -> PlaneTask:
     levels = tuple(
         LevelConfig(spacing_mm=mm, step_mm=mm, start_radius_mm=2.0, max_steps=5)
         for mm in (4.0, 2.0, 1.0)
     )
-    task_config = TaskConfig(
-        kind="plane", plane_acpc_template=template, plane_acpc_landmarks=landmarks
-    )
+    task_config = TaskConfig(kind="plane", plane_acpc_template=template)
     return PlaneTask(replace(Config(), task=task_config, env=EnvConfig(levels=levels)))
 
 
@@ -127,7 +127,7 @@ def test_template_settings_a_user_can_get_wrong(moved_t2w, tmp_path) -> None:
         acpc_from_template(pyramid, truth[0], truth[1], "MNI152NLin2009cAsym")
     with pytest.raises(InputError, match=r"a\.nii\.gz: image file not found"):
         acpc_from_template(pyramid, truth[0], truth[1], f"{tmp_path}/a.nii.gz,{tmp_path}/a.fcsv")
-    with pytest.raises(InputError, match="choose one"):
-        _plane_task("builtin:afids", "builtin:afids").refine(
-            pyramid, np.stack(list(truth)), ["MSP", "ACPC"]
-        )
+    plane_model = load_model(default_model_dir("plane"), task="plane")
+    both = ["task.plane_acpc_landmarks=builtin:afids", "task.plane_acpc_template=builtin:afids"]
+    with pytest.raises(InputError, match="choose one"):  # refused before any search
+        with_overrides(plane_model, both)

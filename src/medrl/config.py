@@ -113,6 +113,12 @@ class TaskConfig:
     landmarks coincide, e.g. one template in two contrasts: the truth is exact) or ``all``
     (any two cases with 4+ common landmarks: the truth is their least-squares rigid fit)."""
 
+    def __post_init__(self) -> None:
+        if self.plane_acpc_landmarks and self.plane_acpc_template:
+            raise ValueError(
+                "task.plane_acpc_landmarks and task.plane_acpc_template both set: choose one"
+            )
+
 
 @dataclass(frozen=True)
 class EnvConfig:

@@ -55,6 +55,16 @@ def grid_coordinates(image: LevelImage, points_ras: torch.Tensor) -> torch.Tenso
     return torch.addmm(shift, points_ras, to_grid.T)
 
 
+def sample_at_ras(image: LevelImage, points_ras: torch.Tensor) -> torch.Tensor:
+    """Trilinear samples of ``image`` at points (..., 3) world RAS mm (0 outside the scan)."""
+    flat = points_ras.reshape(-1, 3).to(torch.float32)
+    grid = grid_coordinates(image, flat).reshape(1, 1, 1, -1, 3)
+    values = F.grid_sample(
+        image.tensor, grid, mode="bilinear", padding_mode="zeros", align_corners=True
+    )
+    return values.reshape(points_ras.shape[:-1])
+
+
 def _sample(image: LevelImage, grid: torch.Tensor, rows: int) -> torch.Tensor:
     sampled = F.grid_sample(
         image.tensor, grid, mode="bilinear", padding_mode="zeros", align_corners=True

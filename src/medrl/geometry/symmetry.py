@@ -25,10 +25,9 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from medrl.envs.pyramid import LevelImage
-from medrl.envs.sampler import grid_coordinates
+from medrl.envs.sampler import sample_at_ras
 
 
 @dataclass(frozen=True)
@@ -75,16 +74,6 @@ def _frame(pose: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.nda
     return centre, normal, axis, np.cross(normal, axis)
 
 
-def _sample(image: LevelImage, points_ras: torch.Tensor) -> torch.Tensor:
-    """Trilinear samples of ``image`` at points (..., 3) world RAS mm (0 outside)."""
-    flat = points_ras.reshape(-1, 3).to(torch.float32)
-    grid = grid_coordinates(image, flat).reshape(1, 1, 1, -1, 3)
-    values = F.grid_sample(
-        image.tensor, grid, mode="bilinear", padding_mode="zeros", align_corners=True
-    )
-    return values.reshape(points_ras.shape[:-1])
-
-
 def _ncc(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """Row-wise normalised cross-correlation of (C, N) against (N,)."""
     a = a - a.mean(dim=-1, keepdim=True)
@@ -105,7 +94,7 @@ def _slab(
     offsets = np.stack([a[inside], b[inside], t[inside]], axis=1)
     points = centre + offsets @ np.stack([axis, other, normal])
     points_t = torch.as_tensor(points, dtype=torch.float32, device=image.tensor.device)
-    return points_t, _sample(image, points_t)
+    return points_t, sample_at_ras(image, points_t)
 
 
 def _mirror_correlation(
@@ -121,7 +110,7 @@ def _mirror_correlation(
     c_t = torch.as_tensor(points_on, dtype=torch.float32, device=points.device)
     signed = ((points[None] - c_t[:, None]) * n_t[:, None]).sum(dim=-1)  # (C, N)
     mirrored = points[None] - 2.0 * signed[..., None] * n_t[:, None]
-    return _ncc(_sample(image, mirrored), values).cpu().numpy().astype(np.float64)
+    return _ncc(sample_at_ras(image, mirrored), values).cpu().numpy().astype(np.float64)
 
 
 def symmetry_correlation(

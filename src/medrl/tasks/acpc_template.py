@@ -33,10 +33,9 @@ from functools import lru_cache
 import numpy as np
 import SimpleITK as sitk
 import torch
-import torch.nn.functional as F
 
 from medrl.envs.pyramid import LevelImage, ScanPyramid, build_pyramid, level_spacings_mm
-from medrl.envs.sampler import grid_coordinates
+from medrl.envs.sampler import sample_at_ras
 from medrl.errors import InputError
 from medrl.geometry.planes import ACPC_AFIDS, planes_from_afids
 from medrl.tasks.acpc_locator import checked_acpc_plane
@@ -110,16 +109,8 @@ def sample_midsagittal(
             + grid_v[..., None] * v
             + offset * n
         )
-    stacked = torch.as_tensor(np.stack(points).reshape(-1, 3), dtype=torch.float32)
-    grid = grid_coordinates(level, stacked.to(level.tensor.device))
-    sampled = F.grid_sample(
-        level.tensor,
-        grid.reshape(1, 1, 1, -1, 3),
-        mode="bilinear",
-        padding_mode="zeros",
-        align_corners=True,
-    )
-    values = sampled.reshape(len(SLAB_MM), *grid_u.shape).mean(dim=0)
+    stacked = torch.as_tensor(np.stack(points), dtype=torch.float32)  # (slab, V, U, 3)
+    values = sample_at_ras(level, stacked.to(level.tensor.device)).mean(dim=0)
     return values.cpu().numpy().astype(np.float32)
 
 
@@ -149,10 +140,7 @@ def load_template(setting: str) -> MidsagittalTemplate:
     volume = read_image(image_path)
     landmarks = read_landmarks(landmarks_path)
     names = list(landmarks.names)
-    planes = planes_from_afids(landmarks.points_ras, names, landmarks_path)
-    missing = [name for name in ACPC_AFIDS if name not in names]
-    if missing:
-        raise InputError(f"no AFID(s) {', '.join(missing)} (AC, PC)", landmarks_path)
+    planes = planes_from_afids(landmarks.points_ras, names, landmarks_path)  # needs AC, PC
     ac, pc = (np.asarray(landmarks.points_ras[names.index(name)]) for name in ACPC_AFIDS)
     level = build_pyramid(volume, [SAMPLE_MM]).levels[0]
     image = sample_midsagittal(level, ac, planes[0, 3:6], planes[1, 3:6])

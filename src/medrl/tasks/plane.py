@@ -310,11 +310,7 @@ class PlaneTask(Task):
             msp = names.index("MSP")
             out[msp] = find_symmetry_plane(coarse, fine, estimate[msp]).pose
             out = self.finalize(out, names)
-        settings = self.config.task
-        if settings.plane_acpc_landmarks and settings.plane_acpc_template:
-            raise InputError(
-                "task.plane_acpc_landmarks and task.plane_acpc_template both set: choose one"
-            )
+        settings = self.config.task  # at most one of the two locators (TaskConfig checks)
         if {"MSP", "ACPC"} <= set(names) and (
             settings.plane_acpc_landmarks or settings.plane_acpc_template
         ):
