@@ -109,8 +109,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-baseline", action="store_true", help="the agent only")
     parser.add_argument("--landmark-model", type=Path, default=None,
                         help="add the landmarks row with this landmark model")  # fmt: skip
+    parser.add_argument("--landmarks-only", action="store_true",
+                        help="only the landmarks row (the rest ignores its model)")  # fmt: skip
     parser.add_argument("--csv", type=Path, default=None, help="write every registration here")
     args = parser.parse_args(argv)
+    if args.landmarks_only and args.landmark_model is None:
+        parser.error("--landmarks-only needs --landmark-model")
     torch.set_num_threads(args.threads)
     specs = {spec.case_id: spec for spec in afids4_datalist()}
     pairs = TEST_PAIRS if args.split == "test" else VAL_PAIRS
@@ -131,6 +135,7 @@ def main(argv: list[str] | None = None) -> int:
                 methods = ["agent_search", "agent"]
                 methods += [] if args.no_baseline else ["simpleitk_rigid"]
                 methods += [] if args.landmark_model is None else ["landmarks"]
+                methods = ["landmarks"] if args.landmarks_only else methods
                 for method in methods:
                     started = time.perf_counter()
                     if method == "landmarks":

@@ -263,10 +263,20 @@ class SearchConfig:
     layout_level: int | None = None
     """The level (0-based) whose estimates the layout is fitted to for ``layout_weight``; None:
     the level the search kept (the finest, or the one ``adaptive_levels`` chose)."""
+    detector_weight: float = 0.0
+    """Weight in [0, 1] of the supervised heatmap detector the model folder carries
+    (``MODEL/detector``, see :mod:`medrl.supervised.ensemble`) in the final estimate: each
+    landmark is written at ``(1 - w) x`` the agent's point ``+ w x`` the detector's. 0 (the
+    default): the agent alone. Two readers of the image trained differently err partly
+    independently, so their mean is nearer the truth than either on average, and where they
+    disagree by much the confidence says so. The layout blend (``layout_weight``) applies
+    after it."""
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.layout_weight <= 1.0:
             raise ValueError(f"search.layout_weight is in [0, 1], got {self.layout_weight}")
+        if not 0.0 <= self.detector_weight <= 1.0:
+            raise ValueError(f"search.detector_weight is in [0, 1], got {self.detector_weight}")
         if self.layout_level is not None and self.layout_level < 0:
             raise ValueError(
                 f"search.layout_level is a 0-based level or ~, got {self.layout_level}"

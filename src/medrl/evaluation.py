@@ -166,11 +166,13 @@ def evaluation_key(
 ) -> str:
     """What a scan's result depends on besides the scan: the model's weights, config and
     learned task state (the reference layout), the baseline's atlas, the number of starts and
-    the supervised detector's weights, if any (a hash, stored in each case record)."""
+    the weights of the supervised detectors, the one compared and the one the model carries,
+    if any (a hash, stored in each case record)."""
     digest = hashlib.sha256()
     states = [model.network.state_dict()]
-    if supervised is not None:
-        states += [supervised.coarse.state_dict(), supervised.local.state_dict()]
+    for detector in (supervised, model.detector):
+        if detector is not None:
+            states += [detector.coarse.state_dict(), detector.local.state_dict()]
     for state in states:
         for name, value in sorted(state.items()):
             digest.update(name.encode())

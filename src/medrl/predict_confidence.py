@@ -1,9 +1,9 @@
 """What ``medrl predict`` writes beside a landmark model's ``.fcsv``: each landmark's agreement
 with the others (:mod:`medrl.confidence`), ``NAME_confidence.csv``::
 
-    name,description,residual_mm,confidence,flag
-    1,AC,1.42,0.980,ok
-    26,L ventral occipital horn,21.7,0.009,check
+    name,description,residual_mm,confidence,flag,disagreement_mm
+    1,AC,1.42,0.980,ok,0.85
+    26,L ventral occipital horn,21.7,0.009,check,14.20
 
 ``flag`` is ``check`` for a landmark further than :data:`medrl.confidence.OUTLIER_MM` from where
 the other landmarks put it, ``layout`` for one whose point is where the others put it (both
@@ -11,6 +11,10 @@ searches disagreed with them; the residual is the first detection's), and ``scan
 row when the scan as a whole does not have the model's layout (then every confidence is 0 and
 ``medrl predict`` warns, or fails the scan with ``--strict``). With ``search.layout_weight`` the
 residuals and flags are those of the search's own points, before the blend with the layout.
+``disagreement_mm`` is the distance between the agent's and the supervised detector's points
+for a model that carries a detector (``search.detector_weight``; empty otherwise), for the
+reader; the confidence and the flags are the residual's, which ranked the errors better
+(:func:`medrl.confidence.search_confidence`).
 """
 
 from __future__ import annotations
@@ -26,7 +30,7 @@ from medrl.errors import InputError
 from medrl.utils.atomic import atomic_open
 
 CONFIDENCE_SUFFIX = "_confidence.csv"
-COLUMNS = ("name", "description", "residual_mm", "confidence", "flag")
+COLUMNS = ("name", "description", "residual_mm", "confidence", "flag", "disagreement_mm")
 
 
 def confidence_path(landmarks_path: Path) -> Path:
@@ -45,7 +49,10 @@ def landmark_check(
     if reference.shape != own.shape:
         return None
     first = result.level_estimates[result.chosen_level] if result.level_estimates else own
-    return search_confidence(reference, first, own, result.consensus_starts)
+    disagreement = None
+    if result.detector_ras is not None and result.agent_estimate is not None:
+        disagreement = np.linalg.norm(result.agent_estimate - result.detector_ras, axis=1)
+    return search_confidence(reference, first, own, result.consensus_starts, disagreement)
 
 
 def write_confidence(
@@ -65,8 +72,13 @@ def write_confidence(
         for row, name in enumerate(result.names):
             flag = check.flags[row]
             residual = check.residual_mm[row]
+            apart = "" if check.disagreement_mm is None else _mm(check.disagreement_mm[row])
             writer.writerow(
-                [name, descriptions[row], "" if not np.isfinite(residual) else f"{residual:.2f}",
-                 f"{check.confidence[row]:.3f}", flag]
+                [name, descriptions[row], _mm(residual), f"{check.confidence[row]:.3f}", flag,
+                 apart]
             )  # fmt: skip
     return warning
+
+
+def _mm(value: float) -> str:
+    return f"{value:.2f}" if np.isfinite(value) else ""

@@ -22,6 +22,7 @@ from medrl.agents.networks import LevelQNetworks, QFunction, QNetwork
 from medrl.config import Config
 from medrl.errors import CheckpointError, InputError
 from medrl.models import default_model_dir
+from medrl.supervised.detector import HeatmapDetector
 from medrl.tasks import Task, make_task
 from medrl.utils.yaml_io import safe_load
 
@@ -40,6 +41,9 @@ class Model:
     descriptions: tuple[str, ...]
     meta: dict[str, Any]
     task: Task = None  # type: ignore[assignment]  # default: the config's task, no state
+    detector: HeatmapDetector | None = None
+    """The supervised detector the folder carries (``MODEL/detector``), for
+    ``search.detector_weight`` (:mod:`medrl.supervised.ensemble`)."""
 
     def __post_init__(self) -> None:
         if self.task is None:
@@ -164,7 +168,17 @@ def load_model(
             f"weights do not match the network described in model.yaml: {exc}", weights_path
         ) from exc
     network.to(device).eval()
-    return Model(network, config, names, descriptions, header.get("training", {}), model_task)
+    from medrl.supervised.ensemble import model_detector
+
+    detector = model_detector(folder, names, device)
+    if detector is None and config.search.detector_weight > 0:
+        raise CheckpointError(
+            f"search.detector_weight is {config.search.detector_weight:g}, but the folder "
+            "carries no detector (python -m medrl.supervised.ensemble attaches one)",
+            header_path,
+        )
+    meta = header.get("training", {})
+    return Model(network, config, names, descriptions, meta, model_task, detector)
 
 
 def with_overrides(model: Model, overrides: list[str], source: str = "override") -> Model:

@@ -59,8 +59,12 @@ def refit_model(model_dir: str | Path, datalist: str | None = None) -> dict[str,
         save_model_files(
             tmp, model.network, chosen, model.names, model.descriptions, meta, model.task
         )
-        for extra in folder.iterdir():  # anything else the folder held (a README, ...)
-            if extra.name not in ("model.yaml", "model.safetensors") and extra.is_file():
+        for extra in folder.iterdir():  # anything else the folder held (a README, a detector)
+            if extra.name in ("model.yaml", "model.safetensors"):
+                continue
+            if extra.is_dir():
+                shutil.copytree(extra, tmp / extra.name)
+            else:
                 shutil.copy2(extra, tmp / extra.name)
     return scores
 

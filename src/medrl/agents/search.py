@@ -19,11 +19,16 @@ final pose is still the agent's reading of the image.
 With ``search.layout_weight`` w > 0, the final estimate is blended with where the layout,
 fitted to the estimates of one level, puts every target (w = 1: a landmark-driven affine fit of
 the layout; see :class:`medrl.config.SearchConfig`).
+
+With ``search.detector_weight`` w > 0 (a landmark model carrying a supervised detector,
+:mod:`medrl.supervised.ensemble`), the detector reads the scan too and each landmark is
+written at ``(1 - w) x`` the agent's point ``+ w x`` the detector's, before the layout blend.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -83,6 +88,12 @@ class SearchResult:
     layout_ras: np.ndarray | None = None
     """(targets, D) where the layout fitted to level ``search.layout_level`` put every target
     (None without a blend)."""
+    detector_ras: np.ndarray | None = None
+    """(targets, 3) the points of the supervised detector the model carries, when
+    ``search.detector_weight`` blended them in (None otherwise)."""
+    agent_estimate: np.ndarray | None = None
+    """(targets, D) the agent's own estimate before the detector's points were blended in (None
+    without the detector)."""
 
     @property
     def own_estimate(self) -> np.ndarray:
@@ -209,10 +220,13 @@ def search(
     """
     config, task = model.config, model.task
     device = torch.device(device)
-    if scan is None:
-        scan = build_pyramid(volume, [lv.spacing_mm for lv in config.env.levels], device)
     rows_searched = _target_rows(model, targets)
     names = tuple(model.names[r] for r in rows_searched)
+    detection = None
+    if config.search.detector_weight > 0:  # the detector reads the scan while the agent moves
+        detection = _start_detection(model, volume, names, device)
+    if scan is None:
+        scan = build_pyramid(volume, [lv.spacing_mm for lv in config.env.levels], device)
     known = len(model.descriptions)
     descriptions = tuple(model.descriptions[r] for r in rows_searched if r < known)
     num_targets = len(rows_searched)
@@ -261,6 +275,11 @@ def search(
         levels = levels + second.levels
         steps += second.steps
     estimate = task.refine(scan, estimate, names)
+    agent_estimate, detected = None, None
+    if detection is not None:
+        agent_estimate, detected = estimate, detection.result()
+        weight = config.search.detector_weight
+        estimate = (1.0 - weight) * estimate + weight * detected
     unblended, layout = None, None
     weight = config.search.layout_weight
     if weight > 0 and num_targets == len(model.names):
@@ -296,7 +315,28 @@ def search(
         consensus,
         unblended,
         layout,
+        detected,
+        agent_estimate,
     )
+
+
+def _start_detection(
+    model: Model, volume: Volume, names: tuple[str, ...], device: torch.device
+) -> Future[np.ndarray]:
+    """The points of the detector the model carries, computed in a worker thread (the agent's
+    search, many small steps, leaves cores idle that the detector's large convolutions use);
+    InputError at once when the model carries no detector."""
+    from medrl.supervised.ensemble import detected_points
+
+    if model.detector is None or model.kind != "landmark":
+        raise InputError(
+            f"search.detector_weight is {model.config.search.detector_weight:g}, but this "
+            f"{model.kind} model carries no supervised detector (MODEL/detector)"
+        )
+    pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="medrl-detector")
+    future = pool.submit(detected_points, model.detector, volume, names, device)
+    pool.shutdown(wait=False)  # the thread ends with the detection
+    return future
 
 
 def _target_rows(model: Model, targets: Sequence[str] | None) -> np.ndarray:
