@@ -46,7 +46,11 @@ def model_detector(
     folder = Path(model_dir) / DETECTOR_SUBDIR
     if not folder.exists():
         return None
-    detector = load_detector(folder, device)
+    return _knowing(load_detector(folder, device), names, folder)
+
+
+def _knowing(detector: HeatmapDetector, names: tuple[str, ...], folder: Path) -> HeatmapDetector:
+    """``detector``, or CheckpointError naming ``folder`` when it lacks one of ``names``."""
     missing = [name for name in names if name not in detector.names]
     if missing:
         raise CheckpointError(
@@ -75,12 +79,7 @@ def attach_detector(model_dir: str | Path, detector_dir: str | Path, weight: flo
     if not is_detector_dir(source):
         raise CheckpointError("not a supervised detector folder (no detector.yaml)", source)
     model = load_model(folder, task="landmark")
-    detector = load_detector(source)
-    missing = [name for name in model.names if name not in detector.names]
-    if missing:
-        raise CheckpointError(
-            f"the detector does not know the model's landmark(s) {', '.join(missing)}", source
-        )
+    detector = _knowing(load_detector(source), model.names, source)
     header: dict[str, Any] = safe_load((folder / "model.yaml").read_text())
     header["config"].setdefault("search", {})["detector_weight"] = float(weight)
     training = header.get("training")
