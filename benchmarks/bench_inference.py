@@ -1,8 +1,9 @@
 """Inference time: all landmarks of one 1 mm brain (MNI152NLin6Asym T1w), shipped model.
 
 For a model that carries a supervised detector (``search.detector_weight``), also the agent
-alone, the detector alone and the two one after the other, against the search that runs the
-detector in a worker thread beside the agent (all in one process, alternating).
+alone, the agent with its mirror reading (``search.mirror``), the detector alone and the two
+one after the other, against the search that runs the detector in a worker thread beside the
+agent, without and as configured (all in one process, alternating).
 
 python benchmarks/bench_inference.py [--threads 2] [--model DIR]
 """
@@ -43,7 +44,9 @@ def main() -> None:
     detector = model.detector
     if detector is None or model.config.search.detector_weight <= 0:
         return
-    alone = with_overrides(model, ["search.detector_weight=0"])
+    alone = with_overrides(model, ["search.detector_weight=0", "search.mirror=false"])
+    unmirrored = with_overrides(model, ["search.mirror=false"])
+    mirrored_agent = with_overrides(model, ["search.detector_weight=0", "search.mirror=true"])
 
     def one_after_the_other() -> None:
         search(alone, volume, args.device)
@@ -51,9 +54,15 @@ def main() -> None:
 
     runs = {
         "the agent alone (search.detector_weight=0)": lambda: search(alone, volume, args.device),
+        "the agent and its mirror reading (search.mirror, no detector)": (
+            lambda: search(mirrored_agent, volume, args.device)
+        ),
         "the detector alone": lambda: detector.detect(volume, args.device),
         "agent, then detector (one after the other)": one_after_the_other,
-        "agent and detector (the search: detector in a worker thread)": (
+        "agent and detector (the detector in a worker thread; search.mirror=false)": (
+            lambda: search(unmirrored, volume, args.device)
+        ),
+        f"the model as it is (search.mirror={model.config.search.mirror})": (
             lambda: search(model, volume, args.device)
         ),
     }

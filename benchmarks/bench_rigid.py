@@ -24,7 +24,7 @@ fold ``medrl train --config afids4 --set train.datalist=builtin:afids4/MNI305``,
 shipped model.
 
     PYTHONPATH=. python -m benchmarks.bench_rigid [--model DIR] [--trials 4] [--split test] \
-        [--landmark-model runs/loto/f_MNI305/model]
+        [--landmark-model runs/loto/f_MNI305/model] [--landmark-mirror]
 """
 
 from __future__ import annotations
@@ -109,6 +109,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-baseline", action="store_true", help="the agent only")
     parser.add_argument("--landmark-model", type=Path, default=None,
                         help="add the landmarks row with this landmark model")  # fmt: skip
+    parser.add_argument("--landmark-mirror", action="store_true",
+                        help="the landmarks row with search.mirror (medrl register "
+                        "--landmark-mirror)")  # fmt: skip
     parser.add_argument("--landmarks-only", action="store_true",
                         help="only the landmarks row (the rest ignores its model)")  # fmt: skip
     parser.add_argument("--csv", type=Path, default=None, help="write every registration here")
@@ -120,8 +123,9 @@ def main(argv: list[str] | None = None) -> int:
     pairs = TEST_PAIRS if args.split == "test" else VAL_PAIRS
     cases = {name: load_case(specs[name]) for pair in pairs for name in pair}
     options = RegisterOptions(
-        model_dir=args.model, landmark_model_dir=args.landmark_model, threads=args.threads
-    )
+        model_dir=args.model, landmark_model_dir=args.landmark_model, threads=args.threads,
+        landmark_mirror=args.landmark_mirror,
+    )  # fmt: skip
     rows = []
     for p, (moving_id, fixed_id) in enumerate(pairs):
         fixed, moving = cases[fixed_id], cases[moving_id]

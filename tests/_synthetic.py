@@ -9,6 +9,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from medrl.io.images import Volume
+from medrl.supervised.detector import DetectorSettings
 
 
 def rotation_matrix(angle_x_deg: float, angle_z_deg: float) -> np.ndarray:
@@ -255,3 +256,10 @@ def write_blob_datalist(folder: Path) -> dict[str, Path]:
     (folder / "datalist.json").write_text(json.dumps({"cases": cases}))
     paths["datalist"] = folder / "datalist.json"
     return paths
+
+
+#: A supervised detector small enough for the tests (16^3 patches, 4 channels).
+TINY_DETECTOR = DetectorSettings(
+    coarse_size=16, coarse_spacing_mm=6.0, coarse_width=4, local_size=16,
+    local_spacing_mm=1.5, local_width=4, blur_spacing_mm=3.0,
+)  # fmt: skip

@@ -147,8 +147,11 @@ def test_an_adaptive_search_builds_on_the_level_it_chose(builtin_data: Path) -> 
     from medrl.io.images import read_image, resample_isotropic
 
     model = load_model(default_model_dir("landmark"), task="landmark")
-    # the agent's own estimate (the shipped model blends in its detector's points)
-    on = model.config.with_overrides(["search.adaptive_levels=true", "search.detector_weight=0"])
+    # the agent's own estimate (the shipped model blends in its detector's points and the
+    # mirror readings)
+    on = model.config.with_overrides(
+        ["search.adaptive_levels=true", "search.detector_weight=0", "search.mirror=false"]
+    )
     scan = resample_isotropic(read_image(builtin_data / MNI6_T1W), 2.0)
     result = search(replace(model, config=on), scan, consensus_level=-1)
     residuals = [model.task.layout_residual(e) for e in result.level_estimates]

@@ -12,7 +12,7 @@ import pytest
 import torch
 import yaml
 
-from _synthetic import BLOB_NAMES, write_blob_datalist, write_untrained_model
+from _synthetic import BLOB_NAMES, TINY_DETECTOR, write_blob_datalist, write_untrained_model
 from medrl.agents.checkpoint import load_model, with_overrides
 from medrl.agents.search import search
 from medrl.cli import main
@@ -20,15 +20,12 @@ from medrl.confidence import OUTLIER_MM, check_layout, search_confidence
 from medrl.errors import CheckpointError, InputError
 from medrl.io.images import read_image
 from medrl.io.landmarks import read_landmarks
-from medrl.supervised.detector import DetectorSettings, HeatmapDetector, load_detector
+from medrl.supervised.detector import HeatmapDetector, load_detector
 from medrl.supervised.ensemble import DETECTOR_SUBDIR, attach_detector
 from medrl.supervised.ensemble import main as attach_main
 
 torch.set_num_threads(1)
-TINY = DetectorSettings(
-    coarse_size=16, coarse_spacing_mm=6.0, coarse_width=4, local_size=16,
-    local_spacing_mm=1.5, local_width=4, blur_spacing_mm=3.0,
-)  # fmt: skip
+TINY = TINY_DETECTOR
 
 
 @pytest.fixture(scope="module")

@@ -74,6 +74,18 @@ def test_landmarks_method_aligns_the_anatomy_and_refuses_a_scan_without_it(
     assert tre["tre_before_mm"]["mean"] > 20.0
     assert tre["tre_after_mm"]["mean"] < 2.0
     assert sitk.ReadTransform(str(out / "transform.tfm")).GetName() == "Euler3DTransform"
+    # the shipped model reads mirror images (search.mirror); the registration does not, unless
+    # asked: --landmark-mirror
+    assert record["details"]["landmark_mirror"] is False
+    mirrored = tmp_path / "mirrored"
+    argv = ["register", "--method", "landmarks", "--landmark-mirror", "--out", str(mirrored),
+            "--no-report", "--fixed", str(t2_to_t1["fixed"]), "--moving", str(t2_to_t1["moving"]),
+            "--landmarks", str(t2_to_t1["landmarks"]),
+            "--fixed-landmarks", str(t2_to_t1["fixed_landmarks"])]  # fmt: skip
+    assert main(argv) == 0
+    record = json.loads((mirrored / "registration.json").read_text())
+    assert record["details"]["landmark_mirror"] is True
+    assert record["metrics"]["landmarks"]["tre_after_mm"]["mean"] < 2.0
 
     noise = tmp_path / "noise.nii.gz"
     fixed = read_image(t2_to_t1["fixed"])

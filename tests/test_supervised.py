@@ -11,13 +11,13 @@ import pytest
 import torch
 import yaml
 
-from _synthetic import BLOB_NAMES, write_blob_datalist, write_untrained_model
+from _synthetic import BLOB_NAMES, TINY_DETECTOR, write_blob_datalist, write_untrained_model
 from medrl.cli import main
 from medrl.config import Config, TrainConfig
 from medrl.errors import CheckpointError
 from medrl.io.images import read_image
 from medrl.io.landmarks import read_landmarks
-from medrl.supervised.detector import DetectorSettings, load_detector
+from medrl.supervised.detector import load_detector
 from medrl.supervised.network import (
     expected_offsets,
     gaussian_target,
@@ -27,10 +27,7 @@ from medrl.supervised.network import (
 from medrl.supervised.training import DetectorTrainer, TrainSettings
 
 torch.set_num_threads(1)
-TINY = DetectorSettings(
-    coarse_size=16, coarse_spacing_mm=6.0, coarse_width=4, local_size=16,
-    local_spacing_mm=1.5, local_width=4, blur_spacing_mm=3.0,
-)  # fmt: skip
+TINY = TINY_DETECTOR
 
 
 def test_the_expected_and_the_peak_position_of_heatmaps() -> None:

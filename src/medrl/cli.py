@@ -180,6 +180,7 @@ def cmd_register(args: argparse.Namespace) -> int:
         seed=args.seed,
         model_dir=None if args.model is None else Path(args.model),
         landmark_model_dir=None if args.landmark_model is None else Path(args.landmark_model),
+        landmark_mirror=args.landmark_mirror,
         device=args.device,
         threads=args.threads,
     )
@@ -426,6 +427,11 @@ def build_parser() -> argparse.ArgumentParser:
     register.add_argument(
         "--landmark-model", help="--method landmarks: landmark model (default: the shipped one)"
     )
+    register.add_argument(
+        "--landmark-mirror", action="store_true",
+        help="--method landmarks: the landmark searches also read the images' left-right "
+        "mirror images (search.mirror; slower, a little more precise)",
+    )  # fmt: skip
     register.add_argument("--labels", help="label map of the moving image (on its grid)")
     register.add_argument("--landmarks", help="landmarks of the moving image (.fcsv, ...)")
     register.add_argument("--fixed-landmarks", help="landmarks of the fixed image: TRE")

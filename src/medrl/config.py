@@ -271,6 +271,15 @@ class SearchConfig:
     independently, so their mean is nearer the truth than either on average, and where they
     disagree by much the confidence says so. The layout blend (``layout_weight``) applies
     after it."""
+    mirror: bool = False
+    """Landmark models: each reader also reads the scan's left-right mirror image (the same
+    pyramid, world space reflected about the sagittal plane through the scan's intensity
+    centre), and its point of each landmark is the mean of its reading in the scan and its
+    mirror partner's reading in the mirror image, reflected back (partners from the model's
+    reference layout, :mod:`medrl.geometry.mirror`; a midline landmark is its own partner).
+    The agent searches the mirror image too (the same search, the other side of each
+    structure); a carried detector reads both in one batch. What a reader gets wrong on one
+    side only is halved."""
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.layout_weight <= 1.0:

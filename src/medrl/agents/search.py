@@ -23,6 +23,11 @@ the layout; see :class:`medrl.config.SearchConfig`).
 With ``search.detector_weight`` w > 0 (a landmark model carrying a supervised detector,
 :mod:`medrl.supervised.ensemble`), the detector reads the scan too and each landmark is
 written at ``(1 - w) x`` the agent's point ``+ w x`` the detector's, before the layout blend.
+
+With ``search.mirror`` (landmark models), each reader also reads the scan's left-right mirror
+image (:mod:`medrl.geometry.mirror`): the agent searches it for every landmark's mirror partner,
+the detector reads it in the same batch as the scan, and each reader's point is the mean of its
+two readings, the mirror's reflected back.
 """
 
 from __future__ import annotations
@@ -34,7 +39,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from medrl.agents.checkpoint import Model
+from medrl.agents.checkpoint import Model, with_overrides
 from medrl.data.augment import AugmentParams, no_augmentation
 from medrl.envs.kernel import render_observation
 from medrl.envs.pyramid import ScanPyramid, build_pyramid
@@ -275,6 +280,11 @@ def search(
         levels = levels + second.levels
         steps += second.steps
     estimate = task.refine(scan, estimate, names)
+    if config.search.mirror:
+        estimate, mirror_steps = _with_mirror_reading(
+            model, volume, scan, names, estimate, device, num_starts, consensus_level
+        )
+        steps += mirror_steps
     agent_estimate, detected = None, None
     if detection is not None:
         agent_estimate, detected = estimate, detection.result()
@@ -333,10 +343,66 @@ def _start_detection(
             f"search.detector_weight is {model.config.search.detector_weight:g}, but this "
             f"{model.kind} model carries no supervised detector (MODEL/detector)"
         )
+    mirror = model_mirror_partners(model) if model.config.search.mirror else None
     pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="medrl-detector")
-    future = pool.submit(detected_points, model.detector, volume, names, device)
+    future = pool.submit(detected_points, model.detector, volume, names, device, mirror)
     pool.shutdown(wait=False)  # the thread ends with the detection
     return future
+
+
+def _with_mirror_reading(
+    model: Model,
+    volume: Volume,
+    scan: ScanPyramid,
+    names: tuple[str, ...],
+    estimate: np.ndarray,
+    device: torch.device,
+    num_starts: int,
+    consensus_level: int | None,
+) -> tuple[np.ndarray, int]:
+    """``estimate`` (the agent's points of ``names``) averaged with the agent's reading of the
+    scan's mirror image (``search.mirror``), and the search steps that reading took."""
+    from medrl.geometry.mirror import (
+        average_with_mirror,
+        mirror_pyramid,
+        reflect_points,
+        reflection_ras,
+    )
+
+    if model.kind != "landmark":
+        raise InputError(f"search.mirror is for landmark models, not {model.kind} models")
+    mirror = model_mirror_partners(model)
+    wanted = {mirror[name] for name in names if name in mirror}
+    if not wanted:
+        return estimate, 0
+    reflection = reflection_ras(float(scan.intensity_centre_ras[0]))
+    plain = with_overrides(
+        model, ["search.mirror=false", "search.detector_weight=0", "search.layout_weight=0"]
+    )
+    seen = search(
+        plain, volume, device, scan=mirror_pyramid(scan, reflection), num_starts=num_starts,
+        consensus_level=consensus_level, targets=[n for n in model.names if n in wanted],
+    )  # fmt: skip
+    row = {name: index for index, name in enumerate(seen.names)}
+    other = np.full_like(estimate, np.nan)
+    for index, name in enumerate(names):
+        if mirror.get(name) in row:
+            other[index] = reflect_points(seen.estimate[row[mirror[name]]], reflection)
+    return average_with_mirror(estimate, other), seen.steps
+
+
+def model_mirror_partners(model: Model) -> dict[str, str]:
+    """Each landmark's mirror partner by name, from the model's reference layout; InputError
+    when the model has none."""
+    from medrl.geometry.mirror import mirror_partners, partner_names
+
+    layout = getattr(model.task, "reference_points_ras", None)
+    if layout is None or len(layout) != len(model.names):
+        raise InputError(
+            "search.mirror needs the model's reference layout of all its landmarks "
+            "(a landmark model trained or refitted by this version of medrl)"
+        )
+    return partner_names(model.names, mirror_partners(np.asarray(layout)))
 
 
 def _target_rows(model: Model, targets: Sequence[str] | None) -> np.ndarray:

@@ -27,7 +27,7 @@ import time
 import numpy as np
 import torch
 
-from medrl.agents.checkpoint import Model, load_model
+from medrl.agents.checkpoint import Model, load_model, with_overrides
 from medrl.agents.search import search
 from medrl.confidence import check_layout
 from medrl.errors import InputError
@@ -68,6 +68,7 @@ def landmark_rigid_registration(
     facing = move_header(moving, np.linalg.inv(to_moving))  # the moving image, turned to face
     folder = options.landmark_model_dir or default_model_dir("landmark")
     model = load_model(folder, options.device, task="landmark")
+    model = with_overrides(model, [f"search.mirror={str(options.landmark_mirror).lower()}"])
     with torch.inference_mode():  # threads: set by the agent's registration
         fixed_points = _landmarks(model, fixed, "fixed", options.device)
         moving_points = apply_affine(to_moving, _landmarks(model, facing, "moving", options.device))
@@ -76,6 +77,7 @@ def landmark_rigid_registration(
         "agent_model": coarse.details.get("model", ""),
         "agent_steps": coarse.details.get("steps", 0),
         "landmark_model": str(folder),
+        "landmark_mirror": options.landmark_mirror,
         "landmarks": len(fixed_points),
         "landmarks_weighted_out": int(np.count_nonzero(weights == 0)),
         "landmark_residual_median_mm": round(float(np.median(residuals)), 3),

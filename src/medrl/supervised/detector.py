@@ -121,31 +121,42 @@ class HeatmapDetector:
         return logits[torch.arange(len(scan_index), device=logits.device), landmark][:, None]
 
     # ------------------------------------------------------------------ inference
+    def prepare(self, volume: Volume, device: torch.device | str = "cpu") -> ScanPyramid:
+        """``volume`` as the detector reads it: its coarse and local levels (the training
+        pyramid's first two, built the same way)."""
+        return build_pyramid(volume, self.settings.spacings_mm[:2], device)
+
     @torch.no_grad()
     def detect(self, volume: Volume, device: torch.device | str = "cpu") -> Landmarks:
         """Every landmark the detector knows in ``volume`` (world RAS mm)."""
-        device = torch.device(device)
+        position = self.detect_scans([self.prepare(volume, device)])[0]
+        return Landmarks(self.names, position, self.descriptions)
+
+    @torch.no_grad()
+    def detect_scans(self, scans: list[ScanPyramid]) -> np.ndarray:
+        """(len(scans), K, 3) every landmark in each prepared scan (:meth:`prepare`, or a
+        view of one such as its mirror image), world RAS mm; all scans in one batch."""
         self.coarse.eval()
         self.local.eval()
         s = self.settings
-        # the coarse and local levels only (the training pyramid's first two, built the same way)
-        scan = build_pyramid(volume, s.spacings_mm[:2], device)
-        k = len(self.names)
-        centre = torch.as_tensor(scan.intensity_centre_ras[None], dtype=torch.float32)
-        centre = centre.to(device)
-        zero = torch.zeros(1, dtype=torch.long, device=device)
-        identity = no_augmentation(scan.centre_ras, 1, device)
-        logits = self.coarse_logits([scan], zero, centre, identity)
+        device = scans[0].levels[0].tensor.device
+        n, k = len(scans), len(self.names)
+        centre = torch.as_tensor(
+            np.stack([scan.intensity_centre_ras for scan in scans]), dtype=torch.float32
+        ).to(device)
+        index = torch.arange(n, device=device)
+        identity = no_augmentation(scans[0].centre_ras, n, device)
+        logits = self.coarse_logits(scans, index, centre, identity)
         axis = heatmap_axes_mm(s.coarse_size, s.coarse_spacing_mm, device)
-        position = centre + peak_offsets(logits, axis)[0]  # (K, 3)
+        position = (centre[:, None, :] + peak_offsets(logits, axis)).reshape(n * k, 3)
         local_axis = heatmap_axes_mm(s.local_size, s.local_spacing_mm, device)
-        rows = torch.zeros(k, dtype=torch.long, device=device)
-        landmark = torch.arange(k, device=device)
-        params = no_augmentation(scan.centre_ras, k, device)
+        rows = index.repeat_interleave(k)
+        landmark = torch.arange(k, device=device).repeat(n)
+        params = no_augmentation(scans[0].centre_ras, n * k, device)
         for _ in range(s.local_rounds):
-            logits = self.local_logits([scan], rows, position, landmark, params)
+            logits = self.local_logits(scans, rows, position, landmark, params)
             position = position + peak_offsets(logits, local_axis)[:, 0]
-        return Landmarks(self.names, position.cpu().numpy().astype(np.float64), self.descriptions)
+        return position.reshape(n, k, 3).cpu().numpy().astype(np.float64)
 
     # ------------------------------------------------------------------ files
     def save(self, folder: str | Path) -> None:

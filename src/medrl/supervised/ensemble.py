@@ -29,6 +29,12 @@ import torch
 import yaml
 
 from medrl.errors import CheckpointError, InputError, MedrlError
+from medrl.geometry.mirror import (
+    average_with_mirror,
+    mirror_pyramid,
+    reflect_points,
+    reflection_ras,
+)
 from medrl.io.images import Volume
 from medrl.supervised.detector import HeatmapDetector, is_detector_dir, load_detector
 from medrl.utils.atomic import atomic_dir
@@ -60,12 +66,31 @@ def _knowing(detector: HeatmapDetector, names: tuple[str, ...], folder: Path) ->
 
 
 def detected_points(
-    detector: HeatmapDetector, volume: Volume, names: tuple[str, ...], device: torch.device | str
+    detector: HeatmapDetector,
+    volume: Volume,
+    names: tuple[str, ...],
+    device: torch.device | str,
+    mirror: dict[str, str] | None = None,
 ) -> np.ndarray:
-    """(len(names), 3) the detector's points of ``names`` in ``volume``, world RAS mm."""
-    found = detector.detect(volume, device)
-    row = {name: index for index, name in enumerate(found.names)}
-    return np.asarray(found.points_ras, dtype=np.float64)[[row[name] for name in names]]
+    """(len(names), 3) the detector's points of ``names`` in ``volume``, world RAS mm.
+
+    With ``mirror`` (each landmark's mirror partner, :func:`medrl.geometry.mirror.partner_names`)
+    the detector also reads the scan's left-right mirror image, in the same batch, and each
+    landmark is the mean of its reading in the scan and its partner's reading in the mirror
+    image, reflected back (landmarks without a partner: the scan's reading alone).
+    """
+    scan = detector.prepare(volume, device)
+    row = {name: index for index, name in enumerate(detector.names)}
+    if not mirror:
+        return detector.detect_scans([scan])[0][[row[name] for name in names]]
+    reflection = reflection_ras(float(scan.intensity_centre_ras[0]))
+    own, mirrored = detector.detect_scans([scan, mirror_pyramid(scan, reflection)])
+    other = np.full((len(names), 3), np.nan)
+    for i, name in enumerate(names):
+        partner = mirror.get(name)
+        if partner in row:
+            other[i] = reflect_points(mirrored[row[partner]], reflection)
+    return average_with_mirror(own[[row[name] for name in names]], other)
 
 
 def attach_detector(model_dir: str | Path, detector_dir: str | Path, weight: float) -> None:
