@@ -103,6 +103,20 @@ def test_a_locator_that_disagrees_with_the_plane_agent_leaves_its_plane_with_a_w
     assert pyramid.source in str(caught[0].message)
 
 
+def test_the_shipped_landmark_model_locates_with_its_agent_alone(moved) -> None:
+    """builtin:afids carries a detector (and reads mirror images); the locator has only the
+    plane agent's pyramid, no volume for the detector, and searches with the agent alone."""
+    _, truth, pyramid = moved
+    msp, acpc = truth
+    assert load_model(default_model_dir("landmark")).config.search.detector_weight > 0
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a plausible pair: no fallback warning
+        plane = acpc_from_landmarks(pyramid, msp, _pitched(acpc, 4.0), "builtin:afids")
+    assert abs(float(plane[3:6] @ msp[3:6])) < 1e-9  # through the AC and PC it found
+    assert plane_angle_deg(plane, _pitched(acpc, 4.0))[0] > 0.1  # not the fallback
+    assert plane_angle_deg(plane, acpc)[0] < MAX_DISAGREEMENT_DEG
+
+
 def test_locator_settings_a_user_can_get_wrong(moved) -> None:
     _, truth, pyramid = moved
     with pytest.raises(InputError, match="ships no model"):

@@ -86,6 +86,9 @@ def test_landmarks_method_aligns_the_anatomy_and_refuses_a_scan_without_it(
     record = json.loads((mirrored / "registration.json").read_text())
     assert record["details"]["landmark_mirror"] is True
     assert record["metrics"]["landmarks"]["tre_after_mm"]["mean"] < 2.0
+    plain = sitk.ReadTransform(str(out / "transform.tfm")).GetParameters()
+    read_both = sitk.ReadTransform(str(mirrored / "transform.tfm")).GetParameters()
+    assert max(abs(a - b) for a, b in zip(plain, read_both, strict=True)) > 1e-4
 
     noise = tmp_path / "noise.nii.gz"
     fixed = read_image(t2_to_t1["fixed"])

@@ -35,6 +35,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
+from functools import lru_cache
 
 import numpy as np
 import torch
@@ -227,6 +228,8 @@ def search(
     device = torch.device(device)
     rows_searched = _target_rows(model, targets)
     names = tuple(model.names[r] for r in rows_searched)
+    if config.search.mirror and model.kind != "landmark":
+        raise InputError(f"search.mirror is for landmark models, not {model.kind} models")
     detection = None
     if config.search.detector_weight > 0:  # the detector reads the scan while the agent moves
         detection = _start_detection(model, volume, names, device)
@@ -361,7 +364,9 @@ def _with_mirror_reading(
     consensus_level: int | None,
 ) -> tuple[np.ndarray, int]:
     """``estimate`` (the agent's points of ``names``) averaged with the agent's reading of the
-    scan's mirror image (``search.mirror``), and the search steps that reading took."""
+    scan's mirror image (``search.mirror``), and the search steps that reading took. Where
+    some landmarks have no partner, the mirror image is searched for the others only, as a
+    search of some targets (no second search, no adaptive level choice)."""
     from medrl.geometry.mirror import (
         average_with_mirror,
         mirror_pyramid,
@@ -369,8 +374,6 @@ def _with_mirror_reading(
         reflection_ras,
     )
 
-    if model.kind != "landmark":
-        raise InputError(f"search.mirror is for landmark models, not {model.kind} models")
     mirror = model_mirror_partners(model)
     wanted = {mirror[name] for name in names if name in mirror}
     if not wanted:
@@ -394,15 +397,22 @@ def _with_mirror_reading(
 def model_mirror_partners(model: Model) -> dict[str, str]:
     """Each landmark's mirror partner by name, from the model's reference layout; InputError
     when the model has none."""
-    from medrl.geometry.mirror import mirror_partners, partner_names
-
     layout = getattr(model.task, "reference_points_ras", None)
     if layout is None or len(layout) != len(model.names):
         raise InputError(
             "search.mirror needs the model's reference layout of all its landmarks "
             "(a landmark model trained or refitted by this version of medrl)"
         )
-    return partner_names(model.names, mirror_partners(np.asarray(layout)))
+    layout_bytes = np.asarray(layout, dtype=np.float64).round(3).tobytes()
+    return dict(_partners(tuple(model.names), layout_bytes))  # a copy: the cached one is shared
+
+
+@lru_cache(maxsize=8)
+def _partners(names: tuple[str, ...], layout_bytes: bytes) -> dict[str, str]:
+    from medrl.geometry.mirror import mirror_partners, partner_names
+
+    layout = np.frombuffer(layout_bytes, dtype=np.float64).reshape(len(names), 3)
+    return partner_names(names, mirror_partners(layout))
 
 
 def _target_rows(model: Model, targets: Sequence[str] | None) -> np.ndarray:

@@ -93,19 +93,25 @@ def mirror_partners(
 
 def _best_plane_x(points: np.ndarray, tolerance_mm: float) -> float:
     """The x_R of the sagittal plane about which the most points (K, 3) have a reflection
-    within ``tolerance_mm`` of a point (ties: the smaller summed distance)."""
+    within ``tolerance_mm`` of a point (ties: the smaller summed distance).
+
+    Only pairs whose (y, z) lie within ``tolerance_mm`` of each other can match under any
+    sagittal plane, so the candidates are their midpoints in x, and each is scored on those
+    pairs alone (a point with itself is such a pair: a midline candidate).
+    """
     x = points[:, 0]
-    if len(points) > 96:  # candidates grow as K^2 and each test as K^2: the median is enough
-        return float(np.median(x))
-    i, j = np.triu_indices(len(points))
-    candidates = np.unique(np.round((x[i] + x[j]) / 2, 3))
+    off_plane = np.linalg.norm(points[:, None, 1:] - points[None, :, 1:], axis=-1)
+    first, second = np.nonzero(off_plane <= tolerance_mm)
+    along = x[first] + x[second]  # 2 x the midpoint of each compatible pair
+    across = off_plane[first, second]
     best, best_key = float(np.median(x)), (-1, 0.0)
-    for plane in candidates:
-        reflected = points.copy()
-        reflected[:, 0] = 2.0 * plane - x
-        nearest = np.linalg.norm(reflected[:, None] - points[None], axis=-1).min(axis=1)
-        close = nearest <= tolerance_mm
-        key = (int(close.sum()), -float(nearest[close].sum()))
+    for plane in np.unique(np.round(along / 2, 3)):
+        distance = np.hypot(2.0 * plane - along, across)
+        close = distance <= tolerance_mm
+        nearest = np.full(len(points), np.inf)
+        np.minimum.at(nearest, first[close], distance[close])
+        matched = np.isfinite(nearest)
+        key = (int(matched.sum()), -float(nearest[matched].sum()))
         if key > best_key:
             best, best_key = float(plane), key
     return best

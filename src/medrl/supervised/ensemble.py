@@ -6,9 +6,9 @@ each landmark at ``(1 - w) x`` the agent's point ``+ w x`` the detector's, and `
 predict``'s confidence file adds how far the two readers disagree (``disagreement_mm``). The
 two are trained differently (a Q-network moving a point through patches against a CNN reading
 whole-head and local heatmaps), so their errors are partly independent: on every
-left-out template of the leave-one-template-out benchmark the halfway point beat the agent
-alone, and it was level with the better of the two or better in five of six rows
-(BENCHMARKS.md).
+left-out template of the leave-one-template-out benchmark the blend beat the agent alone
+(BENCHMARKS.md; the shipped model uses w 0.6, with ``search.mirror``, where each reader also
+reads the scan's mirror image).
 
     python -m medrl.supervised.ensemble MODEL_DIR DETECTOR_DIR [--weight 0.5]
 

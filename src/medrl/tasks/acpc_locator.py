@@ -59,9 +59,14 @@ def locator_dir(setting: str) -> Path:
 
 @lru_cache(maxsize=4)
 def _locator(folder: str, device: str):  # type: ignore[no-untyped-def]
-    from medrl.agents.checkpoint import load_model
+    from medrl.agents.checkpoint import load_model, with_overrides
 
-    model = load_model(folder, device, task="landmark")
+    # the agent's search alone: the locator reads the plane agent's pyramid, which has no
+    # volume for a carried detector to prepare (and the mirror readings were not measured here)
+    model = with_overrides(
+        load_model(folder, device, task="landmark"),
+        ["search.detector_weight=0", "search.mirror=false"],
+    )
     missing = [name for name in ACPC_AFIDS if name not in model.names]
     if missing:
         raise InputError(
