@@ -115,6 +115,9 @@ def test_the_shipped_landmark_model_locates_with_its_agent_alone(moved) -> None:
     assert abs(float(plane[3:6] @ msp[3:6])) < 1e-9  # through the AC and PC it found
     assert plane_angle_deg(plane, _pitched(acpc, 4.0))[0] > 0.1  # not the fallback
     assert plane_angle_deg(plane, acpc)[0] < MAX_DISAGREEMENT_DEG
+    # searching a pyramid alone with the detector on is a clear error, not a crash
+    with pytest.raises(InputError, match="needs the scan itself"):
+        search(load_model(default_model_dir("landmark")), None, scan=pyramid)  # type: ignore[arg-type]
 
 
 def test_locator_settings_a_user_can_get_wrong(moved) -> None:

@@ -341,6 +341,11 @@ def _start_detection(
     InputError at once when the model carries no detector."""
     from medrl.supervised.ensemble import detected_points
 
+    if volume is None:  # a search of a prepared pyramid alone (scan=...)
+        raise InputError(
+            "search.detector_weight > 0 needs the scan itself (the detector prepares its own "
+            "pyramid); search this model with search.detector_weight=0, or pass the volume"
+        )
     if model.detector is None or model.kind != "landmark":
         raise InputError(
             f"search.detector_weight is {model.config.search.detector_weight:g}, but this "
@@ -367,12 +372,7 @@ def _with_mirror_reading(
     scan's mirror image (``search.mirror``), and the search steps that reading took. Where
     some landmarks have no partner, the mirror image is searched for the others only, as a
     search of some targets (no second search, no adaptive level choice)."""
-    from medrl.geometry.mirror import (
-        average_with_mirror,
-        mirror_pyramid,
-        reflect_points,
-        reflection_ras,
-    )
+    from medrl.geometry.mirror import mirror_pyramid, reflection_ras, with_mirror_reading
 
     mirror = model_mirror_partners(model)
     wanted = {mirror[name] for name in names if name in mirror}
@@ -387,11 +387,8 @@ def _with_mirror_reading(
         consensus_level=consensus_level, targets=[n for n in model.names if n in wanted],
     )  # fmt: skip
     row = {name: index for index, name in enumerate(seen.names)}
-    other = np.full_like(estimate, np.nan)
-    for index, name in enumerate(names):
-        if mirror.get(name) in row:
-            other[index] = reflect_points(seen.estimate[row[mirror[name]]], reflection)
-    return average_with_mirror(estimate, other), seen.steps
+    averaged = with_mirror_reading(names, estimate, row, seen.estimate, mirror, reflection)
+    return averaged, seen.steps
 
 
 def model_mirror_partners(model: Model) -> dict[str, str]:

@@ -137,3 +137,22 @@ def average_with_mirror(points_ras: np.ndarray, unmirrored_ras: np.ndarray) -> n
     out = points.copy()
     out[usable] = (points[usable] + other[usable]) / 2
     return out
+
+
+def with_mirror_reading(
+    names: tuple[str, ...],
+    own_ras: np.ndarray,
+    mirror_rows: dict[str, int],
+    mirror_ras: np.ndarray,
+    partners: dict[str, str],
+    reflection: np.ndarray,
+) -> np.ndarray:
+    """A reader's points of ``names`` (``own_ras``, one row each) averaged with its reading of
+    the mirror image: row ``mirror_rows[partner]`` of ``mirror_ras`` for each landmark's
+    partner, reflected back; the own reading alone where the mirror image has no partner."""
+    other = np.full((len(names), 3), np.nan)
+    for index, name in enumerate(names):
+        row = mirror_rows.get(partners.get(name, ""))
+        if row is not None:
+            other[index] = reflect_points(mirror_ras[row], reflection)
+    return average_with_mirror(own_ras, other)

@@ -29,12 +29,7 @@ import torch
 import yaml
 
 from medrl.errors import CheckpointError, InputError, MedrlError
-from medrl.geometry.mirror import (
-    average_with_mirror,
-    mirror_pyramid,
-    reflect_points,
-    reflection_ras,
-)
+from medrl.geometry.mirror import mirror_pyramid, reflection_ras, with_mirror_reading
 from medrl.io.images import Volume
 from medrl.supervised.detector import HeatmapDetector, is_detector_dir, load_detector
 from medrl.utils.atomic import atomic_dir
@@ -85,12 +80,8 @@ def detected_points(
         return detector.detect_scans([scan])[0][[row[name] for name in names]]
     reflection = reflection_ras(float(scan.intensity_centre_ras[0]))
     own, mirrored = detector.detect_scans([scan, mirror_pyramid(scan, reflection)])
-    other = np.full((len(names), 3), np.nan)
-    for i, name in enumerate(names):
-        partner = mirror.get(name)
-        if partner in row:
-            other[i] = reflect_points(mirrored[row[partner]], reflection)
-    return average_with_mirror(own[[row[name] for name in names]], other)
+    own_rows = own[[row[name] for name in names]]
+    return with_mirror_reading(names, own_rows, row, mirrored, mirror, reflection)
 
 
 def attach_detector(model_dir: str | Path, detector_dir: str | Path, weight: float) -> None:
