@@ -403,7 +403,7 @@ def test_train_predict_evaluate_end_to_end(data: dict[str, Path], tmp_path: Path
         "test_confidence.csv",
     ]
     header_line = (out / "test_confidence.csv").read_text(encoding="utf-8").splitlines()[0]
-    assert header_line == "name,description,residual_mm,confidence,flag,disagreement_mm"
+    assert header_line == "name,description,residual_mm,confidence,flag,disagreement_mm,spread_mm"
     found = read_landmarks(written)
     assert found.names == BLOB_NAMES
     assert found.descriptions == ("a", "b", "c")

@@ -100,6 +100,11 @@ def test_predict_writes_the_blend_and_the_disagreement(data, tmp_path) -> None:
         rows = list(csv.DictReader(handle))
     apart = np.linalg.norm(result.agent_estimate - result.detector_ras, axis=1)
     np.testing.assert_allclose([float(r["disagreement_mm"]) for r in rows], apart, atol=0.01)
+    # two readings (agent, detector) at weight 0.5: each lies half their distance from the point
+    assert result.readings is not None and result.readings.shape == (2, *result.estimate.shape)
+    np.testing.assert_allclose(result.readings[1], result.detector_ras)
+    np.testing.assert_allclose([float(r["spread_mm"]) for r in rows], apart / 2, atol=0.01)
+    assert apart.max() > 0.1  # the readers differ, so the spread is not trivially 0
 
 
 def test_the_disagreement_is_carried_but_the_confidence_is_the_residuals() -> None:
@@ -110,9 +115,10 @@ def test_the_disagreement_is_carried_but_the_confidence_is_the_residuals() -> No
     plain = search_confidence(layout, found, found, None)
     apart = np.zeros(12)
     apart[3] = OUTLIER_MM + 5
-    both = search_confidence(layout, found, found, None, apart)
+    both = search_confidence(layout, found, found, None, apart, spread_mm=apart / 2)
     np.testing.assert_allclose(both.disagreement_mm, apart)
-    assert plain.disagreement_mm is None
+    np.testing.assert_allclose(both.spread_mm, apart / 2)
+    assert plain.disagreement_mm is None and plain.spread_mm is None
     assert both.flags == plain.flags and plain.flags[5] == "check"
     assert plain.flags.count("check") == 1
     np.testing.assert_allclose(both.confidence, plain.confidence)

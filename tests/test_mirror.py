@@ -136,6 +136,7 @@ def test_the_search_averages_each_reader_with_its_mirror_reading(data, tmp_path)
     scan = detector.prepare(volume)
     reflection = reflection_ras(float(scan.intensity_centre_ras[0]))
     own, seen = model.detector.detect_scans([scan, mirror_pyramid(scan, reflection)])
+    detector_reflection = reflection
     row = {name: i for i, name in enumerate(names)}
     expected = np.stack([
         (own[row[n]] + reflect_points(seen[row[mirror[n]]], reflection)) / 2 for n in BLOB_NAMES
@@ -154,6 +155,18 @@ def test_the_search_averages_each_reader_with_its_mirror_reading(data, tmp_path)
     expected_agent = (own_agent + reflect_points(seen_agent[partner_row], reflection)) / 2
     np.testing.assert_allclose(mirrored.agent_estimate, expected_agent, atol=1e-5)
     np.testing.assert_allclose(plain.agent_estimate, own_agent, atol=1e-5)
+    # the four readings the point blends, each reflected back: for the confidence's spread
+    assert mirrored.readings is not None and mirrored.readings.shape == (4, 3, 3)
+    readings = [
+        own_agent,
+        reflect_points(seen_agent[partner_row], reflection),
+        own[[row[n] for n in BLOB_NAMES]],
+        2 * expected - own[[row[n] for n in BLOB_NAMES]],
+    ]
+    np.testing.assert_allclose(mirrored.readings, np.stack(readings), atol=1e-4)
+    np.testing.assert_allclose(mirrored.readings[3, :2], np.stack([
+        reflect_points(seen[row[mirror[n]]], detector_reflection) for n in BLOB_NAMES[:2]
+    ]), atol=1e-4)  # fmt: skip
     alone_mirrored = search(with_overrides(agent_alone, ["search.mirror=true"]), volume)
     np.testing.assert_allclose(alone_mirrored.estimate, expected_agent, atol=1e-5)
     assert alone_mirrored.steps > search(agent_alone, volume).steps

@@ -52,6 +52,8 @@ class LandmarkConfidence:
     disagreement_mm: np.ndarray | None = None
     """(T,) distance between the agent's and the supervised detector's points (None without a
     detector)."""
+    spread_mm: np.ndarray | None = None
+    """(T,) mean distance of the search's readings from its point (None for one reading)."""
 
 
 @dataclass(frozen=True)
@@ -116,16 +118,19 @@ def search_confidence(
     final_ras: np.ndarray,
     layout_starts_ras: np.ndarray | None,
     disagreement_mm: np.ndarray | None = None,
+    spread_mm: np.ndarray | None = None,
 ) -> LandmarkConfidence:
     """The confidence of a landmark search: the layout check of the final points, except that
     a landmark the search replaced by the layout's position (its final point equals its
     second-search start) keeps the residual of its first detection, which disagreed.
 
     ``disagreement_mm`` (the distance between the agent's and a supervised detector's points,
-    :mod:`medrl.supervised.ensemble`) is carried along for the confidence file; it does not
-    change the confidence: on the selection fold of the leave-one-template-out benchmark it
-    ranked the errors of the blended points worse than the residual (AUROC for errors above
-    5 mm 0.52-0.59 against 0.81-0.83) and did not improve it in combination (BENCHMARKS.md)."""
+    :mod:`medrl.supervised.ensemble`) and ``spread_mm`` (the mean distance of the search's
+    readings from its point: the agent's, the detector's and their mirror readings) are carried
+    along for the confidence file; they do not change the confidence. Added to the residual,
+    the spread ranked the errors above 5 mm better on the scans of the leave-one-template-out
+    folds (AUROC 0.81 against 0.74) but worse on those of ``bench_confidence`` (0.83 against
+    0.85, BENCHMARKS.md): no consistent gain."""
     final = check_layout(reference_ras, final_ras)
     residual = final.residual_mm.copy()
     replaced = np.zeros(len(residual), dtype=bool)
@@ -139,9 +144,13 @@ def search_confidence(
     if not final.plausible:
         flags = ("scan",) * len(residual)
         zero = np.zeros(len(residual))
-        return LandmarkConfidence(residual, zero, flags, False, final.reason, disagreement_mm)
+        return LandmarkConfidence(
+            residual, zero, flags, False, final.reason, disagreement_mm, spread_mm
+        )
     far = np.nan_to_num(residual, nan=np.inf) > OUTLIER_MM
     flags = tuple(
         "layout" if r else ("check" if f else "ok") for r, f in zip(replaced, far, strict=True)
     )
-    return LandmarkConfidence(residual, _confidence(residual), flags, True, "", disagreement_mm)
+    return LandmarkConfidence(
+        residual, _confidence(residual), flags, True, "", disagreement_mm, spread_mm
+    )

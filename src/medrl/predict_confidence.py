@@ -1,9 +1,9 @@
 """What ``medrl predict`` writes beside a landmark model's ``.fcsv``: each landmark's agreement
 with the others (:mod:`medrl.confidence`), ``NAME_confidence.csv``::
 
-    name,description,residual_mm,confidence,flag,disagreement_mm
-    1,AC,1.42,0.980,ok,0.85
-    26,L ventral occipital horn,21.7,0.009,check,14.20
+    name,description,residual_mm,confidence,flag,disagreement_mm,spread_mm
+    1,AC,1.42,0.980,ok,0.85,0.49
+    26,L ventral occipital horn,21.70,0.009,check,14.20,3.89
 
 ``flag`` is ``check`` for a landmark further than :data:`medrl.confidence.OUTLIER_MM` from where
 the other landmarks put it, ``layout`` for one whose point is where the others put it (both
@@ -12,9 +12,11 @@ row when the scan as a whole does not have the model's layout (then every confid
 ``medrl predict`` warns, or fails the scan with ``--strict``). With ``search.layout_weight`` the
 residuals and flags are those of the search's own points, before the blend with the layout.
 ``disagreement_mm`` is the distance between the agent's and the supervised detector's points
-for a model that carries a detector (``search.detector_weight``; empty otherwise), for the
-reader; the confidence and the flags are the residual's, which ranked the errors better
-(:func:`medrl.confidence.search_confidence`).
+for a model that carries a detector (``search.detector_weight``; empty otherwise).
+``spread_mm`` is the mean distance of the search's readings (the agent's, the detector's and
+their mirror readings, ``search.mirror``) from the point written; empty for a search of one
+reading. Both are for the reader; the confidence and the flags are the residual's
+(:func:`medrl.confidence.search_confidence` says why).
 """
 
 from __future__ import annotations
@@ -30,7 +32,15 @@ from medrl.errors import InputError
 from medrl.utils.atomic import atomic_open
 
 CONFIDENCE_SUFFIX = "_confidence.csv"
-COLUMNS = ("name", "description", "residual_mm", "confidence", "flag", "disagreement_mm")
+COLUMNS = (
+    "name",
+    "description",
+    "residual_mm",
+    "confidence",
+    "flag",
+    "disagreement_mm",
+    "spread_mm",
+)
 
 
 def confidence_path(landmarks_path: Path) -> Path:
@@ -49,10 +59,12 @@ def landmark_check(
     if reference.shape != own.shape:
         return None
     first = result.level_estimates[result.chosen_level] if result.level_estimates else own
-    disagreement = None
+    disagreement, spread = None, None
     if result.detector_ras is not None and result.agent_estimate is not None:
         disagreement = np.linalg.norm(result.agent_estimate - result.detector_ras, axis=1)
-    return search_confidence(reference, first, own, result.consensus_starts, disagreement)
+    if result.readings is not None:
+        spread = np.linalg.norm(result.readings - own[None], axis=2).mean(axis=0)
+    return search_confidence(reference, first, own, result.consensus_starts, disagreement, spread)
 
 
 def write_confidence(
@@ -73,9 +85,10 @@ def write_confidence(
             flag = check.flags[row]
             residual = check.residual_mm[row]
             apart = "" if check.disagreement_mm is None else _mm(check.disagreement_mm[row])
+            spread = "" if check.spread_mm is None else _mm(check.spread_mm[row])
             writer.writerow(
                 [name, descriptions[row], _mm(residual), f"{check.confidence[row]:.3f}", flag,
-                 apart]
+                 apart, spread]
             )  # fmt: skip
     return warning
 

@@ -45,6 +45,7 @@ from medrl.data.augment import AugmentParams, no_augmentation
 from medrl.envs.kernel import render_observation
 from medrl.envs.pyramid import ScanPyramid, build_pyramid
 from medrl.errors import InputError
+from medrl.geometry.mirror import mirror_reading
 from medrl.io.images import Volume
 from medrl.io.landmarks import Landmarks
 from medrl.tasks.base import Poses, advance, count_repeats, push_history
@@ -100,6 +101,10 @@ class SearchResult:
     agent_estimate: np.ndarray | None = None
     """(targets, D) the agent's own estimate before the detector's points were blended in (None
     without the detector)."""
+    readings: np.ndarray | None = None
+    """(R, targets, D) the readings the estimate blends, world RAS mm: the agent's, its reading
+    of the mirror image (``search.mirror``, reflected back), the detector's and its mirror
+    reading (``search.detector_weight``); None for a search that is one reading."""
 
     @property
     def own_estimate(self) -> np.ndarray:
@@ -283,14 +288,20 @@ def search(
         levels = levels + second.levels
         steps += second.steps
     estimate = task.refine(scan, estimate, names)
+    readings = [estimate]
     if config.search.mirror:
         estimate, mirror_steps = _with_mirror_reading(
             model, volume, scan, names, estimate, device, num_starts, consensus_level
         )
         steps += mirror_steps
+        readings.append(mirror_reading(readings[0], estimate))
     agent_estimate, detected = None, None
     if detection is not None:
-        agent_estimate, detected = estimate, detection.result()
+        detector_own, detected = detection.result()
+        readings.append(detector_own)
+        if config.search.mirror:
+            readings.append(mirror_reading(detector_own, detected))
+        agent_estimate = estimate
         weight = config.search.detector_weight
         estimate = (1.0 - weight) * estimate + weight * detected
     unblended, layout = None, None
@@ -330,16 +341,17 @@ def search(
         layout,
         detected,
         agent_estimate,
+        np.stack(readings) if len(readings) > 1 else None,
     )
 
 
 def _start_detection(
     model: Model, volume: Volume, names: tuple[str, ...], device: torch.device
-) -> Future[np.ndarray]:
+) -> Future[tuple[np.ndarray, np.ndarray]]:
     """The points of the detector the model carries, computed in a worker thread (the agent's
     search, many small steps, leaves cores idle that the detector's large convolutions use);
     InputError at once when the model carries no detector."""
-    from medrl.supervised.ensemble import detected_points
+    from medrl.supervised.ensemble import detected_readings
 
     if volume is None:  # a search of a prepared pyramid alone (scan=...)
         raise InputError(
@@ -353,7 +365,7 @@ def _start_detection(
         )
     mirror = model_mirror_partners(model) if model.config.search.mirror else None
     pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="medrl-detector")
-    future = pool.submit(detected_points, model.detector, volume, names, device, mirror)
+    future = pool.submit(detected_readings, model.detector, volume, names, device, mirror)
     pool.shutdown(wait=False)  # the thread ends with the detection
     return future
 

@@ -139,6 +139,12 @@ def average_with_mirror(points_ras: np.ndarray, unmirrored_ras: np.ndarray) -> n
     return out
 
 
+def mirror_reading(own_ras: np.ndarray, averaged_ras: np.ndarray) -> np.ndarray:
+    """The reflected mirror reading that :func:`average_with_mirror` averaged with ``own_ras``
+    into ``averaged_ras``, recovered from the two (the own reading where there was none)."""
+    return 2.0 * np.asarray(averaged_ras, dtype=np.float64) - np.asarray(own_ras, np.float64)
+
+
 def with_mirror_reading(
     names: tuple[str, ...],
     own_ras: np.ndarray,

@@ -7,7 +7,7 @@ predict``'s confidence file adds how far the two readers disagree (``disagreemen
 two are trained differently (a Q-network moving a point through patches against a CNN reading
 whole-head and local heatmaps), so their errors are partly independent: on every
 left-out template of the leave-one-template-out benchmark the blend beat the agent alone
-(BENCHMARKS.md; the shipped model uses w 0.6, with ``search.mirror``, where each reader also
+(BENCHMARKS.md; the shipped model uses w 0.75, with ``search.mirror``, where each reader also
 reads the scan's mirror image).
 
     python -m medrl.supervised.ensemble MODEL_DIR DETECTOR_DIR [--weight 0.5]
@@ -74,14 +74,27 @@ def detected_points(
     landmark is the mean of its reading in the scan and its partner's reading in the mirror
     image, reflected back (landmarks without a partner: the scan's reading alone).
     """
+    return detected_readings(detector, volume, names, device, mirror)[-1]
+
+
+def detected_readings(
+    detector: HeatmapDetector,
+    volume: Volume,
+    names: tuple[str, ...],
+    device: torch.device | str,
+    mirror: dict[str, str] | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """The detector's reading of the scan alone and its points (:func:`detected_points`), each
+    (len(names), 3) world RAS mm; the two are the same array without ``mirror``."""
     scan = detector.prepare(volume, device)
     row = {name: index for index, name in enumerate(detector.names)}
     if not mirror:
-        return detector.detect_scans([scan])[0][[row[name] for name in names]]
+        points = detector.detect_scans([scan])[0][[row[name] for name in names]]
+        return points, points
     reflection = reflection_ras(float(scan.intensity_centre_ras[0]))
     own, mirrored = detector.detect_scans([scan, mirror_pyramid(scan, reflection)])
     own_rows = own[[row[name] for name in names]]
-    return with_mirror_reading(names, own_rows, row, mirrored, mirror, reflection)
+    return own_rows, with_mirror_reading(names, own_rows, row, mirrored, mirror, reflection)
 
 
 def attach_detector(model_dir: str | Path, detector_dir: str | Path, weight: float) -> None:
