@@ -389,8 +389,10 @@ def inverse_transform_points(
 ) -> torch.Tensor:
     """Solve ``T(y) = points`` for y (N, M, 3): where original points lie after augmentation.
 
-    Fixed-point iteration in float64 until the update is below ``tol_mm``; a RuntimeError if
-    it does not converge (an elastic field too strong to be invertible).
+    Fixed-point iteration in float64 until the update is below ``tol_mm``. Where a strong local
+    warp makes the plain iteration overshoot and oscillate (the field is still invertible),
+    it is repeated with damped steps (half, then a quarter of each update); a RuntimeError if
+    none converges (an elastic field too strong to be invertible).
     """
     if points_ras.numel() == 0:
         return points_ras.clone()
@@ -399,13 +401,15 @@ def inverse_transform_points(
     centre = double.centre_ras[:, None, :]
     inverse = torch.linalg.inv(double.matrix)
     base = target - centre - double.translation_mm[:, None, :]
-    y = torch.einsum("nij,nmj->nmi", inverse, base) + centre
-    for _ in range(max_iterations):
-        y_next = torch.einsum("nij,nmj->nmi", inverse, base - _elastic(double, y)) + centre
-        converged = torch.max(torch.abs(y_next - y)) < tol_mm
-        y = y_next
-        if converged:
-            return y.to(points_ras.dtype)
+    start = torch.einsum("nij,nmj->nmi", inverse, base) + centre
+    for damping in (1.0, 0.5, 0.25):
+        y = start
+        for _ in range(int(max_iterations / damping)):
+            y_next = torch.einsum("nij,nmj->nmi", inverse, base - _elastic(double, y)) + centre
+            update = y_next - y
+            y = y + damping * update if damping < 1.0 else y_next
+            if torch.max(torch.abs(update)) < tol_mm:
+                return y.to(points_ras.dtype)
     raise RuntimeError("the augmentation's elastic field is not invertible; lower elastic_mm")
 
 

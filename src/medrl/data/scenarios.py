@@ -84,6 +84,16 @@ def move_case(
     )
 
 
+def _folds(sampled_ras: np.ndarray, volume: Volume, stride: int = 2) -> bool:
+    """Whether the map from the scan's grid to the points it samples (z, y, x, 3) folds: its
+    Jacobian determinant changes sign against the grid's own, on every ``stride``-th voxel."""
+    coarse = sampled_ras[::stride, ::stride, ::stride].astype(np.float64)
+    index_to_ras = np.asarray(volume.index_to_ras, dtype=np.float64)[:3, :3]
+    jacobian = np.stack(np.gradient(coarse, axis=(2, 1, 0)), axis=-1)  # d/dx, d/dy, d/dz
+    own = np.linalg.det(index_to_ras * stride)
+    return bool((np.linalg.det(jacobian) * own <= 0).any())
+
+
 def deform_case(
     volume: Volume, landmarks: Landmarks, elastic_mm: float, seed: int
 ) -> tuple[Volume, Landmarks]:
@@ -103,7 +113,10 @@ def deform_case(
         volume.array, coordinates, order=1, mode="constant", cval=float(volume.array.min())
     )
     points = torch.tensor(landmarks.points_ras, dtype=torch.float32).reshape(1, -1, 3)
+    folds = _folds(sampled_ras.reshape(nz, ny, nx, 3), volume)
     try:
+        if folds:
+            raise RuntimeError("the field folds over itself")
         moved = inverse_transform_points(params, points)[0].numpy().astype(np.float64)
     except RuntimeError as exc:  # the field folds over itself: no landmark positions exist
         raise InputError(
