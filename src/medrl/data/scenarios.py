@@ -85,13 +85,19 @@ def move_case(
 
 
 def _folds(sampled_ras: np.ndarray, volume: Volume, stride: int = 2) -> bool:
-    """Whether the map from the scan's grid to the points it samples (z, y, x, 3) folds: its
-    Jacobian determinant changes sign against the grid's own, on every ``stride``-th voxel."""
+    """Whether the map from the scan's grid to the points it samples (z, y, x, 3) folds, on
+    every ``stride``-th voxel (:func:`medrl.metrics.registration.jacobian_determinant`)."""
+    from medrl.metrics.registration import jacobian_determinant
+
     coarse = sampled_ras[::stride, ::stride, ::stride].astype(np.float64)
-    index_to_ras = np.asarray(volume.index_to_ras, dtype=np.float64)[:3, :3]
-    jacobian = np.stack(np.gradient(coarse, axis=(2, 1, 0)), axis=-1)  # d/dx, d/dy, d/dz
-    own = np.linalg.det(index_to_ras * stride)
-    return bool((np.linalg.det(jacobian) * own <= 0).any())
+    index_zyx = np.indices(coarse.shape[:3], dtype=np.float64) * stride
+    grid_ras = volume.index_to_ras[:3, :3] @ index_zyx[::-1].reshape(3, -1)
+    grid_ras = grid_ras.T.reshape(coarse.shape) + volume.index_to_ras[:3, 3]
+    field = sitk.GetImageFromArray((coarse - grid_ras) * [-1.0, -1.0, 1.0], isVector=True)
+    field.SetSpacing(tuple(float(v) * stride for v in volume.spacing_mm))
+    field.SetDirection(tuple(float(v) for v in np.asarray(volume.direction_lps).ravel()))
+    field.SetOrigin(tuple(float(v) for v in volume.origin_lps))
+    return bool((jacobian_determinant(field) <= 0).any())
 
 
 def deform_case(
