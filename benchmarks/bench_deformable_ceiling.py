@@ -27,17 +27,23 @@ import torch
 
 from benchmarks._common import set_threads
 from benchmarks.bench_deformable_gpu import _config
+from medrl.registration.deformable.integrate import integrate_velocity, warp, warp_points
+from medrl.registration.deformable.losses import (
+    diffusion_loss,
+    folding_share,
+    landmark_distances_mm,
+    local_ncc_loss,
+)
+from medrl.registration.deformable.pairs import Pair
+from medrl.registration.deformable.train import prepare_pairs
 
 
 def optimise_field(
-    pair: object, lam: float, steps: int, lr: float, window: int
+    pair: Pair, lam: float, steps: int, lr: float, window: int
 ) -> tuple[torch.Tensor, float]:
     """(displacement in working voxels, seconds) after ``steps`` Adam steps on the velocity."""
-    from medrl.registration.deformable.integrate import integrate_velocity, warp
-    from medrl.registration.deformable.losses import diffusion_loss, local_ncc_loss
-
     start = time.perf_counter()
-    fixed, moving = pair.fixed, pair.moving  # type: ignore[attr-defined]
+    fixed, moving = pair.fixed, pair.moving
     velocity = torch.zeros((1, 3, *fixed.shape[2:]), requires_grad=True)
     optimiser = torch.optim.Adam([velocity], lr=lr)
     for _ in range(steps):
@@ -51,22 +57,17 @@ def optimise_field(
         return integrate_velocity(velocity, 7), time.perf_counter() - start
 
 
-def pair_tre_mm(pair: object, displacement: torch.Tensor | None) -> float:
+def pair_tre_mm(pair: Pair, displacement: torch.Tensor | None) -> float:
     """Mean AFID distance (mm) of a pair after its affine and ``displacement`` (None: zero)."""
-    from medrl.registration.deformable.integrate import warp_points
-    from medrl.registration.deformable.losses import landmark_distances_mm
-
-    points = pair.fixed_points_vox  # type: ignore[attr-defined]
+    points, target = pair.fixed_points_vox, pair.moving_points_vox
+    if points is None or target is None:
+        raise ValueError(f"pair {pair.name} has no landmarks")
     if displacement is not None:
         points = warp_points(points, displacement)
-    target = pair.moving_points_vox  # type: ignore[attr-defined]
-    return float(landmark_distances_mm(points, target, pair.spacing_mm).mean())  # type: ignore[attr-defined]
+    return float(landmark_distances_mm(points, target, pair.spacing_mm).mean())
 
 
 def main(argv: list[str] | None = None) -> int:
-    from medrl.registration.deformable.losses import folding_share
-    from medrl.registration.deformable.train import prepare_pairs
-
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--spacing", type=float, default=4.0, help="working grid, mm")
     parser.add_argument("--lambdas", default="1,10,100")
