@@ -27,7 +27,12 @@ import torch
 
 from benchmarks._common import set_threads
 from benchmarks.bench_deformable_gpu import _config
-from medrl.registration.deformable.integrate import integrate_velocity, warp, warp_points
+from medrl.registration.deformable.integrate import (
+    DEFAULT_INTEGRATION_STEPS,
+    integrate_velocity,
+    warp,
+    warp_points,
+)
 from medrl.registration.deformable.losses import (
     diffusion_loss,
     folding_share,
@@ -47,14 +52,14 @@ def optimise_field(
     velocity = torch.zeros((1, 3, *fixed.shape[2:]), requires_grad=True)
     optimiser = torch.optim.Adam([velocity], lr=lr)
     for _ in range(steps):
-        displacement = integrate_velocity(velocity, 7)
+        displacement = integrate_velocity(velocity, DEFAULT_INTEGRATION_STEPS)
         loss = local_ncc_loss(fixed, warp(moving, displacement), window)
         loss = loss + lam * diffusion_loss(velocity)
         optimiser.zero_grad()
         loss.backward()
         optimiser.step()
     with torch.no_grad():
-        return integrate_velocity(velocity, 7), time.perf_counter() - start
+        return integrate_velocity(velocity, DEFAULT_INTEGRATION_STEPS), time.perf_counter() - start
 
 
 def pair_tre_mm(pair: Pair, displacement: torch.Tensor | None) -> float:

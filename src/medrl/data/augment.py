@@ -407,7 +407,7 @@ def inverse_transform_points(
         for _ in range(int(max_iterations / damping)):
             y_next = torch.einsum("nij,nmj->nmi", inverse, base - _elastic(double, y)) + centre
             update = y_next - y
-            y = y + damping * update if damping < 1.0 else y_next
+            y = y + damping * update
             if torch.max(torch.abs(update)) < tol_mm:
                 return y.to(points_ras.dtype)
     raise RuntimeError("the augmentation's elastic field is not invertible; lower elastic_mm")

@@ -30,6 +30,7 @@ from medrl.geometry.warp_labels import (
 )
 from medrl.io.images import Volume
 from medrl.io.landmarks import Landmarks
+from medrl.metrics.registration import jacobian_determinant
 
 
 @dataclass(frozen=True)
@@ -87,8 +88,6 @@ def move_case(
 def _folds(sampled_ras: np.ndarray, volume: Volume, stride: int = 2) -> bool:
     """Whether the map from the scan's grid to the points it samples (z, y, x, 3) folds, on
     every ``stride``-th voxel (:func:`medrl.metrics.registration.jacobian_determinant`)."""
-    from medrl.metrics.registration import jacobian_determinant
-
     coarse = sampled_ras[::stride, ::stride, ::stride].astype(np.float64)
     index_zyx = np.indices(coarse.shape[:3], dtype=np.float64) * stride
     grid_ras = volume.index_to_ras[:3, :3] @ index_zyx[::-1].reshape(3, -1)
@@ -113,23 +112,22 @@ def deform_case(
     """
     params, sampled_ras = elastic_sample_points_ras(volume, elastic_mm, seed)
     nz, ny, nx = volume.array.shape
+    not_invertible = (
+        f"an elastic warp of {elastic_mm:g} mm (seed {seed}) is not invertible; "
+        "use a smaller amplitude"
+    )
+    if _folds(sampled_ras.reshape(nz, ny, nx, 3), volume):  # no landmark positions exist
+        raise InputError(not_invertible, volume.source)
     sample_index = volume.world_to_index(sampled_ras.astype(np.float64), "RAS")
     coordinates = sample_index[:, ::-1].T.reshape(3, nz, ny, nx)  # (z, y, x) axes
     warped = ndimage.map_coordinates(
         volume.array, coordinates, order=1, mode="constant", cval=float(volume.array.min())
     )
     points = torch.tensor(landmarks.points_ras, dtype=torch.float32).reshape(1, -1, 3)
-    folds = _folds(sampled_ras.reshape(nz, ny, nx, 3), volume)
     try:
-        if folds:
-            raise RuntimeError("the field folds over itself")
         moved = inverse_transform_points(params, points)[0].numpy().astype(np.float64)
-    except RuntimeError as exc:  # the field folds over itself: no landmark positions exist
-        raise InputError(
-            f"an elastic warp of {elastic_mm:g} mm (seed {seed}) is not invertible; "
-            "use a smaller amplitude",
-            volume.source,
-        ) from exc
+    except RuntimeError as exc:
+        raise InputError(not_invertible, volume.source) from exc
     deformed = Volume(
         warped.astype(np.float32),
         volume.spacing_mm,
