@@ -244,6 +244,28 @@ def test_scalars_of_a_resumed_run_and_the_evaluation_curve(tmp_path: Path) -> No
     assert training_curves({}) is None
 
 
+def test_scalars_follow_the_order_files_were_written_not_their_names(tmp_path: Path) -> None:
+    """A writer's per-process counter does not sort (``...9.a`` before ``...10.b`` by name):
+    the resumed run (written second, named first) still wins, and the steps the first run
+    logged after the checkpoint but the resumed run never logged again are dropped."""
+    from torch.utils.tensorboard import SummaryWriter
+
+    folder = tmp_path / "tensorboard"
+    written = []
+    for suffix, steps, scale in ((".first", (10, 20, 30, 40), 1.0), (".second", (20, 30), 2.0)):
+        writer = SummaryWriter(str(folder), filename_suffix=suffix)
+        for step in steps:
+            writer.add_scalar("train/loss", scale * step, step)
+        writer.close()
+        written.append(next(folder.glob(f"*{suffix}")))
+    written[0].rename(folder / "events.out.tfevents.1.host.1.9.a")
+    written[1].rename(folder / "events.out.tfevents.1.host.1.10.b")
+    (folder / "events.out.tfevents.1.host.1.11.c").write_bytes(b"")  # never flushed
+    scalars = read_scalars(folder)
+    np.testing.assert_array_equal(scalars["train/loss"].steps, [10, 20, 30])
+    np.testing.assert_allclose(scalars["train/loss"].values, [10.0, 40.0, 60.0])
+
+
 def test_report_rebuilds_a_warped_and_moved_scan_as_evaluate_made_it(tmp_path: Path) -> None:
     from medrl.evaluation import deform_case, move_case, random_rigid, rigid_to_dict
     from medrl.report.slices import rebuild_scan

@@ -78,18 +78,37 @@ def _read_json(path: Path) -> Any:
 
 def read_scalars(folder: Path) -> dict[str, Scalars]:
     """Every scalar series in a TensorBoard log folder (all its event files, a resumed run's
-    too); where a step was logged twice (a run resumed after a checkpoint), the last wins."""
-    if not folder.is_dir() or not any(folder.glob("events.out.tfevents.*")):
+    too). The files are taken in the order they were written (their first event's wall
+    time; a file name's per-process counter does not sort: ``...9.a`` after ``...10.b``),
+    and a later file replaces every step of a tag from its own first step on, as TensorBoard
+    purges a restarted run's orphaned steps: where a run was resumed, the last run wins."""
+    paths = sorted(folder.glob("events.out.tfevents.*")) if folder.is_dir() else []
+    if not paths:
         return {}
     from tensorboard.backend.event_processing import event_accumulator
 
-    accumulator = event_accumulator.EventAccumulator(
-        str(folder), size_guidance={event_accumulator.SCALARS: 0}
-    )
-    accumulator.Reload()
+    runs = []
+    for path in paths:
+        accumulator = event_accumulator.EventAccumulator(
+            str(path), size_guidance={event_accumulator.SCALARS: 0}
+        )
+        accumulator.Reload()
+        try:
+            started = accumulator.FirstEventTimestamp()
+        except ValueError:  # an empty file (a writer that never flushed)
+            continue
+        runs.append((started, path.name, accumulator))
+    merged: dict[str, dict[int, float]] = {}
+    for _, _, accumulator in sorted(runs, key=lambda run: run[:2]):
+        for tag in accumulator.Tags().get("scalars", []):
+            events = accumulator.Scalars(tag)
+            if not events:
+                continue
+            first_step = min(event.step for event in events)
+            kept = {s: v for s, v in merged.get(tag, {}).items() if s < first_step}
+            merged[tag] = kept | {event.step: event.value for event in events}
     series = {}
-    for tag in accumulator.Tags().get("scalars", []):
-        by_step = {event.step: event.value for event in accumulator.Scalars(tag)}
+    for tag, by_step in merged.items():
         steps = np.array(sorted(by_step), dtype=np.int64)
         series[tag] = Scalars(steps, np.array([by_step[s] for s in steps], dtype=np.float64))
     return series
