@@ -4,6 +4,7 @@ exact resume, and its row in ``medrl evaluate --supervised``."""
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +15,7 @@ import yaml
 from _synthetic import BLOB_NAMES, TINY_DETECTOR, write_blob_datalist, write_untrained_model
 from medrl.cli import main
 from medrl.config import Config, TrainConfig
-from medrl.errors import CheckpointError
+from medrl.errors import CheckpointError, InputError
 from medrl.io.images import read_image
 from medrl.io.landmarks import read_landmarks
 from medrl.supervised.detector import load_detector
@@ -91,6 +92,46 @@ def test_a_resumed_run_ends_where_an_uninterrupted_one_does(data, tmp_path: Path
     for a, b in zip(straight.detector.local.parameters(), resumed.detector.local.parameters(),
                     strict=True):  # fmt: skip
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
+
+
+def _average(weights: list[dict[str, torch.Tensor]], decay: float) -> dict[str, torch.Tensor]:
+    average = weights[0]
+    for w in weights[1:]:
+        average = {k: decay * average[k] + (1.0 - decay) * w[k] for k in average}
+    return average
+
+
+def test_the_model_is_the_moving_average_of_the_weights_and_resumes(data, tmp_path) -> None:
+    """With average_decay the written model is the moving average of the step-by-step
+    weights (computed here by hand); a resumed run writes the same one; a checkpoint without
+    an average starts it from its weights."""
+    config = _config(data["datalist"])
+    probe = DetectorTrainer(config, tmp_path / "probe", _settings(6), TINY)
+    raw = []
+    for _ in range(6):
+        probe.train_step()
+        raw.append({k: v.detach().clone() for k, v in probe.detector.local.state_dict().items()})
+    averaged = replace(_settings(6), average_decay=0.8)
+    DetectorTrainer(config, tmp_path / "straight", averaged, TINY).run(progress=False)
+    model = load_detector(tmp_path / "straight" / "model").local.state_dict()
+    last = torch.load(tmp_path / "straight" / "checkpoint.pt", weights_only=False)["local"]
+    for key, expected in _average(raw, 0.8).items():
+        torch.testing.assert_close(model[key], expected, atol=1e-5, rtol=1e-4)
+        torch.testing.assert_close(last[key], raw[-1][key], atol=1e-5, rtol=1e-4)
+    assert any(float((model[k] - raw[-1][k]).abs().max()) > 1e-4 for k in model)
+    DetectorTrainer(config, tmp_path / "resumed", replace(averaged, max_steps=3), TINY).run(
+        progress=False
+    )
+    DetectorTrainer(config, tmp_path / "resumed", averaged, TINY).run(progress=False)
+    resumed = load_detector(tmp_path / "resumed" / "model").local.state_dict()
+    DetectorTrainer(config, tmp_path / "late", _settings(3), TINY).run(progress=False)
+    DetectorTrainer(config, tmp_path / "late", averaged, TINY).run(progress=False)
+    late = load_detector(tmp_path / "late" / "model").local.state_dict()
+    for key, expected in _average(raw[2:], 0.8).items():
+        torch.testing.assert_close(resumed[key], model[key], atol=1e-5, rtol=1e-4)
+        torch.testing.assert_close(late[key], expected, atol=1e-5, rtol=1e-4)
+    with pytest.raises(InputError, match="decay"):
+        DetectorTrainer(config, tmp_path / "bad", replace(averaged, average_decay=1.0), TINY)
 
 
 def test_detector_files_round_trip_and_bad_ones_are_named(trained: Path, data, tmp_path) -> None:

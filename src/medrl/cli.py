@@ -82,7 +82,7 @@ def cmd_train_heatmap(args: argparse.Namespace) -> int:
     if args.minutes <= 0 or (args.steps is not None and args.steps < 1):
         raise InputError("--minutes must be positive and --steps at least 1")
     config = load_config(_config_path(args.config), args.set)
-    settings = TrainSettings(minutes=args.minutes)
+    settings = TrainSettings(minutes=args.minutes, average_decay=args.average_decay)
     if args.steps is not None:
         settings = replace(settings, max_steps=args.steps)
     if config.train.threads > 0:
@@ -311,6 +311,12 @@ def build_parser() -> argparse.ArgumentParser:
     heatmap.add_argument("--minutes", type=float, default=20.0, help="training time budget")
     heatmap.add_argument(
         "--steps", type=int, help="step budget (reproducible, unlike the clock); both: the first"
+    )
+    heatmap.add_argument(
+        "--average-decay",
+        type=float,
+        default=0.0,
+        help="write the moving average of the weights with this decay (e.g. 0.995) as the model",
     )
     heatmap.add_argument("--quiet", action="store_true", help="no progress lines")
     heatmap.set_defaults(func=cmd_train_heatmap)
