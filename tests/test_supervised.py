@@ -130,6 +130,12 @@ def test_the_model_is_the_moving_average_of_the_weights_and_resumes(data, tmp_pa
     for key, expected in _average(raw[2:], 0.8).items():
         torch.testing.assert_close(resumed[key], model[key], atol=1e-5, rtol=1e-4)
         torch.testing.assert_close(late[key], expected, atol=1e-5, rtol=1e-4)
+    DetectorTrainer(config, tmp_path / "late", replace(averaged, max_steps=7, average_decay=0.0),
+                    TINY).run(progress=False)  # fmt: skip
+    plain = load_detector(tmp_path / "late" / "model").local.state_dict()
+    last = torch.load(tmp_path / "late" / "checkpoint.pt", weights_only=False)["local"]
+    for key, value in plain.items():  # resumed without the average: its last weights
+        torch.testing.assert_close(value, last[key])
     with pytest.raises(InputError, match="decay"):
         DetectorTrainer(config, tmp_path / "bad", replace(averaged, average_decay=1.0), TINY)
 
