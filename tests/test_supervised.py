@@ -140,6 +140,33 @@ def test_the_model_is_the_moving_average_of_the_weights_and_resumes(data, tmp_pa
         DetectorTrainer(config, tmp_path / "bad", replace(averaged, average_decay=1.0), TINY)
 
 
+def test_the_cooldown_takes_the_rate_to_zero_and_a_resumed_run_follows_it(data, tmp_path) -> None:
+    config = _config(data["datalist"])
+    cooled = replace(_settings(8), cooldown_steps=4)
+    interrupted = DetectorTrainer(config, tmp_path / "resumed", cooled, TINY)
+    rates = [interrupted.learning_rate(step) for step in range(8)]
+    np.testing.assert_allclose(rates, 3e-3 * np.array([1, 1, 1, 1, 0.8, 0.6, 0.4, 0.2]))
+    interrupted.run_dir.mkdir(parents=True)
+    for _ in range(5):  # stopped inside the cool-down
+        interrupted.train_step()
+    interrupted.save_checkpoint()
+    resumed = DetectorTrainer(config, tmp_path / "resumed", cooled, TINY)
+    resumed.run(progress=False)
+    straight = DetectorTrainer(config, tmp_path / "straight", cooled, TINY)
+    straight.run(progress=False)
+    constant = DetectorTrainer(config, tmp_path / "constant", _settings(8), TINY)
+    constant.run(progress=False)
+    pairs = zip(straight.detector.local.parameters(), resumed.detector.local.parameters(),
+                constant.detector.local.parameters(), strict=True)  # fmt: skip
+    moved = 0.0
+    for a, b, c in pairs:
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
+        moved = max(moved, float((a - c).detach().abs().max()))
+    assert moved > 1e-4  # the cool-down changed the weights
+    with pytest.raises(InputError, match="cool-down"):
+        DetectorTrainer(config, tmp_path / "bad", replace(cooled, cooldown_steps=9), TINY)
+
+
 def test_detector_files_round_trip_and_bad_ones_are_named(trained: Path, data, tmp_path) -> None:
     detector = load_detector(trained / "model")
     copy = tmp_path / "copy"

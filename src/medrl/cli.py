@@ -85,6 +85,10 @@ def cmd_train_heatmap(args: argparse.Namespace) -> int:
     settings = TrainSettings(minutes=args.minutes, average_decay=args.average_decay)
     if args.steps is not None:
         settings = replace(settings, max_steps=args.steps)
+    if args.cooldown_steps:
+        if args.steps is None:
+            raise InputError("--cooldown-steps needs --steps: the cool-down ends at the last step")
+        settings = replace(settings, cooldown_steps=args.cooldown_steps)
     if config.train.threads > 0:
         import torch
 
@@ -311,6 +315,12 @@ def build_parser() -> argparse.ArgumentParser:
     heatmap.add_argument("--minutes", type=float, default=20.0, help="training time budget")
     heatmap.add_argument(
         "--steps", type=int, help="step budget (reproducible, unlike the clock); both: the first"
+    )
+    heatmap.add_argument(
+        "--cooldown-steps",
+        type=int,
+        default=0,
+        help="the learning rate falls linearly to 0 over the last N of --steps (default: constant)",
     )
     heatmap.add_argument(
         "--average-decay",

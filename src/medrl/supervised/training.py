@@ -14,6 +14,11 @@ A step's random draws depend only on (seed, step), so a run resumed from its che
 (``checkpoint.pt`` in the run folder, written every ``checkpoint_every`` steps and at the end)
 continues exactly as if uninterrupted, within floating-point reduction order.
 
+With ``cooldown_steps`` > 0 the learning rate, constant until then, falls linearly to zero over
+the last ``cooldown_steps`` of ``max_steps`` (a constant-then-decay schedule: the cool-down
+settles the weights that the constant rate keeps moving; it is a function of the step, so a
+resumed run follows it too; a run stopped by its time budget before then never cools down).
+
 With ``average_decay`` > 0 the run also keeps an exponential moving average of the weights
 (Polyak averaging: ``avg <- d avg + (1 - d) w`` after every step) and writes it as the model:
 with a constant learning rate and batches of a few patches the last iterate carries the noise
@@ -59,6 +64,9 @@ class TrainSettings:
     """Local patches are centred at the truth plus a Gaussian offset of this sigma per axis
     (clipped at 2.5 sigma): the coarse stage's errors."""
     lr: float = 1e-3
+    cooldown_steps: int = 0
+    """The learning rate falls linearly from ``lr`` to 0 over the last this many of
+    ``max_steps``; 0: constant."""
     average_decay: float = 0.0
     """Decay ``d`` of the moving average of the weights written as the model (horizon about
     ``1 / (1 - d)`` steps); 0: the last weights."""
@@ -100,6 +108,11 @@ class DetectorTrainer:
         self.config = config
         self.run_dir = Path(run_dir)
         self.settings = settings or TrainSettings()
+        if not 0 <= self.settings.cooldown_steps <= self.settings.max_steps:
+            raise InputError(
+                f"the cool-down ({self.settings.cooldown_steps} steps) must be within the "
+                f"step budget ({self.settings.max_steps})"
+            )
         if not 0.0 <= self.settings.average_decay < 1.0:
             raise InputError(
                 f"the weight average's decay must be in [0, 1), not {self.settings.average_decay}"
@@ -143,6 +156,14 @@ class DetectorTrainer:
         points = torch.as_tensor(np.stack([self.truth[s] for s in scans]), dtype=torch.float32)
         return inverse_transform_points(params, points)  # (B, K, 3)
 
+    def learning_rate(self, step: int) -> float:
+        """The learning rate of step ``step`` (0-based): constant, then the cool-down."""
+        s = self.settings
+        start = s.max_steps - s.cooldown_steps
+        if s.cooldown_steps == 0 or step < start:
+            return s.lr
+        return s.lr * (s.max_steps - step) / (s.cooldown_steps + 1)
+
     def train_step(self) -> dict[str, float]:
         s, d = self.settings, self.detector.settings
         rng = np.random.default_rng([self.seed, self.step])
@@ -177,6 +198,8 @@ class DetectorTrainer:
             logits, (truth - centres)[:, None], d.local_size, d.local_spacing_mm
         )
         self.optimizer.zero_grad(set_to_none=True)
+        for group in self.optimizer.param_groups:
+            group["lr"] = self.learning_rate(self.step)
         (coarse_loss + local_loss).backward()
         self.optimizer.step()
         self._update_average()
