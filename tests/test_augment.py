@@ -12,7 +12,9 @@ from _synthetic import blob_volume
 from medrl.config import AugmentConfig
 from medrl.data.augment import (
     batch_params,
+    intensity_is_identity,
     inverse_transform_points,
+    no_augmentation,
     sample_params,
     stack_params,
     transform_points,
@@ -330,6 +332,31 @@ def test_patch_grids_with_local_warps_equal_the_pointwise_transform() -> None:
         # the local warps really move the grid (the comparison above is not trivial)
         still = dataclasses.replace(params, bump_strength=torch.zeros_like(params.bump_strength))
         assert float((fast - transform_grid(still, centres, offsets, axes)).abs().max()) > 0.5
+
+
+def test_a_search_skips_the_identity_intensity_change_with_the_same_patches(monkeypatch) -> None:
+    """A search's patches (no augmentation) skip the bias field and gamma but are exactly those
+    of the full intensity path (clamped at 0: the noisy blobs have negative values)."""
+    from medrl.envs import sampler
+
+    volume, centres = blob_volume(noise=1.0)
+    scan = build_pyramid(volume, [2.0, 4.0])
+    for level_image in scan.levels:  # values below 0 as well (the full path clamps them)
+        level_image.tensor.sub_(0.2)
+    count = 6
+    params = no_augmentation(scan.centre_ras, count)
+    noise = torch.randn(count, 9**3, generator=torch.Generator().manual_seed(0))
+    assert intensity_is_identity(params, noise) and intensity_is_identity(params, None)
+    position = torch.as_tensor(np.tile(centres[:1], (count, 1)), dtype=torch.float32)
+    offsets = cube_offsets(torch.full((count,), 2.0), 9)
+    level = torch.tensor([0, 1, 0, 1, 0, 1])
+    zero = torch.zeros(count, dtype=torch.long)
+    fast = render_patches([scan], zero, level, position, params, offsets, noise)
+    monkeypatch.setattr(sampler, "intensity_is_identity", lambda *_: False)
+    full = render_patches([scan], zero, level, position, params, offsets, noise)
+    assert torch.equal(fast, full) and float(fast.min()) == 0.0 < float(fast.max())
+    brighter = dataclasses.replace(params, contrast=params.contrast * 1.1)
+    assert not intensity_is_identity(brighter, noise)
 
 
 @pytest.mark.parametrize("spacings_mm", [[2.0, 4.0], [4.0, 2.0]])

@@ -425,6 +425,18 @@ def remap_intensity(lut: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
     return low + (high - low) * fraction
 
 
+def intensity_is_identity(params: AugmentParams, noise: torch.Tensor | None) -> bool:
+    """Whether :func:`apply_intensity` changes nothing but clamping at 0 (every episode without
+    lookup table, gamma, contrast, bias field or noise: a search or a detection)."""
+    return (
+        not bool((params.remap > 0).any())
+        and bool((params.log_gamma == 0).all())
+        and bool((params.contrast == 1).all())
+        and bool((params.bias_amp == 0).all())
+        and (noise is None or bool((params.noise_std == 0).all()))
+    )
+
+
 def apply_intensity(
     params: AugmentParams,
     values: torch.Tensor,

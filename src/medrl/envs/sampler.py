@@ -14,7 +14,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from medrl.data.augment import AugmentParams, apply_intensity, grid_log_bias, transform_grid
+from medrl.data.augment import (
+    AugmentParams,
+    apply_intensity,
+    grid_log_bias,
+    intensity_is_identity,
+    transform_grid,
+)
 from medrl.envs.pyramid import LevelImage, ScanPyramid, coarser_levels
 
 
@@ -154,6 +160,9 @@ def render_patches(
         if scan.siblings and not partner:
             sampled = _blend_siblings(scan, key % num_levels, grid, params, rows, sampled)
         values[rows] = sampled
-    log_bias = grid_log_bias(params, position_ras, offsets_mm, axes)
-    values = apply_intensity(params, values, log_bias, noise)
+    if intensity_is_identity(params, noise):  # a search: what apply_intensity gives, exactly
+        values = torch.clamp(values, min=0.0)
+    else:
+        log_bias = grid_log_bias(params, position_ras, offsets_mm, axes)
+        values = apply_intensity(params, values, log_bias, noise)
     return values.reshape(n, patch_size, patch_size, patch_size)

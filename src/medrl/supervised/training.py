@@ -18,6 +18,8 @@ With ``cooldown_steps`` > 0 the learning rate, constant until then, falls linear
 the last ``cooldown_steps`` of ``max_steps`` (a constant-then-decay schedule: the cool-down
 settles the weights that the constant rate keeps moving; it is a function of the step, so a
 resumed run follows it too; a run stopped by its time budget before then never cools down).
+On the left-out templates 500 cool-down steps fitted the training brains closer and the new
+ones worse than 500 more steps at the constant rate (BENCHMARKS.md), so it is off by default.
 
 With ``average_decay`` > 0 the run also keeps an exponential moving average of the weights
 (Polyak averaging: ``avg <- d avg + (1 - d) w`` after every step) and writes it as the model:
