@@ -137,7 +137,7 @@ def test_the_model_is_the_moving_average_of_the_weights_and_resumes(data, tmp_pa
     for key, value in plain.items():  # resumed without the average: its last weights
         torch.testing.assert_close(value, last[key])
     with pytest.raises(InputError, match="decay"):
-        DetectorTrainer(config, tmp_path / "bad", replace(averaged, average_decay=1.0), TINY)
+        replace(averaged, average_decay=1.0)
 
 
 def test_the_cooldown_takes_the_rate_to_zero_and_a_resumed_run_follows_it(data, tmp_path) -> None:
@@ -164,7 +164,18 @@ def test_the_cooldown_takes_the_rate_to_zero_and_a_resumed_run_follows_it(data, 
         moved = max(moved, float((a - c).detach().abs().max()))
     assert moved > 1e-4  # the cool-down changed the weights
     with pytest.raises(InputError, match="cool-down"):
-        DetectorTrainer(config, tmp_path / "bad", replace(cooled, cooldown_steps=9), TINY)
+        replace(cooled, cooldown_steps=9)
+
+
+def test_bad_training_settings_exit_2_before_the_run_folder_exists(data, tmp_path, capsys) -> None:
+    run = tmp_path / "run"
+    base = ["train-heatmap", "--set", f"train.datalist={data['datalist']}", "--run-dir", str(run)]
+    for extra, message in ((["--average-decay", "1.5"], "decay"),
+                           (["--steps", "10", "--cooldown-steps", "20"], "cool-down"),
+                           (["--cooldown-steps", "20"], "needs --steps")):  # fmt: skip
+        assert main(base + extra) == 2
+        assert message in capsys.readouterr().err
+        assert not run.exists()
 
 
 def test_detector_files_round_trip_and_bad_ones_are_named(trained: Path, data, tmp_path) -> None:

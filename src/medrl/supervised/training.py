@@ -75,6 +75,17 @@ class TrainSettings:
     checkpoint_every: int = 100
     log_every: int = 20
 
+    def __post_init__(self) -> None:  # before any run folder is made
+        if not 0 <= self.cooldown_steps <= self.max_steps:
+            raise InputError(
+                f"the cool-down ({self.cooldown_steps} steps) must be within the step budget "
+                f"({self.max_steps})"
+            )
+        if not 0.0 <= self.average_decay < 1.0:
+            raise InputError(
+                f"the weight average's decay must be in [0, 1), not {self.average_decay}"
+            )
+
 
 def training_pyramid(volume: Volume, settings: DetectorSettings) -> ScanPyramid:
     """The coarse and local levels exactly as :meth:`HeatmapDetector.detect` builds them,
@@ -110,15 +121,6 @@ class DetectorTrainer:
         self.config = config
         self.run_dir = Path(run_dir)
         self.settings = settings or TrainSettings()
-        if not 0 <= self.settings.cooldown_steps <= self.settings.max_steps:
-            raise InputError(
-                f"the cool-down ({self.settings.cooldown_steps} steps) must be within the "
-                f"step budget ({self.settings.max_steps})"
-            )
-        if not 0.0 <= self.settings.average_decay < 1.0:
-            raise InputError(
-                f"the weight average's decay must be in [0, 1), not {self.settings.average_decay}"
-            )
         self.seed = config.train.seed
         torch.manual_seed(self.seed)
         cases = load_split(config.train.datalist, "train")
