@@ -4,13 +4,19 @@ Each ``--fold TEMPLATE=MODEL_DIR`` names a model trained on ``builtin:afids4/TEM
 other templates of ``builtin:afids4``) and tests it on that template's cases (each image with
 and without skull), moved by ``--trials`` random rigid transforms (up to 15 degrees and
 20 mm, seeds 1000...; scenario ``rigid15``) and, in ``warp15``, warped first by a smooth 3 mm
-non-affine field (in ``warp15_6mm`` a 6 mm one). Beside it, on the same scans: the affine
+non-affine field (in ``warp15_6mm`` a 6 mm one; in ``vent15`` the 3 mm one with both
+lateral ventricles enlarged). Beside it, on the same scans: the affine
 registration baseline (the AFIDs of MNI152NLin2009cAsym T1w, a training template of every
 fold, carried by SimpleITK affine registration), every ``--also NAME=MODEL_DIR`` (e.g. the
 model shipped before, trained on MNI152NLin2009cAsym alone: ``--also shipped=default``) and,
 with ``--supervised TEMPLATE=DETECTOR_DIR``, the supervised heatmap detector trained on the
 same fold (``medrl train-heatmap --config afids4 --set train.datalist=builtin:afids4/TEMPLATE``)
 and the point halfway between the agent's and the detector's (an ensemble of the two).
+``--detector TEMPLATE=DETECTOR_DIR`` instead puts that detector in the fold model, in place
+of the one its folder carries (``MODEL/detector``, :mod:`medrl.supervised.ensemble`), so
+that detectors of one fold (seeds, training settings) are compared with the same agent and
+without copying model folders; the weight is the model's ``search.detector_weight`` or a
+``--set``.
 Every row shows the mean, median and max error, the landmarks above 10 mm and the seconds per
 scan. Writes ``loto.json`` (all rows, the per-landmark means too) into ``--out``, and the
 ``medrl evaluate`` folders below it.
@@ -19,12 +25,15 @@ PYTHONPATH=. python -m benchmarks.bench_loto --fold MNI305=runs/loto/f_305/model
     --also shipped=default [--supervised MNI305=runs/heatmap_305/model] [--trials 5] \\
     [--scenarios rigid15,warp15] [--out /tmp/bench_loto] \\
     [--set search.adaptive_levels=true]
+PYTHONPATH=. python -m benchmarks.bench_loto --fold MNI305=runs/loto/f_MNI305_ens35 \\
+    --detector MNI305=runs/heatmap/MNI305_seed1/model --set search.mirror=true
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -33,16 +42,29 @@ import torch
 from benchmarks._common import set_threads
 from benchmarks._family import SCENARIOS
 from medrl.agents.checkpoint import load_model, with_overrides
+from medrl.data.scenarios import Swelling
 from medrl.data.sources import load_split
 from medrl.evaluation import CASES_DIR, evaluate
 from medrl.models import default_model_dir
 from medrl.supervised.detector import load_detector
+from medrl.supervised.ensemble import detector_knowing
 
 ATLAS_CASE = "MNI152NLin2009cAsym_T1w"
-LOTO_SCENARIOS = {**SCENARIOS, "warp15_6mm": {"max_rotation_deg": 15.0, "elastic_mm": 6.0}}
-"""The family's scenarios and a stronger warp (6 mm): anatomy further from any affine copy of
+VENTRICLES = Swelling(groups=(("15", "17"), ("16", "18")), sigma_mm=20.0, strength=-0.35)
+"""Both lateral ventricles enlarged, as in an older brain or a patient's (the held-out patient
+template of issue 11 has enlarged ventricles): a local warp centred between each side's AFIDs
+at the lateral ventricle (at AC: 15 right, 16 left; at PC: 17, 18), 3.6 times the volume at
+its centre (1 / 0.65^3), fading over about 20 mm; it moves those four AFIDs by a few mm,
+outward. Stronger than the training augmentation's local warps (|s| up to 0.3)."""
+LOTO_SCENARIOS = {
+    **SCENARIOS,
+    "warp15_6mm": {"max_rotation_deg": 15.0, "elastic_mm": 6.0},
+    "vent15": {"max_rotation_deg": 15.0, "elastic_mm": 3.0, "swelling": VENTRICLES},
+}
+"""The family's scenarios, a stronger warp (6 mm): anatomy further from any affine copy of
 the training brains, where a layout fit (``search.layout_weight``) cannot follow and the search
-must read the image."""
+must read the image; and ``vent15``, ``warp15`` with both lateral ventricles enlarged
+(:data:`VENTRICLES`)."""
 
 
 ENSEMBLE = "mean of agent and supervised"
@@ -71,9 +93,12 @@ def _named(items: list[str]) -> list[tuple[str, str]]:
     return pairs
 
 
-def _model(path: str, overrides: list[str]):  # type: ignore[no-untyped-def]
+def _model(path: str, overrides: list[str], detector_dir: str | None = None):  # type: ignore[no-untyped-def]
     model = load_model(default_model_dir("landmark") if path == "default" else path,
                        task="landmark")  # fmt: skip
+    if detector_dir is not None:  # this fold's agent with another detector
+        detector = detector_knowing(load_detector(detector_dir), model.names, Path(detector_dir))
+        model = replace(model, detector=detector)
     return with_overrides(model, overrides)
 
 
@@ -82,6 +107,8 @@ def main() -> None:
     parser.add_argument("--fold", action="append", default=[], help="TEMPLATE=MODEL_DIR")
     parser.add_argument("--also", action="append", default=[], help="NAME=MODEL_DIR")
     parser.add_argument("--supervised", action="append", default=[], help="TEMPLATE=DETECTOR_DIR")
+    parser.add_argument("--detector", action="append", default=[],
+                        help="TEMPLATE=DIR: the fold model with this detector")  # fmt: skip
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--trials", type=int, default=5)
     parser.add_argument("--scenarios", default="rigid15,warp15")
@@ -94,6 +121,10 @@ def main() -> None:
     atlas = next(c for c in load_split("builtin:afids4", "train") if c.case_id == ATLAS_CASE)
     rows: list[dict] = []
     detectors = {t: load_detector(path) for t, path in _named(args.supervised)}
+    fold_detectors = dict(_named(args.detector))
+    unknown = set(fold_detectors) - {t for t, _ in _named(args.fold)}
+    if unknown:
+        raise SystemExit(f"--detector for a template without --fold: {', '.join(sorted(unknown))}")
     print("| left out | scenario | method | mean mm | median mm | max mm | > 10 mm | s/scan |")
     print("|---|---|---|---:|---:|---:|---:|---:|")
     for template, fold_dir in _named(args.fold):
@@ -104,10 +135,13 @@ def main() -> None:
             for index, (method, model_dir) in enumerate(methods):
                 with torch.inference_mode():
                     tables = evaluate(
-                        _model(model_dir, args.overrides), cases, atlas,
+                        _model(model_dir, args.overrides,
+                               fold_detectors.get(template) if index == 0 else None),
+                        cases, atlas,
                         out / template / scenario / method,
                         rigid_trials=args.trials, max_rotation_deg=settings["max_rotation_deg"],
                         elastic_mm=settings["elastic_mm"], progress=False,
+                        swelling=settings.get("swelling"),
                         supervised=detectors.get(template) if index == 0 else None,
                     )  # fmt: skip
                 for row in tables["overall"]:

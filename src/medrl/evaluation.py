@@ -24,6 +24,7 @@ from medrl.baselines.registration import propagate_landmarks
 from medrl.data.datalist import Case
 from medrl.data.scenarios import (  # noqa: F401 - re-exported: their home before scenarios.py
     RigidTransform,
+    Swelling,
     deform_case,
     move_case,
     random_rigid,
@@ -66,6 +67,7 @@ def evaluate(
     num_starts: int | None = None,
     elastic_mm: float = 0.0,
     supervised: HeatmapDetector | None = None,
+    swelling: Swelling | None = None,
 ) -> dict:
     """Run agent and baseline on every test case (moved ``rigid_trials`` times); write tables.
 
@@ -78,7 +80,8 @@ def evaluate(
 
     ``elastic_mm`` > 0 warps each moved scan first (:func:`medrl.data.scenarios.deform_case`,
     seeded like the rigid move) and names the scans ``<case>_elastic<trial>`` instead of
-    ``_rigid<trial>``.
+    ``_rigid<trial>``; ``swelling`` enlarges structures before the move
+    (:class:`medrl.data.scenarios.Swelling`, scans ``<case>_swollen<trial>``).
     """
     out_dir = Path(out_dir)
     truth: dict[str, Landmarks] = {}
@@ -96,6 +99,7 @@ def evaluate(
         include_unmoved,
         elastic_mm,
         landmark_names=model.names,
+        swelling=swelling,
     )
     jobs = [(t.case_id, t.volume, t.landmarks, t.record) for t in scans]
     drop_stale_records(out_dir, [case_id for case_id, _, _, _ in jobs])

@@ -5,12 +5,15 @@ The built-in templates share MNI space, so an unmoved test image only measures m
 coordinates: evaluations move each test scan by random rigid transforms (the image content is
 resampled through the transform, annotations move with it) and, with ``elastic_mm`` > 0, warp
 it first by a smooth non-affine field (:func:`deform_case`) that no affine registration can
-follow. Boxes are recomputed from the moved label map, as a user's boxes would be.
+follow, and with a :class:`Swelling` enlarges structures (such as the lateral ventricles of an
+older or a patient's brain) by local warps centred among their landmarks. Boxes are
+recomputed from the moved label map, as a user's boxes would be.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
 
 import numpy as np
 import SimpleITK as sitk
@@ -21,6 +24,7 @@ from medrl.data.augment import inverse_transform_points
 from medrl.data.datalist import Case
 from medrl.errors import InputError
 from medrl.geometry.warp_labels import (
+    LocalWarp,
     deform_labels,
     elastic_sample_points_ras,
     grid_centre_ras,
@@ -100,17 +104,21 @@ def _folds(sampled_ras: np.ndarray, volume: Volume, stride: int = 2) -> bool:
 
 
 def deform_case(
-    volume: Volume, landmarks: Landmarks, elastic_mm: float, seed: int
+    volume: Volume,
+    landmarks: Landmarks,
+    elastic_mm: float,
+    seed: int,
+    local: Sequence[LocalWarp] = (),
 ) -> tuple[Volume, Landmarks]:
     """Warp the anatomy by a smooth non-affine field; landmarks move with it exactly.
 
-    The field is the training augmentation's elastic displacement alone (``elastic_mm``
-    amplitude, no affine part, no intensity change): ``I'(x) = I(x + d(x))``, resampled
-    (linear) on the scan's own grid, and a landmark ``l`` moves to the ``y`` with
+    The field is the training augmentation's elastic displacement (``elastic_mm`` amplitude,
+    no affine part, no intensity change) plus the ``local`` warps: ``I'(x) = I(x + d(x))``,
+    resampled (linear) on the scan's own grid, and a landmark ``l`` moves to the ``y`` with
     ``y + d(y) = l``. It stands in for anatomy that no affine map can match, as in another
     subject's brain.
     """
-    params, sampled_ras = elastic_sample_points_ras(volume, elastic_mm, seed)
+    params, sampled_ras = elastic_sample_points_ras(volume, elastic_mm, seed, local)
     nz, ny, nx = volume.array.shape
     not_invertible = (
         f"an elastic warp of {elastic_mm:g} mm (seed {seed}) is not invertible; "
@@ -154,6 +162,37 @@ def rigid_from_dict(record: dict) -> RigidTransform:
     )
 
 
+@dataclass(frozen=True)
+class Swelling:
+    """Structures enlarged (``strength`` < 0) or shrunk (> 0) in every test scan: one local
+    warp (:class:`~medrl.geometry.warp_labels.LocalWarp`) centred at the centroid of each group
+    of landmarks, e.g. ``(("15", "17"), ("16", "18"))``: the AFIDs on the right and the left
+    lateral ventricle, whose enlargement with age and disease moves them apart."""
+
+    groups: tuple[tuple[str, ...], ...]
+    sigma_mm: float = 15.0
+    strength: float = -0.2
+
+    def local_warps(self, landmarks: Landmarks | None, source: str) -> tuple[LocalWarp, ...]:
+        """The warps on a scan with these ``landmarks``; InputError naming ``source`` when a
+        group's landmark is missing."""
+        known = {}
+        if landmarks is not None:
+            known = dict(zip(landmarks.names, landmarks.points_ras, strict=True))
+        warps = []
+        for group in self.groups:
+            missing = [name for name in group if name not in known]
+            if missing or not group:
+                raise InputError(
+                    f"a swelling centred among landmarks {list(group)} needs them, but the "
+                    f"scan lacks {missing or 'a named landmark'}",
+                    source,
+                )
+            centre = np.mean([known[name] for name in group], axis=0)
+            warps.append(LocalWarp(tuple(float(v) for v in centre), self.sigma_mm, self.strength))
+        return tuple(warps)
+
+
 @dataclass
 class ScenarioScan:
     """One scan of an evaluation: the (moved) image and its (moved) annotations."""
@@ -178,13 +217,19 @@ def scenario_scans(
     elastic_mm: float = 0.0,
     landmark_names: tuple[str, ...] | None = None,
     with_labels: bool = False,
+    swelling: Swelling | None = None,
 ) -> list[ScenarioScan]:
     """Every case (unmoved if asked or ``rigid_trials == 0``) and its ``rigid_trials`` moved
-    copies ``<case>_rigid<k>`` (``<case>_elastic<k>`` when also warped, seeded like the move).
+    copies ``<case>_rigid<k>`` (``<case>_elastic<k>`` when also warped, seeded like the move;
+    ``<case>_swollen<k>`` when ``swelling`` enlarges structures first, centred among the case's
+    own landmarks; only moved copies are swollen: ``swelling`` needs ``rigid_trials`` > 0 and
+    no unmoved copy).
 
     ``landmark_names`` keeps those landmarks (cases without landmarks are skipped);
     ``with_labels`` moves the label map too (cases without one are skipped).
     """
+    if swelling is not None and (include_unmoved or rigid_trials == 0):
+        raise ValueError("a swelling applies to the moved copies: rigid_trials > 0, no unmoved")
     scans: list[ScenarioScan] = []
     for case in cases:
         landmarks = None
@@ -199,6 +244,7 @@ def scenario_scans(
                 continue
             labels = labels_on_grid(case.labels, case.volume)
         origin = {"case": case.case_id, "image": case.volume.source}
+        local = () if swelling is None else swelling.local_warps(case.landmarks, case.volume.source)
         names = case.label_names
         if include_unmoved or rigid_trials == 0:
             record = {**origin, "rigid": None}
@@ -206,12 +252,16 @@ def scenario_scans(
         for trial in range(rigid_trials):
             rigid = random_rigid(seed + trial, max_rotation_deg, max_translation_mm)
             volume, moved, moved_labels, kind, warp = case.volume, landmarks, labels, "rigid", None
-            if elastic_mm > 0:
+            if elastic_mm > 0 or local:
                 warp = {"elastic_mm": elastic_mm, "seed": seed + trial}
+                if local:
+                    warp["local"] = [asdict(w) for w in local]
                 if moved_labels is not None:
-                    moved_labels = deform_labels(moved_labels, volume, **warp)
-                volume, moved = _deform(volume, moved, **warp)
-                kind = "elastic"
+                    moved_labels = deform_labels(
+                        moved_labels, volume, elastic_mm, seed + trial, local
+                    )
+                volume, moved = _deform(volume, moved, elastic_mm, seed + trial, local)
+                kind = "swollen" if local else "elastic"
             if moved_labels is not None:
                 moved_labels = move_labels(moved_labels, volume, rigid)
             volume, moved = _move(volume, moved, rigid)
@@ -229,6 +279,12 @@ def _move(volume: Volume, landmarks: Landmarks | None, rigid: RigidTransform):
     return moved, (points if landmarks is not None else None)
 
 
-def _deform(volume: Volume, landmarks: Landmarks | None, elastic_mm: float, seed: int):
-    warped, points = deform_case(volume, landmarks or _NO_POINTS, elastic_mm, seed)
+def _deform(
+    volume: Volume,
+    landmarks: Landmarks | None,
+    elastic_mm: float,
+    seed: int,
+    local: Sequence[LocalWarp] = (),
+):
+    warped, points = deform_case(volume, landmarks or _NO_POINTS, elastic_mm, seed, local)
     return warped, (points if landmarks is not None else None)

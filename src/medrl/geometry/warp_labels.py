@@ -12,6 +12,8 @@ Frames: world points are RAS mm; SimpleITK transforms work in LPS mm.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
 from typing import Protocol
 
 import numpy as np
@@ -24,6 +26,7 @@ from medrl.data.augment import AugmentParams, sample_params, stack_params, trans
 from medrl.io.images import Volume
 
 __all__ = [
+    "LocalWarp",
     "RigidMotion",
     "deform_labels",
     "elastic_sample_points_ras",
@@ -47,6 +50,32 @@ class RigidMotion(Protocol):
     def rotation_ras(self) -> np.ndarray:
         """(3, 3) rotation matrix in RAS."""
         ...
+
+
+@dataclass(frozen=True)
+class LocalWarp:
+    """A radial swelling (``strength`` < 0) or shrinking (> 0) of the anatomy around
+    ``centre_ras``: the training augmentation's local warp (``augment.local_warps``), the
+    displacement ``s (x - c) exp(-|x - c|^2 / 2 sigma^2)`` of the sampled points. At the centre
+    the anatomy's volume changes by ``1 / (1 + s)^3`` (s = -0.2: 1.95 times larger); below
+    ``|s|`` = 0.5 the warp stays invertible."""
+
+    centre_ras: tuple[float, float, float]
+    sigma_mm: float
+    strength: float
+
+    def __post_init__(self) -> None:
+        if not (np.all(np.isfinite(self.centre_ras)) and len(self.centre_ras) == 3):
+            raise ValueError(
+                f"a local warp's centre must be 3 finite RAS mm, got {self.centre_ras}"
+            )
+        if not self.sigma_mm > 0:
+            raise ValueError(f"a local warp's sigma must be > 0 mm, got {self.sigma_mm}")
+        if not abs(self.strength) < 0.5:
+            raise ValueError(
+                f"a local warp's strength must lie in (-0.5, 0.5) to stay invertible, "
+                f"got {self.strength}"
+            )
 
 
 def grid_centre_ras(volume: Volume) -> np.ndarray:
@@ -73,12 +102,13 @@ def rigid_resample_transform(image: Volume, rigid: RigidMotion) -> sitk.AffineTr
 
 
 def elastic_sample_points_ras(
-    image: Volume, elastic_mm: float, seed: int
+    image: Volume, elastic_mm: float, seed: int, local: Sequence[LocalWarp] = ()
 ) -> tuple[AugmentParams, np.ndarray]:
     """The smooth non-affine warp of :func:`medrl.evaluation.deform_case` on ``image``'s grid.
 
     The field is the training augmentation's elastic displacement alone (``elastic_mm``
-    amplitude, seeded, about the grid centre): the warped image is ``I'(x) = I(x + d(x))``.
+    amplitude, seeded, about the grid centre) plus the ``local`` warps: the warped image is
+    ``I'(x) = I(x + d(x))``.
     Returns the parameters (to move points with
     :func:`medrl.data.augment.inverse_transform_points`) and ``x + d(x)`` for every voxel
     ``x`` of the grid, (nz * ny * nx, 3) float32 RAS in array order (z, y, x).
@@ -88,6 +118,13 @@ def elastic_sample_points_ras(
         elastic_mm=elastic_mm, gamma=0.0, contrast=0.0, bias_field=0.0, noise_std=0.0,
     )  # fmt: skip
     params = stack_params([sample_params(spatial, seed, grid_centre_ras(image))])
+    if local:
+        params = replace(
+            params,
+            bump_centre_ras=torch.tensor([[w.centre_ras for w in local]], dtype=torch.float32),
+            bump_sigma_mm=torch.tensor([[w.sigma_mm for w in local]], dtype=torch.float32),
+            bump_strength=torch.tensor([[w.strength for w in local]], dtype=torch.float32),
+        )
     nz, ny, nx = image.array.shape
     index = np.stack(np.meshgrid(np.arange(nx), np.arange(ny), np.arange(nz), indexing="ij"), -1)
     index = index.transpose(2, 1, 0, 3).reshape(-1, 3)  # (z, y, x) order, (i, j, k) columns
@@ -130,13 +167,16 @@ def move_labels(labels: Volume, image: Volume, rigid: RigidMotion) -> Volume:
     return _label_volume(array, image, f"{labels.source} (rigidly moved)")
 
 
-def deform_labels(labels: Volume, image: Volume, elastic_mm: float, seed: int) -> Volume:
+def deform_labels(
+    labels: Volume, image: Volume, elastic_mm: float, seed: int, local: Sequence[LocalWarp] = ()
+) -> Volume:
     """``labels`` warped like :func:`medrl.evaluation.deform_case` warps ``image``.
 
-    Same field (:func:`elastic_sample_points_ras` of ``image``, ``elastic_mm``, ``seed``):
-    ``L'(x) = L(x + d(x))`` on ``image``'s grid, nearest neighbour, 0 outside the label map.
+    Same field (:func:`elastic_sample_points_ras` of ``image``, ``elastic_mm``, ``seed``,
+    ``local``): ``L'(x) = L(x + d(x))`` on ``image``'s grid, nearest neighbour, 0 outside the
+    label map.
     """
-    _, sampled_ras = elastic_sample_points_ras(image, elastic_mm, seed)
+    _, sampled_ras = elastic_sample_points_ras(image, elastic_mm, seed, local)
     sample_index = labels.world_to_index(sampled_ras.astype(np.float64), "RAS")
     nz, ny, nx = image.array.shape
     coordinates = sample_index[:, ::-1].T.reshape(3, nz, ny, nx)  # label-map (z, y, x) axes

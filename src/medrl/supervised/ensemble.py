@@ -47,10 +47,12 @@ def model_detector(
     folder = Path(model_dir) / DETECTOR_SUBDIR
     if not folder.exists():
         return None
-    return _knowing(load_detector(folder, device), names, folder)
+    return detector_knowing(load_detector(folder, device), names, folder)
 
 
-def _knowing(detector: HeatmapDetector, names: tuple[str, ...], folder: Path) -> HeatmapDetector:
+def detector_knowing(
+    detector: HeatmapDetector, names: tuple[str, ...], folder: Path
+) -> HeatmapDetector:
     """``detector``, or CheckpointError naming ``folder`` when it lacks one of ``names``."""
     missing = [name for name in names if name not in detector.names]
     if missing:
@@ -108,7 +110,7 @@ def attach_detector(model_dir: str | Path, detector_dir: str | Path, weight: flo
     if not is_detector_dir(source):
         raise CheckpointError("not a supervised detector folder (no detector.yaml)", source)
     model = load_model(folder, task="landmark")
-    detector = _knowing(load_detector(source), model.names, source)
+    detector = detector_knowing(load_detector(source), model.names, source)
     header: dict[str, Any] = safe_load((folder / "model.yaml").read_text())
     header["config"].setdefault("search", {})["detector_weight"] = float(weight)
     training = header.get("training")
