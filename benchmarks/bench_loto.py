@@ -41,7 +41,7 @@ import torch
 
 from benchmarks._common import set_threads
 from benchmarks._family import SCENARIOS
-from medrl.agents.checkpoint import load_model, with_overrides
+from medrl.agents.checkpoint import Model, load_model, with_overrides
 from medrl.data.scenarios import Swelling
 from medrl.data.sources import load_split
 from medrl.evaluation import CASES_DIR, evaluate
@@ -51,11 +51,13 @@ from medrl.supervised.ensemble import detector_knowing
 
 ATLAS_CASE = "MNI152NLin2009cAsym_T1w"
 VENTRICLES = Swelling(groups=(("15", "17"), ("16", "18")), sigma_mm=20.0, strength=-0.35)
-"""Both lateral ventricles enlarged, as in an older brain or a patient's (the held-out patient
-template of issue 11 has enlarged ventricles): a local warp centred between each side's AFIDs
-at the lateral ventricle (at AC: 15 right, 16 left; at PC: 17, 18), 3.6 times the volume at
-its centre (1 / 0.65^3), fading over about 20 mm; it moves those four AFIDs by a few mm,
-outward. Stronger than the training augmentation's local warps (|s| up to 0.3)."""
+"""Both lateral ventricles enlarged, as in an older person's or a patient's brain (the held-out
+patient template of issue 11 has enlarged ventricles): a local warp centred on the anatomy
+between each side's AFIDs at the lateral ventricle (at AC: 15 right, 16 left; at PC: 17, 18),
+fading over about 20 mm; at its centre one warp alone makes the volume 1 / 0.65^3 = 3.6 times
+larger, and the two overlap, so somewhat more. It moves those four AFIDs outward by about 5 mm.
+Stronger than the training augmentation's local warps (|s| up to 0.3, each centred on one
+landmark)."""
 LOTO_SCENARIOS = {
     **SCENARIOS,
     "warp15_6mm": {"max_rotation_deg": 15.0, "elastic_mm": 6.0},
@@ -93,13 +95,17 @@ def _named(items: list[str]) -> list[tuple[str, str]]:
     return pairs
 
 
-def _model(path: str, overrides: list[str], detector_dir: str | None = None):  # type: ignore[no-untyped-def]
+def _model(path: str, overrides: list[str], detector_dir: str | None = None) -> Model:
     model = load_model(default_model_dir("landmark") if path == "default" else path,
                        task="landmark")  # fmt: skip
     if detector_dir is not None:  # this fold's agent with another detector
         detector = detector_knowing(load_detector(detector_dir), model.names, Path(detector_dir))
         model = replace(model, detector=detector)
-    return with_overrides(model, overrides)
+    model = with_overrides(model, overrides)
+    if detector_dir is not None and model.config.search.detector_weight <= 0:
+        raise SystemExit(f"--detector {detector_dir}: search.detector_weight is 0, so the "
+                         "detector would not be read (--set search.detector_weight=W)")  # fmt: skip
+    return model
 
 
 def main() -> None:
@@ -122,6 +128,8 @@ def main() -> None:
     rows: list[dict] = []
     detectors = {t: load_detector(path) for t, path in _named(args.supervised)}
     fold_detectors = dict(_named(args.detector))
+    if len(fold_detectors) < len(args.detector):
+        raise SystemExit("--detector: one detector per template")
     unknown = set(fold_detectors) - {t for t, _ in _named(args.fold)}
     if unknown:
         raise SystemExit(f"--detector for a template without --fold: {', '.join(sorted(unknown))}")
@@ -155,7 +163,9 @@ def main() -> None:
                     }
                     above = round(row["failure_rate_10mm"] * row["n"])
                     rows.append({**row, "template": template, "scenario": scenario, "method": name,
-                                 "above_10mm": above,
+                                 "above_10mm": above, "model": model_dir,
+                                 "detector": fold_detectors.get(template) if index == 0 else None,
+                                 "overrides": args.overrides,
                                  "per_landmark_mean_mm": per_landmark})  # fmt: skip
                     print(
                         f"| {template} | {scenario} | {name} | {row['mean_mm']:.2f} | "

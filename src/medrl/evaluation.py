@@ -153,13 +153,19 @@ def evaluate(
     write_tables(per_landmark, out_dir, "per_landmark")
     write_tables(overall, out_dir, "overall")
     write_tables(raw_error_rows(results, truth), out_dir, "errors")
-    scenario = {
+    scenario: dict[str, Any] = {
         "rigid_trials": rigid_trials,
         "max_rotation_deg": max_rotation_deg,
         "max_translation_mm": max_translation_mm,
         "elastic_mm": elastic_mm,
         "seed": seed,
     }
+    if swelling is not None:
+        scenario["swelling"] = {
+            "groups": [list(group) for group in swelling.groups],
+            "sigma_mm": swelling.sigma_mm,
+            "strength": swelling.strength,
+        }
     extra = {} if supervised is None else {"supervised": supervised.training}
     write_summary(out_dir, model, atlas, list(truth), overall, scenario, **extra)
     return {"per_landmark": per_landmark, "overall": overall}

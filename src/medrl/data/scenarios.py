@@ -6,14 +6,15 @@ coordinates: evaluations move each test scan by random rigid transforms (the ima
 resampled through the transform, annotations move with it) and, with ``elastic_mm`` > 0, warp
 it first by a smooth non-affine field (:func:`deform_case`) that no affine registration can
 follow, and with a :class:`Swelling` enlarges structures (such as the lateral ventricles of an
-older or a patient's brain) by local warps centred among their landmarks. Boxes are
+older person's or a patient's brain) by local warps centred among their landmarks. Boxes are
 recomputed from the moved label map, as a user's boxes would be.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import SimpleITK as sitk
@@ -120,10 +121,11 @@ def deform_case(
     """
     params, sampled_ras = elastic_sample_points_ras(volume, elastic_mm, seed, local)
     nz, ny, nx = volume.array.shape
-    not_invertible = (
-        f"an elastic warp of {elastic_mm:g} mm (seed {seed}) is not invertible; "
-        "use a smaller amplitude"
-    )
+    what = f"an elastic warp of {elastic_mm:g} mm (seed {seed})"
+    if local:
+        what += f" with {len(local)} local warp(s) of strength up to "
+        what += f"{max(abs(w.strength) for w in local):g}"
+    not_invertible = f"{what} is not invertible; use a smaller amplitude or strength"
     if _folds(sampled_ras.reshape(nz, ny, nx, 3), volume):  # no landmark positions exist
         raise InputError(not_invertible, volume.source)
     sample_index = volume.world_to_index(sampled_ras.astype(np.float64), "RAS")
@@ -144,6 +146,27 @@ def deform_case(
         source=f"{volume.source} (elastically deformed)",
     )
     return deformed, Landmarks(landmarks.names, moved, landmarks.descriptions)
+
+
+def warp_to_dict(elastic_mm: float, seed: int, local: Sequence[LocalWarp] = ()) -> dict:
+    """A scan record's ``elastic`` entry (JSON): what :func:`deform_case` was given."""
+    record: dict[str, Any] = {"elastic_mm": elastic_mm, "seed": seed}
+    if local:
+        record["local"] = [
+            {"centre_ras": list(w.centre_ras), "sigma_mm": w.sigma_mm, "strength": w.strength}
+            for w in local
+        ]
+    return record
+
+
+def warp_from_dict(record: dict) -> dict[str, Any]:
+    """:func:`deform_case`'s keyword arguments from a record's ``elastic`` entry."""
+    local = tuple(
+        LocalWarp(tuple(float(v) for v in w["centre_ras"]), float(w["sigma_mm"]),
+                  float(w["strength"]))
+        for w in record.get("local", ())
+    )  # fmt: skip
+    return {"elastic_mm": float(record["elastic_mm"]), "seed": int(record["seed"]), "local": local}
 
 
 def rigid_to_dict(rigid: RigidTransform) -> dict:
@@ -173,19 +196,24 @@ class Swelling:
     sigma_mm: float = 15.0
     strength: float = -0.2
 
+    def __post_init__(self) -> None:
+        if not self.groups or not all(self.groups):
+            raise ValueError(f"a swelling needs groups of landmark names, got {self.groups}")
+        LocalWarp((0.0, 0.0, 0.0), self.sigma_mm, self.strength)  # the same checks, up front
+
     def local_warps(self, landmarks: Landmarks | None, source: str) -> tuple[LocalWarp, ...]:
         """The warps on a scan with these ``landmarks``; InputError naming ``source`` when a
         group's landmark is missing."""
-        known = {}
+        known: dict[str, np.ndarray] = {}
         if landmarks is not None:
             known = dict(zip(landmarks.names, landmarks.points_ras, strict=True))
         warps = []
         for group in self.groups:
             missing = [name for name in group if name not in known]
-            if missing or not group:
+            if missing:
                 raise InputError(
                     f"a swelling centred among landmarks {list(group)} needs them, but the "
-                    f"scan lacks {missing or 'a named landmark'}",
+                    f"scan lacks {missing}",
                     source,
                 )
             centre = np.mean([known[name] for name in group], axis=0)
@@ -253,14 +281,10 @@ def scenario_scans(
             rigid = random_rigid(seed + trial, max_rotation_deg, max_translation_mm)
             volume, moved, moved_labels, kind, warp = case.volume, landmarks, labels, "rigid", None
             if elastic_mm > 0 or local:
-                warp = {"elastic_mm": elastic_mm, "seed": seed + trial}
-                if local:
-                    warp["local"] = [asdict(w) for w in local]
+                warp = warp_to_dict(elastic_mm, seed + trial, local)
                 if moved_labels is not None:
-                    moved_labels = deform_labels(
-                        moved_labels, volume, elastic_mm, seed + trial, local
-                    )
-                volume, moved = _deform(volume, moved, elastic_mm, seed + trial, local)
+                    moved_labels = deform_labels(moved_labels, volume, **warp_from_dict(warp))
+                volume, moved = _deform(volume, moved, **warp_from_dict(warp))
                 kind = "swollen" if local else "elastic"
             if moved_labels is not None:
                 moved_labels = move_labels(moved_labels, volume, rigid)

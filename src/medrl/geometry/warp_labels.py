@@ -22,7 +22,13 @@ import torch
 from scipy import ndimage
 
 from medrl.config import AugmentConfig
-from medrl.data.augment import AugmentParams, sample_params, stack_params, transform_points
+from medrl.data.augment import (
+    AugmentParams,
+    inverse_transform_points,
+    sample_params,
+    stack_params,
+    transform_points,
+)
 from medrl.io.images import Volume
 
 __all__ = [
@@ -54,28 +60,26 @@ class RigidMotion(Protocol):
 
 @dataclass(frozen=True)
 class LocalWarp:
-    """A radial swelling (``strength`` < 0) or shrinking (> 0) of the anatomy around
-    ``centre_ras``: the training augmentation's local warp (``augment.local_warps``), the
-    displacement ``s (x - c) exp(-|x - c|^2 / 2 sigma^2)`` of the sampled points. At the centre
-    the anatomy's volume changes by ``1 / (1 + s)^3`` (s = -0.2: 1.95 times larger); below
-    ``|s|`` = 0.5 the warp stays invertible."""
+    """A radial swelling (``strength`` < 0) or shrinking (> 0) of the anatomy at
+    ``centre_ras`` (a point of the scan before any warp): the training augmentation's local
+    warp (``augment.local_warps``), the displacement ``s (x - c) exp(-|x - c|^2 / 2 sigma^2)``
+    of the sampled points. At the centre the anatomy's volume changes by ``1 / (1 + s)^3``
+    (s = -0.2: 1.95 times larger; overlapping warps add up). ``|s|`` is kept below 0.5, well
+    inside what one warp can take without folding; evaluations check the whole field."""
 
     centre_ras: tuple[float, float, float]
     sigma_mm: float
     strength: float
 
     def __post_init__(self) -> None:
-        if not (np.all(np.isfinite(self.centre_ras)) and len(self.centre_ras) == 3):
+        if not (len(self.centre_ras) == 3 and np.all(np.isfinite(self.centre_ras))):
             raise ValueError(
                 f"a local warp's centre must be 3 finite RAS mm, got {self.centre_ras}"
             )
         if not self.sigma_mm > 0:
             raise ValueError(f"a local warp's sigma must be > 0 mm, got {self.sigma_mm}")
         if not abs(self.strength) < 0.5:
-            raise ValueError(
-                f"a local warp's strength must lie in (-0.5, 0.5) to stay invertible, "
-                f"got {self.strength}"
-            )
+            raise ValueError(f"a local warp's strength must be in (-0.5, 0.5): {self.strength}")
 
 
 def grid_centre_ras(volume: Volume) -> np.ndarray:
@@ -107,8 +111,8 @@ def elastic_sample_points_ras(
     """The smooth non-affine warp of :func:`medrl.evaluation.deform_case` on ``image``'s grid.
 
     The field is the training augmentation's elastic displacement alone (``elastic_mm``
-    amplitude, seeded, about the grid centre) plus the ``local`` warps: the warped image is
-    ``I'(x) = I(x + d(x))``.
+    amplitude, seeded, about the grid centre) plus the ``local`` warps, each centred where the
+    elastic field puts its centre's anatomy: the warped image is ``I'(x) = I(x + d(x))``.
     Returns the parameters (to move points with
     :func:`medrl.data.augment.inverse_transform_points`) and ``x + d(x)`` for every voxel
     ``x`` of the grid, (nz * ny * nx, 3) float32 RAS in array order (z, y, x).
@@ -119,9 +123,10 @@ def elastic_sample_points_ras(
     )  # fmt: skip
     params = stack_params([sample_params(spatial, seed, grid_centre_ras(image))])
     if local:
+        anatomy_ras = torch.tensor([[w.centre_ras for w in local]], dtype=torch.float64)
         params = replace(
-            params,
-            bump_centre_ras=torch.tensor([[w.centre_ras for w in local]], dtype=torch.float32),
+            params,  # bumps centred on the y with y + d_elastic(y) = the anatomy's point
+            bump_centre_ras=inverse_transform_points(params, anatomy_ras).float(),
             bump_sigma_mm=torch.tensor([[w.sigma_mm for w in local]], dtype=torch.float32),
             bump_strength=torch.tensor([[w.strength for w in local]], dtype=torch.float32),
         )

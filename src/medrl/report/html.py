@@ -75,8 +75,14 @@ def describe_scan(record: dict[str, Any]) -> str:
         if rigid
         else "unmoved"
     )
-    if record["scan"].get("elastic"):
-        moved = f"warped by a {record['scan']['elastic']['elastic_mm']:g} mm elastic field, {moved}"
+    warp = record["scan"].get("elastic")
+    if warp:
+        local = warp.get("local", ())
+        if local:
+            strongest = max(abs(float(w["strength"])) for w in local)
+            moved = f"{len(local)} local warp(s) of strength up to {strongest:g}, {moved}"
+        if warp["elastic_mm"] > 0:
+            moved = f"warped by a {warp['elastic_mm']:g} mm elastic field, {moved}"
     return f"image {record['scan']['image']} ({moved})"
 
 

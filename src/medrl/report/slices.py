@@ -53,7 +53,7 @@ class ScanImage:
 
 def rebuild_scan(record: dict[str, Any], cache: dict[str, Volume]) -> ScanImage:
     """The evaluated image of a case record: its source image, warped and moved as evaluate did."""
-    from medrl.data.scenarios import deform_case, move_case, rigid_from_dict
+    from medrl.data.scenarios import deform_case, move_case, rigid_from_dict, warp_from_dict
 
     scan = record["scan"]
     image = str(scan["image"])
@@ -63,7 +63,7 @@ def rebuild_scan(record: dict[str, Any], cache: dict[str, Volume]) -> ScanImage:
     volume = cache[image]
     anchor = Landmarks(("anchor",), np.zeros((1, 3)))
     if scan.get("elastic"):
-        volume, _ = deform_case(volume, anchor, **scan["elastic"])
+        volume, _ = deform_case(volume, anchor, **warp_from_dict(scan["elastic"]))
     if scan.get("rigid"):
         volume, _ = move_case(volume, anchor, rigid_from_dict(scan["rigid"]))
     return ScanImage.from_volume(volume)
