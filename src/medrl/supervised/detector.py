@@ -46,8 +46,10 @@ class DetectorSettings:
     local_spacing_mm: float = 1.5
     """... and their spacing (32 x 1.5 mm: a 48 mm view)."""
     local_width: int = 8
-    local_rounds: int = 2
-    """Local stage passes, each re-centred on the last estimate."""
+    local_rounds: int = 1
+    """Local stage passes, each re-centred on the last estimate. A second pass was as accurate
+    on the left-out templates (3 folds x 2 seeds, BENCHMARKS.md) and costs a third of the
+    detector's time; detectors written before 2026-12-02 say 2 in their header."""
     blur_spacing_mm: float = 2.5
     """An extra copy of the scan for the blur augmentation of the local stage."""
 
