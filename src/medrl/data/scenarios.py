@@ -281,10 +281,15 @@ def scenario_scans(
             rigid = random_rigid(seed + trial, max_rotation_deg, max_translation_mm)
             volume, moved, moved_labels, kind, warp = case.volume, landmarks, labels, "rigid", None
             if elastic_mm > 0 or local:
-                warp = warp_to_dict(elastic_mm, seed + trial, local)
+                field: dict[str, Any] = {
+                    "elastic_mm": elastic_mm,
+                    "seed": seed + trial,
+                    "local": local,
+                }
+                warp = warp_to_dict(**field)
                 if moved_labels is not None:
-                    moved_labels = deform_labels(moved_labels, volume, **warp_from_dict(warp))
-                volume, moved = _deform(volume, moved, **warp_from_dict(warp))
+                    moved_labels = deform_labels(moved_labels, volume, **field)
+                volume, moved = _deform(volume, moved, **field)
                 kind = "swollen" if local else "elastic"
             if moved_labels is not None:
                 moved_labels = move_labels(moved_labels, volume, rigid)
