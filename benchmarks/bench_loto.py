@@ -16,7 +16,8 @@ and the point halfway between the agent's and the detector's (an ensemble of the
 of the one its folder carries (``MODEL/detector``, :mod:`medrl.supervised.ensemble`), so
 that detectors of one fold (seeds, training settings) are compared with the same agent and
 without copying model folders; the weight is the model's ``search.detector_weight`` or a
-``--set``.
+``--set``. A DETECTOR_DIR may be a set of detectors read as one
+(``python -m medrl.supervised.detector_set``).
 Every row shows the mean, median and max error, the landmarks above 10 mm and the seconds per
 scan. Writes ``loto.json`` (all rows, the per-landmark means too) into ``--out``, and the
 ``medrl evaluate`` folders below it.

@@ -94,6 +94,20 @@ def test_a_resumed_run_ends_where_an_uninterrupted_one_does(data, tmp_path: Path
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
 
 
+def test_a_run_resumes_across_reading_settings_but_not_across_trained_ones(data, tmp_path) -> None:
+    config = _config(data["datalist"])
+    DetectorTrainer(config, tmp_path, _settings(10), replace(TINY, local_rounds=2)).run(
+        progress=False
+    )
+    resumed = DetectorTrainer(config, tmp_path, _settings(20), replace(TINY, local_rounds=1))
+    resumed.run(progress=False)
+    assert resumed.step == 20
+    assert load_detector(tmp_path / "model").settings.local_rounds == 1
+    other = DetectorTrainer(config, tmp_path, _settings(30), replace(TINY, local_width=6))
+    with pytest.raises(InputError, match="other landmarks or settings"):
+        other.run(progress=False)
+
+
 def _average(weights: list[dict[str, torch.Tensor]], decay: float) -> dict[str, torch.Tensor]:
     average = weights[0]
     for w in weights[1:]:

@@ -40,7 +40,7 @@ from medrl.metrics.localization import (
     raw_error_rows,
     write_tables,
 )
-from medrl.supervised.detector import HeatmapDetector
+from medrl.supervised.detector_set import Detector
 from medrl.utils.atomic import atomic_open
 
 AGENT = "agent"
@@ -66,7 +66,7 @@ def evaluate(
     progress: bool = True,
     num_starts: int | None = None,
     elastic_mm: float = 0.0,
-    supervised: HeatmapDetector | None = None,
+    supervised: Detector | None = None,
     swelling: Swelling | None = None,
 ) -> dict:
     """Run agent and baseline on every test case (moved ``rigid_trials`` times); write tables.
@@ -172,21 +172,24 @@ def evaluate(
 
 
 def evaluation_key(
-    model: Model, atlas: Case, num_starts: int | None, supervised: HeatmapDetector | None = None
+    model: Model, atlas: Case, num_starts: int | None, supervised: Detector | None = None
 ) -> str:
     """What a scan's result depends on besides the scan: the model's weights, config and
     learned task state (the reference layout), the baseline's atlas, the number of starts and
     the weights of the supervised detectors, the one compared and the one the model carries,
     if any (a hash, stored in each case record)."""
     digest = hashlib.sha256()
-    states = [model.network.state_dict()]
+    parts: list[Any] = [model.network.state_dict()]
     for detector in (supervised, model.detector):
-        if detector is not None:
-            states += [detector.coarse.state_dict(), detector.local.state_dict()]
-    for state in states:
-        for name, value in sorted(state.items()):
+        if detector is not None:  # its settings (how it reads) and weights, of every member
+            parts += detector.fingerprint()
+    for part in parts:
+        for name, value in sorted(part.items()):
             digest.update(name.encode())
-            digest.update(value.detach().cpu().contiguous().numpy().tobytes())
+            if isinstance(value, torch.Tensor):
+                digest.update(value.detach().cpu().contiguous().numpy().tobytes())
+            else:
+                digest.update(json.dumps(value).encode())
     digest.update(json.dumps(model.config.to_dict(), sort_keys=True, default=str).encode())
     digest.update(json.dumps(model.task.state_dict(), sort_keys=True, default=str).encode())
     digest.update(np.ascontiguousarray(atlas.volume.array).tobytes())

@@ -22,7 +22,7 @@ from medrl.agents.networks import LevelQNetworks, QFunction, QNetwork
 from medrl.config import Config
 from medrl.errors import CheckpointError, InputError
 from medrl.models import default_model_dir
-from medrl.supervised.detector import HeatmapDetector
+from medrl.supervised.detector_set import Detector
 from medrl.tasks import Task, make_task
 from medrl.utils.yaml_io import safe_load
 
@@ -41,7 +41,7 @@ class Model:
     descriptions: tuple[str, ...]
     meta: dict[str, Any]
     task: Task = None  # type: ignore[assignment]  # default: the config's task, no state
-    detector: HeatmapDetector | None = None
+    detector: Detector | None = None
     """The supervised detector the folder carries (``MODEL/detector``), for
     ``search.detector_weight`` (:mod:`medrl.supervised.ensemble`)."""
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -28,6 +28,9 @@ from medrl.io.landmarks import Landmarks
 from medrl.supervised.network import HeatmapNet, heatmap_axes_mm, peak_offsets
 from medrl.utils.atomic import atomic_open
 from medrl.utils.yaml_io import safe_load
+
+if TYPE_CHECKING:
+    from medrl.supervised.detector_set import DetectorSet
 
 FORMAT = "medrl-heatmap"
 HEADER = "detector.yaml"
@@ -160,6 +163,10 @@ class HeatmapDetector:
             position = position + peak_offsets(logits, local_axis)[:, 0]
         return position.reshape(n, k, 3).cpu().numpy().astype(np.float64)
 
+    def fingerprint(self) -> list[Any]:
+        """What the points depend on: the settings and both networks' weights."""
+        return [asdict(self.settings), self.coarse.state_dict(), self.local.state_dict()]
+
     # ------------------------------------------------------------------ files
     def save(self, folder: str | Path) -> None:
         """``detector.safetensors`` first, then ``detector.yaml`` (which marks it complete)."""
@@ -183,8 +190,27 @@ def is_detector_dir(folder: str | Path) -> bool:
     return (Path(folder) / HEADER).is_file()
 
 
-def load_detector(folder: str | Path, device: torch.device | str = "cpu") -> HeatmapDetector:
-    """A detector folder; CheckpointError naming what is missing or wrong."""
+def load_detector(
+    folder: str | Path, device: torch.device | str = "cpu"
+) -> HeatmapDetector | DetectorSet:
+    """A detector folder, or a set of detectors read as one
+    (:mod:`medrl.supervised.detector_set`); CheckpointError naming what is missing or wrong."""
+    from medrl.supervised.detector_set import SET_FORMAT, load_detector_set
+
+    folder = Path(folder)
+    header_path = folder / HEADER
+    if header_path.is_file():
+        try:
+            header = safe_load(header_path.read_text())
+        except (OSError, ValueError, yaml.YAMLError) as exc:
+            raise CheckpointError(f"unreadable detector.yaml: {exc}", header_path) from exc
+        if isinstance(header, dict) and header.get("format") == SET_FORMAT:
+            return load_detector_set(folder, header, device)
+    return load_single_detector(folder, device)
+
+
+def load_single_detector(folder: str | Path, device: torch.device | str = "cpu") -> HeatmapDetector:
+    """One detector folder; CheckpointError naming what is missing or wrong."""
     folder = Path(folder)
     header_path, weights_path = folder / HEADER, folder / WEIGHTS
     for path in (header_path, weights_path):

@@ -31,7 +31,8 @@ import yaml
 from medrl.errors import CheckpointError, InputError, MedrlError
 from medrl.geometry.mirror import mirror_pyramid, reflection_ras, with_mirror_reading
 from medrl.io.images import Volume
-from medrl.supervised.detector import HeatmapDetector, is_detector_dir, load_detector
+from medrl.supervised.detector import is_detector_dir, load_detector
+from medrl.supervised.detector_set import Detector
 from medrl.utils.atomic import atomic_dir
 from medrl.utils.folder_lock import folder_lock
 from medrl.utils.yaml_io import safe_load
@@ -41,7 +42,7 @@ DETECTOR_SUBDIR = "detector"
 
 def model_detector(
     model_dir: str | Path, names: tuple[str, ...], device: torch.device | str = "cpu"
-) -> HeatmapDetector | None:
+) -> Detector | None:
     """The detector a model folder carries (None without one); CheckpointError when it is
     broken or does not know every landmark of the model."""
     folder = Path(model_dir) / DETECTOR_SUBDIR
@@ -50,9 +51,7 @@ def model_detector(
     return detector_knowing(load_detector(folder, device), names, folder)
 
 
-def detector_knowing(
-    detector: HeatmapDetector, names: tuple[str, ...], folder: Path
-) -> HeatmapDetector:
+def detector_knowing(detector: Detector, names: tuple[str, ...], folder: Path) -> Detector:
     """``detector``, or CheckpointError naming ``folder`` when it lacks one of ``names``."""
     missing = [name for name in names if name not in detector.names]
     if missing:
@@ -63,7 +62,7 @@ def detector_knowing(
 
 
 def detected_points(
-    detector: HeatmapDetector,
+    detector: Detector,
     volume: Volume,
     names: tuple[str, ...],
     device: torch.device | str,
@@ -80,7 +79,7 @@ def detected_points(
 
 
 def detected_readings(
-    detector: HeatmapDetector,
+    detector: Detector,
     volume: Volume,
     names: tuple[str, ...],
     device: torch.device | str,

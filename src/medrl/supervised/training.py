@@ -87,6 +87,15 @@ class TrainSettings:
             )
 
 
+INFERENCE_ONLY = ("local_rounds",)
+"""Detector settings that change how a trained detector reads a scan, not what it trains: a
+run resumes across them and writes the current value."""
+
+
+def _trained_shape(settings: dict[str, Any]) -> dict[str, Any]:
+    return {key: value for key, value in settings.items() if key not in INFERENCE_ONLY}
+
+
 def training_pyramid(volume: Volume, settings: DetectorSettings) -> ScanPyramid:
     """The coarse and local levels exactly as :meth:`HeatmapDetector.detect` builds them,
     plus the blur copy (level 2) for the augmentation, built on its own."""
@@ -300,9 +309,9 @@ class DetectorTrainer:
         if not path.is_file():
             return False
         state: dict[str, Any] = torch.load(path, map_location="cpu", weights_only=False)
-        if state["names"] != list(self.table.names) or state["detector_settings"] != asdict(
-            self.detector.settings
-        ):
+        if state["names"] != list(self.table.names) or _trained_shape(
+            state["detector_settings"]
+        ) != _trained_shape(asdict(self.detector.settings)):
             raise InputError(
                 "the run folder holds a detector checkpoint of other landmarks or settings; "
                 "use another --run-dir",
