@@ -1,5 +1,6 @@
 """The supervised heatmap detector: a coarse whole-head heatmap per landmark, then a local
-heatmap around each coarse estimate (twice, re-centred), positions in world RAS mm.
+heatmap around each coarse estimate (``local_rounds`` passes, each re-centred), positions
+in world RAS mm.
 
 Both stages sample the scan the way the agent does (:func:`medrl.envs.sampler.render_patches`
 on a :class:`~medrl.envs.pyramid.ScanPyramid`, axis-aligned in RAS), so a scan in any
