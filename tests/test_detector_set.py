@@ -3,6 +3,7 @@ the folder, a model carrying a set, evaluation keys, and broken sets."""
 
 from __future__ import annotations
 
+import errno
 from dataclasses import replace
 from pathlib import Path
 
@@ -14,12 +15,18 @@ import yaml
 from _synthetic import BLOB_NAMES, TINY_DETECTOR, write_blob_datalist, write_untrained_model
 from medrl.agents.checkpoint import load_model
 from medrl.agents.search import search
-from medrl.errors import CheckpointError
+from medrl.errors import CheckpointError, InputError, MedrlError
 from medrl.io.images import read_image
-from medrl.supervised.detector import DetectorSettings, HeatmapDetector, load_detector
-from medrl.supervised.detector_set import DetectorSet
+from medrl.supervised.detector import (
+    DetectorSettings,
+    HeatmapDetector,
+    load_detector,
+    load_single_detector,
+)
+from medrl.supervised.detector_set import DetectorSet, write_detector_set
 from medrl.supervised.detector_set import main as set_main
 from medrl.supervised.ensemble import attach_detector
+from medrl.utils.atomic import TEMP_PREFIX
 
 torch.set_num_threads(1)
 
@@ -87,29 +94,60 @@ def test_a_model_carrying_a_set_blends_the_sets_points(data, tmp_path) -> None:
     header_path.write_text(yaml.safe_dump(header, sort_keys=False))
     twice = evaluation_key(load_model(model_dir), atlas, None)
     assert len({one, both, twice}) == 3
+    # a set compared beside a model is not its first member compared beside a model carrying
+    # the second
+    a, b = load_single_detector(first), load_single_detector(second)
+    bare = replace(model, detector=None)
+    assert evaluation_key(bare, atlas, None, DetectorSet((a, b))) != evaluation_key(
+        replace(model, detector=b), atlas, None, a
+    )
 
 
-def test_broken_sets_are_refused_naming_the_folder(tmp_path) -> None:
+def test_broken_sets_are_refused_naming_the_folder(tmp_path, monkeypatch) -> None:
     first = _detector(tmp_path / "d1", 1)
     coarser = _detector(tmp_path / "d2", 2, replace(TINY_DETECTOR, coarse_spacing_mm=8.0))
     other = _detector(tmp_path / "d3", 3, names=("blob_a", "blob_b", "blob_x"))
-    for bad in (coarser, other):
-        assert set_main([str(tmp_path / "set"), str(first), str(bad)]) == 2
-        assert not (tmp_path / "set").exists()  # nothing half-written
-    assert set_main([str(tmp_path / "set"), str(first)]) == 2  # one member is no set
-    folder = _set(tmp_path, first, _detector(tmp_path / "d4", 4))
+    out = tmp_path / "set"
+    for members in ([first, coarser], [first, other], [first], [first, first]):
+        with pytest.raises(InputError) as caught:
+            write_detector_set(out, members)
+        assert str(members[-1]) in str(caught.value)
+        assert set_main([str(out), *map(str, members)]) == 2
+        assert not out.exists()
+    # never over a member, nor over a folder that is not a set
+    with pytest.raises(InputError, match="replace its member"):
+        write_detector_set(tmp_path, [first, _detector(tmp_path / "d4", 4)])
+    with pytest.raises(InputError, match="not a detector set"):
+        write_detector_set(tmp_path / "d3", [first, tmp_path / "d4"])
+    assert load_single_detector(other).names == ("blob_a", "blob_b", "blob_x")  # untouched
+    # an interrupted write leaves the set that was there
+    folder = _set(tmp_path, first, tmp_path / "d4")
+    before = {p: p.read_bytes() for p in folder.rglob("*") if p.is_file()}
+    original_save = HeatmapDetector.save
+
+    def fail_on_second(self: HeatmapDetector, target: Path) -> None:
+        if Path(target).name == "member-1":
+            raise OSError(errno.ENOSPC, "No space left on device")
+        original_save(self, target)
+
+    monkeypatch.setattr(HeatmapDetector, "save", fail_on_second)
+    with pytest.raises(MedrlError, match="cannot write"):
+        write_detector_set(folder, [tmp_path / "d4", first])
+    monkeypatch.undo()
+    assert {p: p.read_bytes() for p in folder.rglob("*") if p.is_file()} == before
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(TEMP_PREFIX)]
+    # broken headers name the folder or the member
     header = yaml.safe_load((folder / "detector.yaml").read_text())
-    header["members"] = ["member-0", "../d1"]
-    (folder / "detector.yaml").write_text(yaml.safe_dump(header))
-    with pytest.raises(CheckpointError, match="not a subfolder") as caught:
-        load_detector(folder)
-    assert str(folder) in str(caught.value)
-    header["members"] = ["member-0", "member-9"]
-    (folder / "detector.yaml").write_text(yaml.safe_dump(header))
-    with pytest.raises(CheckpointError, match="member-9"):
-        load_detector(folder)
-    header["members"] = ["member-0", "member-1"]
-    header["names"] = ["blob_a"]
-    (folder / "detector.yaml").write_text(yaml.safe_dump(header))
-    with pytest.raises(CheckpointError, match="members' landmarks"):
-        load_detector(folder)
+    for members, problem in (
+        (["member-0", "../d1"], "not a subfolder"),
+        (["member-0", "member-0"], "a member twice"),
+        (["member-0", "member-9"], "member-9"),
+    ):
+        (folder / "detector.yaml").write_text(yaml.safe_dump({**header, "members": members}))
+        with pytest.raises(CheckpointError, match=problem) as caught:
+            load_detector(folder)
+        assert str(folder) in str(caught.value)
+    for names, problem in ((["blob_a"], "members' landmarks"), (None, "no landmark names")):
+        (folder / "detector.yaml").write_text(yaml.safe_dump({**header, "names": names}))
+        with pytest.raises(CheckpointError, match=problem):
+            load_detector(folder)

@@ -20,7 +20,7 @@ from medrl.confidence import OUTLIER_MM, check_layout, search_confidence
 from medrl.errors import CheckpointError, InputError
 from medrl.io.images import read_image
 from medrl.io.landmarks import read_landmarks
-from medrl.supervised.detector import HeatmapDetector, load_detector
+from medrl.supervised.detector import HeatmapDetector, load_single_detector
 from medrl.supervised.ensemble import DETECTOR_SUBDIR, attach_detector
 from medrl.supervised.ensemble import main as attach_main
 
@@ -178,7 +178,7 @@ def test_an_evaluation_does_not_reuse_results_of_another_carried_detector(data, 
     first = evaluation_key(load_model(model_dir), atlas, None)
     other = _detector(tmp_path / "other")
     with torch.no_grad():
-        changed = load_detector(other)
+        changed = load_single_detector(other)
         next(changed.local.parameters()).add_(0.01)
         changed.save(other)
     attach_detector(model_dir, other, 0.5)

@@ -18,7 +18,7 @@ from medrl.config import Config, TrainConfig
 from medrl.errors import CheckpointError, InputError
 from medrl.io.images import read_image
 from medrl.io.landmarks import read_landmarks
-from medrl.supervised.detector import load_detector
+from medrl.supervised.detector import load_detector, load_single_detector
 from medrl.supervised.network import (
     expected_offsets,
     gaussian_target,
@@ -101,8 +101,12 @@ def test_a_run_resumes_across_reading_settings_but_not_across_trained_ones(data,
     )
     resumed = DetectorTrainer(config, tmp_path, _settings(20), replace(TINY, local_rounds=1))
     resumed.run(progress=False)
-    assert resumed.step == 20
-    assert load_detector(tmp_path / "model").settings.local_rounds == 1
+    straight = DetectorTrainer(config, tmp_path / "straight", _settings(20), TINY)
+    straight.run(progress=False)
+    for a, b in zip(straight.detector.local.parameters(), resumed.detector.local.parameters(),
+                    strict=True):  # fmt: skip
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)  # resumed, not restarted
+    assert load_single_detector(tmp_path / "model").settings.local_rounds == 1
     other = DetectorTrainer(config, tmp_path, _settings(30), replace(TINY, local_width=6))
     with pytest.raises(InputError, match="other landmarks or settings"):
         other.run(progress=False)
@@ -127,7 +131,7 @@ def test_the_model_is_the_moving_average_of_the_weights_and_resumes(data, tmp_pa
         raw.append({k: v.detach().clone() for k, v in probe.detector.local.state_dict().items()})
     averaged = replace(_settings(6), average_decay=0.8)
     DetectorTrainer(config, tmp_path / "straight", averaged, TINY).run(progress=False)
-    model = load_detector(tmp_path / "straight" / "model").local.state_dict()
+    model = load_single_detector(tmp_path / "straight" / "model").local.state_dict()
     last = torch.load(tmp_path / "straight" / "checkpoint.pt", weights_only=False)["local"]
     for key, expected in _average(raw, 0.8).items():
         torch.testing.assert_close(model[key], expected, atol=1e-5, rtol=1e-4)
@@ -137,16 +141,16 @@ def test_the_model_is_the_moving_average_of_the_weights_and_resumes(data, tmp_pa
         progress=False
     )
     DetectorTrainer(config, tmp_path / "resumed", averaged, TINY).run(progress=False)
-    resumed = load_detector(tmp_path / "resumed" / "model").local.state_dict()
+    resumed = load_single_detector(tmp_path / "resumed" / "model").local.state_dict()
     DetectorTrainer(config, tmp_path / "late", _settings(3), TINY).run(progress=False)
     DetectorTrainer(config, tmp_path / "late", averaged, TINY).run(progress=False)
-    late = load_detector(tmp_path / "late" / "model").local.state_dict()
+    late = load_single_detector(tmp_path / "late" / "model").local.state_dict()
     for key, expected in _average(raw[2:], 0.8).items():
         torch.testing.assert_close(resumed[key], model[key], atol=1e-5, rtol=1e-4)
         torch.testing.assert_close(late[key], expected, atol=1e-5, rtol=1e-4)
     DetectorTrainer(config, tmp_path / "late", replace(averaged, max_steps=7, average_decay=0.0),
                     TINY).run(progress=False)  # fmt: skip
-    plain = load_detector(tmp_path / "late" / "model").local.state_dict()
+    plain = load_single_detector(tmp_path / "late" / "model").local.state_dict()
     last = torch.load(tmp_path / "late" / "checkpoint.pt", weights_only=False)["local"]
     for key, value in plain.items():  # resumed without the average: its last weights
         torch.testing.assert_close(value, last[key])

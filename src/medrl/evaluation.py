@@ -176,13 +176,15 @@ def evaluation_key(
 ) -> str:
     """What a scan's result depends on besides the scan: the model's weights, config and
     learned task state (the reference layout), the baseline's atlas, the number of starts and
-    the weights of the supervised detectors, the one compared and the one the model carries,
-    if any (a hash, stored in each case record)."""
+    the settings and weights of the supervised detectors, the one compared and the one the
+    model carries, if any (a hash, stored in each case record)."""
     digest = hashlib.sha256()
     parts: list[Any] = [model.network.state_dict()]
-    for detector in (supervised, model.detector):
-        if detector is not None:  # its settings (how it reads) and weights, of every member
-            parts += detector.fingerprint()
+    for role, detector in (("supervised", supervised), ("carried", model.detector)):
+        # each detector's role and size, then its settings (how it reads) and weights, of
+        # every member: a set of A and B is not A beside B
+        fingerprint = [] if detector is None else detector.fingerprint()
+        parts += [{"detector": [role, len(fingerprint)]}, *fingerprint]
     for part in parts:
         for name, value in sorted(part.items()):
             digest.update(name.encode())

@@ -38,6 +38,8 @@ from medrl.supervised.detector import (
     load_single_detector,
 )
 from medrl.utils.atomic import atomic_dir, atomic_open
+from medrl.utils.folder_lock import folder_lock
+from medrl.utils.yaml_io import safe_load
 
 SET_FORMAT = "medrl-heatmap-set"
 
@@ -47,18 +49,9 @@ class DetectorSet:
     members: tuple[HeatmapDetector, ...]
 
     def __post_init__(self) -> None:
-        if len(self.members) < 2:
-            raise InputError(f"a detector set has two members or more, got {len(self.members)}")
-        first = self.members[0]
-        for index, member in enumerate(self.members[1:], start=1):
-            if member.names != first.names:
-                raise InputError(f"member {index} reads other landmarks than member 0")
-            if member.settings.spacings_mm[:2] != first.settings.spacings_mm[:2]:
-                raise InputError(
-                    f"member {index} reads the scan at {member.settings.spacings_mm[:2]} mm, "
-                    f"member 0 at {first.settings.spacings_mm[:2]} mm: they cannot share a "
-                    "prepared scan"
-                )
+        mismatch = member_mismatch(self.members)
+        if mismatch is not None:
+            raise InputError(f"member {mismatch[0]} {mismatch[1]}")
 
     @property
     def names(self) -> tuple[str, ...]:
@@ -100,7 +93,8 @@ class DetectorSet:
         return np.mean([member.detect_scans(scans) for member in self.members], axis=0)
 
     def save(self, folder: str | Path) -> None:
-        """Each member in its subfolder, then ``detector.yaml`` (which marks it complete)."""
+        """Each member in its subfolder, then ``detector.yaml`` (which marks it complete); into
+        a new folder (:func:`write_detector_set` replaces an existing set as a whole)."""
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
         subfolders = [f"member-{index}" for index in range(len(self.members))]
@@ -114,6 +108,33 @@ class DetectorSet:
         }
         with atomic_open(folder / HEADER) as handle:
             yaml.safe_dump(header, handle, sort_keys=False)
+
+
+def member_mismatch(members: tuple[HeatmapDetector, ...]) -> tuple[int, str] | None:
+    """(index, what is wrong) of the first member that cannot join the others in a set, or
+    None: a set has two members or more, all of the same landmarks in the same order, reading
+    the same pyramid, and no two of the same weights."""
+    if len(members) < 2:
+        return 0, f"is the only member: a set has two or more, got {len(members)}"
+    first = members[0]
+    for index, member in enumerate(members[1:], start=1):
+        if member.names != first.names:
+            return index, "reads other landmarks (or in another order) than the first member"
+        if member.settings.spacings_mm[:2] != first.settings.spacings_mm[:2]:
+            return index, (
+                f"reads the scan at {member.settings.spacings_mm[:2]} mm, the first member at "
+                f"{first.settings.spacings_mm[:2]} mm: they cannot share a prepared scan"
+            )
+        for other in members[:index]:
+            if _same_weights(member, other):
+                return index, "has the weights of an earlier member (a set of copies)"
+    return None
+
+
+def _same_weights(a: HeatmapDetector, b: HeatmapDetector) -> bool:
+    states = [(a.coarse.state_dict(), b.coarse.state_dict()),
+              (a.local.state_dict(), b.local.state_dict())]  # fmt: skip
+    return all(x.keys() == y.keys() and all(torch.equal(x[k], y[k]) for k in x) for x, y in states)
 
 
 Detector = HeatmapDetector | DetectorSet
@@ -131,22 +152,49 @@ def load_detector_set(
     for subfolder in subfolders:
         if Path(subfolder).name != subfolder or subfolder in ("", ".", ".."):
             raise CheckpointError(f"member {subfolder!r} is not a subfolder of the set", folder)
-    members = tuple(load_single_detector(folder / s, device) for s in subfolders)
-    try:
-        detector_set = DetectorSet(members)
-    except InputError as exc:
-        raise CheckpointError(str(exc.args[0]), folder) from exc
-    if list(detector_set.names) != [str(n) for n in header.get("names", [])]:
+    if len(set(subfolders)) < len(subfolders):
+        raise CheckpointError("detector.yaml of a set lists a member twice", folder)
+    names = header.get("names")
+    if not isinstance(names, list):
+        raise CheckpointError("detector.yaml of a set lists no landmark names", folder)
+    paths = [folder / s for s in subfolders]
+    members = tuple(load_single_detector(path, device) for path in paths)
+    mismatch = member_mismatch(members)
+    if mismatch is not None:
+        index, problem = mismatch
+        where = paths[index] if paths else folder
+        raise CheckpointError(f"this member of the set {problem}", where)
+    if list(members[0].names) != [str(n) for n in names]:
         raise CheckpointError("the set's landmarks are not its members' landmarks", folder)
-    return detector_set
+    return DetectorSet(members)
 
 
 def write_detector_set(out_dir: str | Path, detector_dirs: list[str | Path]) -> DetectorSet:
-    """The detectors ``detector_dirs`` as a set in ``out_dir`` (replaced as a whole)."""
-    detector_set = DetectorSet(tuple(load_single_detector(Path(d)) for d in detector_dirs))
-    with atomic_dir(out_dir) as tmp:
+    """The detectors ``detector_dirs`` as a set in ``out_dir``, written whole or not at all.
+    ``out_dir`` may replace an earlier set, nothing else, and none of the inputs."""
+    out, sources = Path(out_dir), [Path(d) for d in detector_dirs]
+    for source in sources:
+        if out.resolve() == source.resolve() or out.resolve() in source.resolve().parents:
+            raise InputError(f"the set would replace its member {source}", out)
+    if out.exists() and not _is_set_dir(out):
+        raise InputError("exists and is not a detector set: choose a new folder", out)
+    members = tuple(load_single_detector(source) for source in sources)
+    mismatch = member_mismatch(members)
+    if mismatch is not None:
+        index, problem = mismatch
+        raise InputError(f"this detector {problem}", sources[index] if sources else out)
+    detector_set = DetectorSet(members)
+    with folder_lock(out.resolve().parent, "detector set's parent folder"), atomic_dir(out) as tmp:
         detector_set.save(tmp)
     return detector_set
+
+
+def _is_set_dir(folder: Path) -> bool:
+    try:
+        header = safe_load((folder / HEADER).read_text())
+    except (OSError, ValueError, yaml.YAMLError):
+        return False
+    return isinstance(header, dict) and header.get("format") == SET_FORMAT
 
 
 def main(argv: list[str] | None = None) -> int:
