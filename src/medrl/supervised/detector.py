@@ -191,6 +191,21 @@ def is_detector_dir(folder: str | Path) -> bool:
     return (Path(folder) / HEADER).is_file()
 
 
+def read_detector_header(folder: Path) -> dict[str, Any]:
+    """``folder``'s ``detector.yaml`` (a single detector's or a set's); CheckpointError naming
+    the folder when it has none, or the file when it cannot be read."""
+    header_path = folder / HEADER
+    if not header_path.is_file():
+        raise CheckpointError(f"missing {HEADER}: not a supervised detector folder", folder)
+    try:
+        header = safe_load(header_path.read_text())
+    except (OSError, ValueError, yaml.YAMLError) as exc:
+        raise CheckpointError(f"unreadable {HEADER}: {exc}", header_path) from exc
+    if not isinstance(header, dict):
+        raise CheckpointError(f"{HEADER} is not a mapping", header_path)
+    return header
+
+
 def load_detector(
     folder: str | Path, device: torch.device | str = "cpu"
 ) -> HeatmapDetector | DetectorSet:
@@ -199,28 +214,30 @@ def load_detector(
     from medrl.supervised.detector_set import SET_FORMAT, load_detector_set
 
     folder = Path(folder)
-    header_path = folder / HEADER
-    if header_path.is_file():
-        try:
-            header = safe_load(header_path.read_text())
-        except (OSError, ValueError, yaml.YAMLError) as exc:
-            raise CheckpointError(f"unreadable detector.yaml: {exc}", header_path) from exc
-        if isinstance(header, dict) and header.get("format") == SET_FORMAT:
-            return load_detector_set(folder, header, device)
-    return load_single_detector(folder, device)
+    header = read_detector_header(folder)
+    if header.get("format") == SET_FORMAT:
+        return load_detector_set(folder, header, device)
+    return _single_detector(folder, header, device)
 
 
 def load_single_detector(folder: str | Path, device: torch.device | str = "cpu") -> HeatmapDetector:
     """One detector folder; CheckpointError naming what is missing or wrong."""
     folder = Path(folder)
-    header_path, weights_path = folder / HEADER, folder / WEIGHTS
-    for path in (header_path, weights_path):
-        if not path.is_file():
-            raise CheckpointError(f"missing {path.name}: not a supervised detector folder", folder)
+    return _single_detector(folder, read_detector_header(folder), device)
+
+
+def _single_detector(
+    folder: Path, header: dict[str, Any], device: torch.device | str
+) -> HeatmapDetector:
+    """The detector of ``folder`` whose ``detector.yaml`` reads ``header``."""
+    weights_path = folder / WEIGHTS
+    if not weights_path.is_file():
+        raise CheckpointError(f"missing {WEIGHTS}: not a supervised detector folder", folder)
     try:
-        header = safe_load(header_path.read_text())
         if header.get("format") != FORMAT:
-            raise CheckpointError(f"format is {header.get('format')!r}, not {FORMAT}", header_path)
+            raise CheckpointError(
+                f"format is {header.get('format')!r}, not {FORMAT}", folder / HEADER
+            )
         settings = DetectorSettings(**header["settings"])
         detector = HeatmapDetector.new(
             tuple(str(n) for n in header["names"]),

@@ -36,10 +36,10 @@ from medrl.supervised.detector import (
     DetectorSettings,
     HeatmapDetector,
     load_single_detector,
+    read_detector_header,
 )
 from medrl.utils.atomic import atomic_dir, atomic_open
 from medrl.utils.folder_lock import folder_lock
-from medrl.utils.yaml_io import safe_load
 
 SET_FORMAT = "medrl-heatmap-set"
 
@@ -51,7 +51,7 @@ class DetectorSet:
     def __post_init__(self) -> None:
         mismatch = member_mismatch(self.members)
         if mismatch is not None:
-            raise InputError(f"member {mismatch[0]} {mismatch[1]}")
+            raise MemberMismatchError(*mismatch)
 
     @property
     def names(self) -> tuple[str, ...]:
@@ -110,6 +110,14 @@ class DetectorSet:
             yaml.safe_dump(header, handle, sort_keys=False)
 
 
+class MemberMismatchError(InputError):
+    """A member that cannot join the others: its index and what is wrong with it."""
+
+    def __init__(self, index: int, problem: str) -> None:
+        super().__init__(f"member {index} {problem}")
+        self.index, self.problem = index, problem
+
+
 def member_mismatch(members: tuple[HeatmapDetector, ...]) -> tuple[int, str] | None:
     """(index, what is wrong) of the first member that cannot join the others in a set, or
     None: a set has two members or more, all of the same landmarks in the same order, reading
@@ -158,15 +166,14 @@ def load_detector_set(
     if not isinstance(names, list):
         raise CheckpointError("detector.yaml of a set lists no landmark names", folder)
     paths = [folder / s for s in subfolders]
-    members = tuple(load_single_detector(path, device) for path in paths)
-    mismatch = member_mismatch(members)
-    if mismatch is not None:
-        index, problem = mismatch
-        where = paths[index] if paths else folder
-        raise CheckpointError(f"this member of the set {problem}", where)
-    if list(members[0].names) != [str(n) for n in names]:
+    try:
+        detector_set = DetectorSet(tuple(load_single_detector(path, device) for path in paths))
+    except MemberMismatchError as exc:
+        where = paths[exc.index] if paths else folder
+        raise CheckpointError(f"this member of the set {exc.problem}", where) from exc
+    if list(detector_set.names) != [str(n) for n in names]:
         raise CheckpointError("the set's landmarks are not its members' landmarks", folder)
-    return DetectorSet(members)
+    return detector_set
 
 
 def write_detector_set(out_dir: str | Path, detector_dirs: list[str | Path]) -> DetectorSet:
@@ -178,12 +185,11 @@ def write_detector_set(out_dir: str | Path, detector_dirs: list[str | Path]) -> 
             raise InputError(f"the set would replace its member {source}", out)
     if out.exists() and not _is_set_dir(out):
         raise InputError("exists and is not a detector set: choose a new folder", out)
-    members = tuple(load_single_detector(source) for source in sources)
-    mismatch = member_mismatch(members)
-    if mismatch is not None:
-        index, problem = mismatch
-        raise InputError(f"this detector {problem}", sources[index] if sources else out)
-    detector_set = DetectorSet(members)
+    try:
+        detector_set = DetectorSet(tuple(load_single_detector(source) for source in sources))
+    except MemberMismatchError as exc:
+        where = sources[exc.index] if sources else out
+        raise InputError(f"this detector {exc.problem}", where) from exc
     with folder_lock(out.resolve().parent, "detector set's parent folder"), atomic_dir(out) as tmp:
         detector_set.save(tmp)
     return detector_set
@@ -191,10 +197,9 @@ def write_detector_set(out_dir: str | Path, detector_dirs: list[str | Path]) -> 
 
 def _is_set_dir(folder: Path) -> bool:
     try:
-        header = safe_load((folder / HEADER).read_text())
-    except (OSError, ValueError, yaml.YAMLError):
+        return read_detector_header(folder).get("format") == SET_FORMAT
+    except CheckpointError:
         return False
-    return isinstance(header, dict) and header.get("format") == SET_FORMAT
 
 
 def main(argv: list[str] | None = None) -> int:
