@@ -1,7 +1,8 @@
 """Acquisition changes: a landmark model on the same brains scanned differently.
 
 Real scans differ from the templates in how they were acquired as well as in anatomy: an
-intensity bias field, Rician noise, thicker slices along one axis. Each case of ``--datalist``
+intensity bias field, Rician noise, thicker slices along one axis, a field of view that reaches
+down the neck or stops short of the vertex. Each case of ``--datalist``
 (split ``test``), unmoved and under ``--trials`` random rigid moves (up to 15 degrees and
 20 mm, seeds 1000...), is searched as it is and under each change below (seeded); the table
 gives the errors per change. A left-out template's fold model (``bench_loto``) shows how a
@@ -90,6 +91,48 @@ def reslice(volume: Volume, spacing_mm: tuple[float, float, float]) -> Volume:
     )
 
 
+def _superior_axis(image: sitk.Image) -> tuple[int, bool]:
+    """The index axis (x, y, z) that runs closest to superior, and whether index grows upward."""
+    direction_lps = np.asarray(image.GetDirection()).reshape(3, 3)
+    axis = int(np.argmax(np.abs(direction_lps[2])))  # the S component of each index axis
+    return axis, bool(direction_lps[2, axis] > 0)
+
+
+def add_neck(volume: Volume, extent_mm: float) -> Volume:
+    """The field of view extended inferiorly by ``extent_mm``, filled with the lowest slice
+    repeated: a crude neck, tissue below the head that the templates do not have, which pulls
+    the intensity centroid (where searches start) down, as a scanner's field of view does."""
+    image = volume.to_sitk()
+    axis, up = _superior_axis(image)
+    pad = [0, 0, 0]
+    pad[axis] = round(extent_mm / image.GetSpacing()[axis])
+    zero = [0, 0, 0]
+    lower, upper = (pad, zero) if up else (zero, pad)
+    padded = sitk.ZeroFluxNeumannPad(image, lower, upper)
+    return Volume.from_sitk(padded, source=f"{volume.source} (neck {extent_mm:g} mm)")
+
+
+def cut_top(volume: Volume, extent_mm: float) -> Volume:
+    """The field of view ending ``extent_mm`` below the top of the head (the highest slice
+    holding more than a tenth of the head's tissue level): a scan that misses the vertex."""
+    image = volume.to_sitk()
+    axis, up = _superior_axis(image)
+    array_axis = 2 - axis  # the array is (z, y, x)
+    others = tuple(a for a in range(3) if a != array_axis)
+    filled = np.flatnonzero(volume.array.max(axis=others) > 0.1 * _head_level(volume.array))
+    top_index = int(filled.max()) if up else int(filled.min())
+    size = image.GetSize()[axis]
+    keep_to = top_index - round(extent_mm / image.GetSpacing()[axis])
+    cut = [0, 0, 0]
+    cut[axis] = (
+        size - 1 - keep_to if up else top_index + round(extent_mm / image.GetSpacing()[axis])
+    )
+    zero = [0, 0, 0]
+    lower, upper = (zero, cut) if up else (cut, zero)
+    cropped = sitk.Crop(image, lower, upper)
+    return Volume.from_sitk(cropped, source=f"{volume.source} (top {extent_mm:g} mm cut)")
+
+
 def changes(seed: int) -> dict[str, Callable[[Volume], Volume]]:
     def slices(spacing: tuple[float, float, float]) -> Callable[[Volume], Volume]:
         def change(volume: Volume) -> Volume:
@@ -108,6 +151,8 @@ def changes(seed: int) -> dict[str, Callable[[Volume], Volume]]:
         "bias, noise 4 %, slices 1.2 x": lambda v: slices((1.0, 1.0, 1.2))(
             rician_noise(bias_field(v, np.log(1.6), seed), 0.04, seed)
         ),
+        "field of view with a neck (80 mm more below)": lambda v: add_neck(v, 80.0),
+        "field of view ending 30 mm below the vertex": lambda v: cut_top(v, 30.0),
     }
 
 
