@@ -179,6 +179,12 @@ class AugmentConfig:
     """Probability that an episode sees a random convex blend of the scan and two of its
     siblings (other contrasts of the same brain on the same grid, with the same landmarks:
     T1w, T2w, PD of one template); scans without siblings are unchanged; 0: never."""
+    tissue_maps: bool = False
+    """Add each brain's tissue maps (CSF, grey, white matter: a Gaussian mixture of its
+    skull-stripped images, :mod:`medrl.data.tissue`) to its siblings, so that ``contrast_mix``
+    also blends the scan with them: synthetic contrasts that a lookup table of one contrast
+    cannot make (bright ventricles beside a dark skull). Brains without a skull-stripped image
+    get none."""
     contrast: float = 0.2
     bias_field: float = 0.3
     noise_std: float = 0.03

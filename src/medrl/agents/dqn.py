@@ -42,9 +42,10 @@ from medrl.agents.trainer_checkpoint import TrainerCheckpoints
 from medrl.config import Config, save_config
 from medrl.data.augment import AugmentParams
 from medrl.data.sources import load_split
+from medrl.data.tissue import with_tissue_siblings
 from medrl.distributed.ddp import SINGLE, DistContext, rank_device
 from medrl.envs.kernel import SearchKernel, render_observation
-from medrl.envs.pyramid import ScanPyramid, case_pyramids
+from medrl.envs.pyramid import ScanPyramid, build_pyramid, case_pyramids
 from medrl.errors import InputError
 from medrl.tasks import LandmarkTask, TargetTable, make_task
 from medrl.utils.faults import failpoint
@@ -97,7 +98,12 @@ class Trainer(TrainerCheckpoints):
                 full.names, full.descriptions, [full.poses[i] for i in shard], extra
             )
             spacings = [lv.spacing_mm for lv in config.env.levels]
-            scans = case_pyramids([cases[i] for i in shard], spacings, self.device)
+            mine = [cases[i] for i in shard]
+            scans = case_pyramids(mine, spacings, self.device)
+            if config.augment.tissue_maps:
+                scans = with_tissue_siblings(
+                    scans, mine, lambda volume: build_pyramid(volume, spacings, self.device)
+                )
         elif table is None:
             assert targets is not None
             names = names or tuple(f"L{i}" for i in range(len(targets[0])))

@@ -43,6 +43,7 @@ import torch
 from medrl.config import Config
 from medrl.data.augment import batch_params, inverse_transform_points
 from medrl.data.sources import load_split
+from medrl.data.tissue import with_tissue_siblings
 from medrl.envs.pyramid import ScanPyramid, attach_siblings, build_pyramid
 from medrl.envs.sampler import episode_noise
 from medrl.errors import InputError
@@ -145,6 +146,10 @@ class DetectorTrainer:
         self.scans: list[ScanPyramid] = attach_siblings(
             [training_pyramid(c.volume, s) for c in cases], cases
         )
+        if config.augment.tissue_maps:
+            self.scans = with_tissue_siblings(
+                self.scans, cases, lambda volume: training_pyramid(volume, s)
+            )
         self.sources = [c.volume.source for c in cases]
         parameters = [*self.detector.coarse.parameters(), *self.detector.local.parameters()]
         self.optimizer = torch.optim.Adam(parameters, lr=self.settings.lr)
