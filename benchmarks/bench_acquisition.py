@@ -99,9 +99,10 @@ def _superior_axis(image: sitk.Image) -> tuple[int, bool]:
 
 
 def add_neck(volume: Volume, extent_mm: float) -> Volume:
-    """The field of view extended inferiorly by ``extent_mm``, filled with the lowest slice
-    repeated: a crude neck, tissue below the head that the templates do not have, which pulls
-    the intensity centroid (where searches start) down, as a scanner's field of view does."""
+    """The field of view extended inferiorly by ``extent_mm`` (along the index axis closest to
+    superior), filled with the lowest slice repeated: a crude neck, tissue below the head that
+    the templates do not have, which pulls the intensity centroid (where searches start) down,
+    as a scanner's field of view does."""
     image = volume.to_sitk()
     axis, up = _superior_axis(image)
     pad = [0, 0, 0]
@@ -113,20 +114,28 @@ def add_neck(volume: Volume, extent_mm: float) -> Volume:
 
 
 def cut_top(volume: Volume, extent_mm: float) -> Volume:
-    """The field of view ending ``extent_mm`` below the top of the head (the highest slice
-    holding more than a tenth of the head's tissue level): a scan that misses the vertex."""
+    """The field of view ending ``extent_mm`` below the top of the head: a scan that misses
+    the vertex. The top is the highest slice (along the index axis closest to superior) in
+    which at least 1 % as many voxels as in the fullest slice are above a tenth of the head's
+    tissue level, so that a few bright voxels of background do not count."""
     image = volume.to_sitk()
     axis, up = _superior_axis(image)
     array_axis = 2 - axis  # the array is (z, y, x)
     others = tuple(a for a in range(3) if a != array_axis)
-    filled = np.flatnonzero(volume.array.max(axis=others) > 0.1 * _head_level(volume.array))
-    top_index = int(filled.max()) if up else int(filled.min())
-    size = image.GetSize()[axis]
-    keep_to = top_index - round(extent_mm / image.GetSpacing()[axis])
+    counts = (volume.array > 0.1 * _head_level(volume.array)).sum(axis=others)
+    filled = np.flatnonzero(counts >= 0.01 * counts.max()) if counts.max() > 0 else []
+    if len(filled) == 0:
+        raise ValueError(f"{volume.source}: no head to cut (the image holds no tissue)")
+    size, step = image.GetSize()[axis], round(extent_mm / image.GetSpacing()[axis])
+    # slices removed: those above the top of the head, and ``step`` more
+    removed = (size - 1 - int(filled.max()) if up else int(filled.min())) + step
+    if removed >= size * 3 // 4:
+        raise ValueError(
+            f"{volume.source}: cutting {extent_mm:g} mm below the top of the head leaves "
+            f"{size - removed} of {size} slices"
+        )
     cut = [0, 0, 0]
-    cut[axis] = (
-        size - 1 - keep_to if up else top_index + round(extent_mm / image.GetSpacing()[axis])
-    )
+    cut[axis] = removed
     zero = [0, 0, 0]
     lower, upper = (zero, cut) if up else (cut, zero)
     cropped = sitk.Crop(image, lower, upper)

@@ -15,7 +15,10 @@ import medrl
 from _synthetic import BLOB_NAMES, TINY_DETECTOR, blob_volume
 from medrl.agents.dqn import Trainer
 from medrl.config import AugmentConfig, Config, TrainConfig, load_config
+from medrl.data.sources import load_split
 from medrl.data.tissue import stripped_members, tissue_maps, tissue_posteriors
+from medrl.envs.pyramid import with_siblings_of
+from medrl.errors import InputError
 from medrl.io.images import Volume, write_image
 from medrl.io.landmarks import Landmarks, write_landmarks
 from medrl.supervised.training import DetectorTrainer, TrainSettings
@@ -82,6 +85,36 @@ def test_maps_need_a_skull_stripped_image_and_lie_on_its_grid() -> None:
         np.testing.assert_array_equal(m.index_to_ras, stripped.index_to_ras)
         assert m.array.min() >= 0.0 and m.array.max() <= 1.0
     assert _agreement(np.stack([m.array for m in maps]), labels, mask) > 0.97
+    # an image with skull on a noisy background beside one on an exactly-0 background: neither
+    # is stripped, and a group of stripped images alone cannot be told from images with skull
+    noisy = replace(with_skull, array=with_skull.array + np.random.default_rng(2).uniform(
+        0.1, 2.0, mask.shape))  # fmt: skip
+    assert stripped_members([with_skull, noisy]) == []
+    assert stripped_members([noisy, stripped]) == [1]
+    assert tissue_maps([stripped]) == []
+
+
+def test_a_brain_too_small_for_a_mixture_is_named() -> None:
+    head = np.full((8, 8, 8), 50.0)
+    tiny = np.zeros_like(head)
+    tiny[4, 4, 4:6] = 30.0  # two voxels of brain
+    volumes = [Volume(a, (1, 1, 1), (0, 0, 0), np.eye(3), source=name)
+               for a, name in ((head, "head.nii.gz"), (tiny, "tiny_brain.nii.gz"))]  # fmt: skip
+    with pytest.raises(InputError, match=r"tiny_brain\.nii\.gz.*at least 30 voxels, got 2"):
+        tissue_maps(volumes)
+
+
+def test_tissue_maps_need_the_contrast_mix() -> None:
+    with pytest.raises(ValueError, match="contrast_mix"):
+        AugmentConfig(tissue_maps=True, contrast_mix=0.0)
+
+
+def test_a_process_prepares_the_siblings_of_its_cases(brain_datalist: Path) -> None:
+    """Cases dealt round-robin to two processes: each holds its cases' other contrasts too."""
+    cases = load_split(str(brain_datalist), "train")  # head, brain, other
+    assert with_siblings_of(cases, [0, 2]) == [0, 1, 2]
+    assert with_siblings_of(cases, [1]) == [0, 1]
+    assert with_siblings_of(cases, [2]) == [2]
 
 
 @pytest.fixture(scope="module")
@@ -117,6 +150,8 @@ def _assert_maps_attached(scans: list) -> None:
     assert all(a is b for a, b in zip(head.siblings[1:], brain.siblings[1:], strict=True))
     for k, tissue in enumerate(head.siblings[1:]):
         assert tissue.source.endswith(f"brain.nii.gz tissue {k}")
+        for level in tissue.levels:  # probabilities, smoothed but not stretched to 0..1
+            assert float(level.tensor.min()) > -0.01 and float(level.tensor.max()) < 1.01
 
 
 def test_the_detector_trainer_blends_the_maps_when_asked(brain_datalist: Path, tmp_path) -> None:
@@ -150,9 +185,3 @@ def test_the_agent_trainer_blends_the_maps_when_asked(brain_datalist: Path, tmp_
     _assert_maps_attached(trainer.scans)
     trainer.run(progress=False)
     assert trainer.step == 12
-
-
-@pytest.mark.parametrize("bad", [np.zeros((4, 4, 4), dtype=bool)])
-def test_a_mask_too_small_for_a_mixture_is_refused(bad: np.ndarray) -> None:
-    with pytest.raises(ValueError, match="at least"):
-        tissue_posteriors([np.ones(bad.shape)], bad)

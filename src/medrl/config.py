@@ -180,11 +180,11 @@ class AugmentConfig:
     siblings (other contrasts of the same brain on the same grid, with the same landmarks:
     T1w, T2w, PD of one template); scans without siblings are unchanged; 0: never."""
     tissue_maps: bool = False
-    """Add each brain's tissue maps (CSF, grey, white matter: a Gaussian mixture of its
-    skull-stripped images, :mod:`medrl.data.tissue`) to its siblings, so that ``contrast_mix``
-    also blends the scan with them: synthetic contrasts that a lookup table of one contrast
-    cannot make (bright ventricles beside a dark skull). Brains without a skull-stripped image
-    get none."""
+    """Add each brain's tissue maps (on a brain, CSF, grey and white matter: a Gaussian mixture
+    of its skull-stripped images, :mod:`medrl.data.tissue`) to its siblings, so that
+    ``contrast_mix`` (which must then be above 0) also blends the scan with them: synthetic
+    contrasts that a lookup table of one contrast cannot make (bright ventricles beside a dark
+    skull). Only brains given with and without skull get maps."""
     contrast: float = 0.2
     bias_field: float = 0.3
     noise_std: float = 0.03
@@ -195,6 +195,10 @@ class AugmentConfig:
             value = getattr(self, name)
             if not 0.0 <= value <= 1.0:
                 raise ValueError(f"augment.{name} is a probability in [0, 1], got {value}")
+        if self.tissue_maps and self.contrast_mix == 0.0:
+            raise ValueError(
+                "augment.tissue_maps blends tissue maps through augment.contrast_mix, which is 0"
+            )
 
 
 @dataclass(frozen=True)

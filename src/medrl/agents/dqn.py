@@ -45,7 +45,7 @@ from medrl.data.sources import load_split
 from medrl.data.tissue import with_tissue_siblings
 from medrl.distributed.ddp import SINGLE, DistContext, rank_device
 from medrl.envs.kernel import SearchKernel, render_observation
-from medrl.envs.pyramid import ScanPyramid, build_pyramid, case_pyramids
+from medrl.envs.pyramid import ScanPyramid, build_pyramid, case_pyramids, with_siblings_of
 from medrl.errors import InputError
 from medrl.tasks import LandmarkTask, TargetTable, make_task
 from medrl.utils.faults import failpoint
@@ -98,12 +98,16 @@ class Trainer(TrainerCheckpoints):
                 full.names, full.descriptions, [full.poses[i] for i in shard], extra
             )
             spacings = [lv.spacing_mm for lv in config.env.levels]
-            mine = [cases[i] for i in shard]
-            scans = case_pyramids(mine, spacings, self.device)
+            # the shard's cases and their siblings (which may be dealt to other processes)
+            held = with_siblings_of(cases, shard)
+            scans = case_pyramids([cases[i] for i in held], spacings, self.device)
             if config.augment.tissue_maps:
                 scans = with_tissue_siblings(
-                    scans, mine, lambda volume: build_pyramid(volume, spacings, self.device)
+                    scans,
+                    [cases[i] for i in held],
+                    lambda volume: build_pyramid(volume, spacings, self.device, normalise=False),
                 )
+            scans = [scans[held.index(i)] for i in shard]
         elif table is None:
             assert targets is not None
             names = names or tuple(f"L{i}" for i in range(len(targets[0])))

@@ -9,9 +9,10 @@ matter map, grey brighter than white, as in PD. The maps come from a Gaussian mi
 brain's skull-stripped contrasts (all of them, as one vector per voxel), fitted inside the
 brain: each map is one component's posterior probability, in [0, 1], and 0 outside the brain.
 
-A sibling group gets maps only when it holds a skull-stripped image (a member with zero where
-another member has signal, over more than a fifth of that member's head): the mask of the
-brain is where the stripped images have signal. Groups without one are left as they are.
+A sibling group gets maps only when it holds an image with skull and a skull-stripped one
+(:func:`stripped_members`): the brain is where every stripped image is not exactly 0. Groups
+without both are left as they are (a group of stripped images alone cannot be told from
+images with skull whose background is exactly 0).
 """
 
 from __future__ import annotations
@@ -21,13 +22,20 @@ from dataclasses import replace
 
 import numpy as np
 
-from medrl.data.sources import Case
+from medrl.data.datalist import Case
 from medrl.envs.pyramid import ScanPyramid, sibling_groups
+from medrl.errors import InputError
 from medrl.io.images import Volume
 
 TISSUE_CLASSES = 3
-"""Components of the mixture: CSF, grey and white matter, in whatever order they converge."""
+"""Components of the mixture: on a brain, CSF, grey and white matter (in no fixed order)."""
 _SAMPLE = 200_000
+_CHUNK = 250_000
+"""Voxels per block when the posteriors of the whole brain are computed."""
+_SIGNAL = 0.1
+"""Head: where an image is above this fraction of its tissue level (background noise is not)."""
+_STRIPPED = 0.2
+"""An image is stripped when it is exactly 0 over more than this fraction of the head."""
 _ITERATIONS = 60
 
 
@@ -40,7 +48,10 @@ def tissue_posteriors(
     maps. The components start from k-means (:func:`_kmeans`)."""
     inside = np.asarray(mask, dtype=bool)
     if inside.sum() < 10 * classes:
-        raise ValueError(f"a tissue mixture needs a mask of at least {10 * classes} voxels")
+        raise ValueError(
+            f"a tissue mixture needs a mask of at least {10 * classes} voxels, "
+            f"got {int(inside.sum())}"
+        )
     values = np.stack([np.asarray(c, dtype=np.float64)[inside] for c in channels], axis=1)
     values = (values - values.mean(axis=0)) / (values.std(axis=0) + 1e-9)
     rng = np.random.default_rng(seed)
@@ -56,8 +67,11 @@ def tissue_posteriors(
         weights = totals / totals.sum()
         means = (resp.T @ fit) / totals[:, None]
         variances = (resp.T @ fit**2) / totals[:, None] - means**2 + 1e-4
+    posterior = np.concatenate([
+        _responsibilities(values[a : a + _CHUNK], weights, means, variances)
+        for a in range(0, len(values), _CHUNK)
+    ])  # fmt: skip
     out = np.zeros((classes, *inside.shape), dtype=np.float32)
-    posterior = _responsibilities(values, weights, means, variances)
     for k in range(classes):
         out[k][inside] = posterior[:, k]
     return out
@@ -100,22 +114,37 @@ def _responsibilities(
 
 
 def stripped_members(volumes: Sequence[Volume]) -> list[int]:
-    """Indices of the skull-stripped images among images of one brain on one grid: those with
-    no signal over more than a fifth of the head (where the others have signal)."""
-    signal = [np.asarray(v.array) > 0 for v in volumes]
-    head = np.logical_or.reduce(signal)
-    size = max(int(head.sum()), 1)
-    return [i for i, s in enumerate(signal) if (head & ~s).sum() > 0.2 * size]
+    """Indices of the skull-stripped images among images of one brain on one grid: those that
+    are exactly 0 over more than a fifth of the head, the voxels where any image is above a
+    tenth of its tissue level (so neither an exactly-0 background nor a noisy one counts)."""
+    arrays = [np.asarray(v.array) for v in volumes]
+    head = np.logical_or.reduce([a > _SIGNAL * _tissue_level(a) for a in arrays])
+    size = int(head.sum())
+    if size == 0:
+        return []
+    return [i for i, a in enumerate(arrays) if int((head & (a == 0)).sum()) > _STRIPPED * size]
+
+
+def _tissue_level(array: np.ndarray) -> float:
+    """The median of the values above the mean: the level of the head's tissue."""
+    above = array[array > array.mean()]
+    return float(np.median(above)) if above.size else 0.0
 
 
 def tissue_maps(volumes: Sequence[Volume]) -> list[Volume]:
-    """The tissue maps of one brain given as ``volumes`` (its images on one grid), or none
-    when no image is skull-stripped (see the module's docstring)."""
+    """The tissue maps of one brain given as ``volumes`` (its images on one grid; see the
+    module's docstring), or none when they are not an image with skull and a stripped one."""
     stripped = stripped_members(volumes)
-    if not stripped:
+    if not stripped or len(stripped) == len(volumes):
         return []
-    mask = np.logical_and.reduce([np.asarray(volumes[i].array) > 0 for i in stripped])
-    posteriors = tissue_posteriors([volumes[i].array for i in stripped], mask)
+    mask = np.logical_and.reduce([np.asarray(volumes[i].array) != 0 for i in stripped])
+    try:
+        posteriors = tissue_posteriors([volumes[i].array for i in stripped], mask)
+    except ValueError as error:
+        raise InputError(
+            f"cannot map the tissues of this brain's skull-stripped images: {error}",
+            ", ".join(volumes[i].source for i in stripped),
+        ) from error
     grid = volumes[stripped[0]]
     return [
         Volume(p, grid.spacing_mm, grid.origin_lps, grid.direction_lps, f"{grid.source} tissue {k}")

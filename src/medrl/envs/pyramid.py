@@ -89,11 +89,16 @@ def _level_volume(volume: Volume, spacing_mm: float) -> Volume:
 
 
 def build_pyramid(
-    volume: Volume, spacings_mm: list[float], device: torch.device | str = "cpu"
+    volume: Volume,
+    spacings_mm: list[float],
+    device: torch.device | str = "cpu",
+    normalise: bool = True,
 ) -> ScanPyramid:
-    """Prepare ``volume`` for the environment at each of ``spacings_mm`` (one per level)."""
+    """Prepare ``volume`` for the environment at each of ``spacings_mm`` (one per level); its
+    intensities are normalised (:func:`normalise_intensity`) unless ``normalise`` is False
+    (maps already in [0, 1], such as tissue probabilities)."""
     normalised = Volume(
-        array=normalise_intensity(volume.array),
+        array=normalise_intensity(volume.array) if normalise else volume.array,
         spacing_mm=volume.spacing_mm,
         origin_lps=volume.origin_lps,
         direction_lps=volume.direction_lps,
@@ -203,6 +208,14 @@ def sibling_groups(cases: list[Case]) -> list[list[int]]:
                 out[i].append(j)
                 out[j].append(i)
     return out
+
+
+def with_siblings_of(cases: list[Case], shard: list[int]) -> list[int]:
+    """The cases a process holding ``shard`` (indices into ``cases``) must prepare: its own and
+    their siblings (:func:`sibling_groups` over all of ``cases``), so that a brain's contrasts
+    stay together whichever process a case is dealt to."""
+    groups = sibling_groups(cases)
+    return sorted({*shard, *(j for i in shard for j in groups[i])})
 
 
 def case_pyramids(

@@ -97,11 +97,15 @@ def _trained_shape(settings: dict[str, Any]) -> dict[str, Any]:
     return {key: value for key, value in settings.items() if key not in INFERENCE_ONLY}
 
 
-def training_pyramid(volume: Volume, settings: DetectorSettings) -> ScanPyramid:
+def training_pyramid(
+    volume: Volume, settings: DetectorSettings, normalise: bool = True
+) -> ScanPyramid:
     """The coarse and local levels exactly as :meth:`HeatmapDetector.detect` builds them,
     plus the blur copy (level 2) for the augmentation, built on its own."""
-    scan = build_pyramid(volume, settings.spacings_mm[:2])
-    blur = build_pyramid(volume, [settings.local_spacing_mm, settings.blur_spacing_mm])
+    scan = build_pyramid(volume, settings.spacings_mm[:2], normalise=normalise)
+    blur = build_pyramid(
+        volume, [settings.local_spacing_mm, settings.blur_spacing_mm], normalise=normalise
+    )
     return replace(scan, levels=(*scan.levels, blur.levels[1]))
 
 
@@ -148,7 +152,7 @@ class DetectorTrainer:
         )
         if config.augment.tissue_maps:
             self.scans = with_tissue_siblings(
-                self.scans, cases, lambda volume: training_pyramid(volume, s)
+                self.scans, cases, lambda volume: training_pyramid(volume, s, normalise=False)
             )
         self.sources = [c.volume.source for c in cases]
         parameters = [*self.detector.coarse.parameters(), *self.detector.local.parameters()]
