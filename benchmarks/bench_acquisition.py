@@ -29,6 +29,7 @@ from medrl.agents.checkpoint import load_model, with_overrides
 from medrl.agents.search import search
 from medrl.data.scenarios import scenario_scans
 from medrl.data.sources import load_split
+from medrl.data.tissue import head_voxels, tissue_level
 from medrl.io.images import Volume
 from medrl.predict import default_model_dir
 
@@ -41,11 +42,6 @@ def _with_array(volume: Volume, array: np.ndarray, what: str) -> Volume:
         direction_lps=volume.direction_lps,
         source=f"{volume.source} ({what})",
     )
-
-
-def _head_level(array: np.ndarray) -> float:
-    """The median intensity above the mean: a tissue level of the head, whatever the range."""
-    return float(np.median(array[array > array.mean()]))
 
 
 def bias_field(volume: Volume, strength: float, seed: int) -> Volume:
@@ -62,7 +58,7 @@ def rician_noise(volume: Volume, level: float, seed: int) -> Volume:
     """The magnitude of ``volume`` plus complex Gaussian noise of ``level`` x the head's
     tissue level (what a magnitude MR image carries)."""
     rng = np.random.default_rng(seed)
-    sigma = level * _head_level(volume.array)
+    sigma = level * tissue_level(volume.array)
     real = volume.array + rng.normal(0, sigma, volume.array.shape)
     imaginary = rng.normal(0, sigma, volume.array.shape)
     return _with_array(volume, np.hypot(real, imaginary), f"Rician noise {level:.0%}")
@@ -122,7 +118,7 @@ def cut_top(volume: Volume, extent_mm: float) -> Volume:
     axis, up = _superior_axis(image)
     array_axis = 2 - axis  # the array is (z, y, x)
     others = tuple(a for a in range(3) if a != array_axis)
-    counts = (volume.array > 0.1 * _head_level(volume.array)).sum(axis=others)
+    counts = head_voxels(volume.array).sum(axis=others)
     filled = np.flatnonzero(counts >= 0.01 * counts.max()) if counts.max() > 0 else []
     if len(filled) == 0:
         raise ValueError(f"{volume.source}: no head to cut (the image holds no tissue)")

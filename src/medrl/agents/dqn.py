@@ -100,11 +100,12 @@ class Trainer(TrainerCheckpoints):
             spacings = [lv.spacing_mm for lv in config.env.levels]
             # the shard's cases and their siblings (which may be dealt to other processes)
             held = with_siblings_of(cases, shard)
-            scans = case_pyramids([cases[i] for i in held], spacings, self.device)
+            held_cases = [cases[i] for i in held]
+            scans = case_pyramids(held_cases, spacings, self.device)
             if config.augment.tissue_maps:
                 scans = with_tissue_siblings(
                     scans,
-                    [cases[i] for i in held],
+                    held_cases,
                     lambda volume: build_pyramid(volume, spacings, self.device, normalise=False),
                 )
             scans = [scans[held.index(i)] for i in shard]

@@ -118,17 +118,24 @@ def stripped_members(volumes: Sequence[Volume]) -> list[int]:
     are exactly 0 over more than a fifth of the head, the voxels where any image is above a
     tenth of its tissue level (so neither an exactly-0 background nor a noisy one counts)."""
     arrays = [np.asarray(v.array) for v in volumes]
-    head = np.logical_or.reduce([a > _SIGNAL * _tissue_level(a) for a in arrays])
+    head = np.logical_or.reduce([head_voxels(a) for a in arrays])
     size = int(head.sum())
     if size == 0:
         return []
     return [i for i, a in enumerate(arrays) if int((head & (a == 0)).sum()) > _STRIPPED * size]
 
 
-def _tissue_level(array: np.ndarray) -> float:
-    """The median of the values above the mean: the level of the head's tissue."""
+def tissue_level(array: np.ndarray) -> float:
+    """The median of the values above the mean: the level of the head's tissue, whatever the
+    intensity range (0 for a constant image)."""
     above = array[array > array.mean()]
     return float(np.median(above)) if above.size else 0.0
+
+
+def head_voxels(array: np.ndarray) -> np.ndarray:
+    """Where ``array`` is above a tenth of its tissue level: the head, not the background
+    (exactly 0 or noise)."""
+    return array > _SIGNAL * tissue_level(array)
 
 
 def tissue_maps(volumes: Sequence[Volume]) -> list[Volume]:
