@@ -179,6 +179,16 @@ def test_train_probability_outside_0_1_is_refused(tmp_path: Path, override: str,
     assert _empty(run_dir)
 
 
+@pytest.mark.parametrize("command", ["train", "train-heatmap"])
+def test_tissue_maps_without_the_contrast_mix_are_refused(tmp_path: Path, command: str, capsys):
+    run_dir = tmp_path / "run"
+    argv = [command, "--config", "smoke", "--set", "augment.tissue_maps=true",
+            "--set", "augment.contrast_mix=0", "--run-dir", str(run_dir)]  # fmt: skip
+    assert main([*argv, "--quiet"]) == 2
+    assert "augment.tissue_maps" in capsys.readouterr().err
+    assert _empty(run_dir)
+
+
 def test_train_unknown_config_preset(tmp_path: Path, capsys) -> None:
     argv = ["train", "--config", "no-such-preset", "--run-dir", str(tmp_path / "r")]
     assert main([*argv, "--quiet"]) == 2
